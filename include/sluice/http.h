@@ -1,0 +1,112 @@
+/* HTTP client on the libcurl multi interface, shared by sinks (via the
+ * engine), paginated sources, downloads and notifications.
+ *
+ * One sl_http drives many concurrent requests from a single thread. It owns
+ * retries: transport errors, 408, 429 and 5xx (including non-JSON bodies such
+ * as an HTML 502) are retried with capped exponential backoff and full jitter,
+ * honouring Retry-After, up to max_attempts; every attempt first takes a token
+ * from the rate limiter. The completion callback sees the final answer only. */
+#ifndef SLUICE_HTTP_H
+#define SLUICE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/buf.h"
+#include "sluice/error.h"
+
+typedef struct sl_http_opts {
+    int concurrency;          /* max simultaneous requests (connections); default 8 */
+    double rate_per_sec;      /* token bucket refill; 0 = unlimited */
+    double rate_burst;        /* bucket size; 0 = max(1, rate_per_sec) */
+    long connect_timeout_ms;  /* default 10000 */
+    long timeout_ms;          /* whole request; default 120000 */
+    int max_attempts;         /* default 8; 1 = no retry */
+    long backoff_base_ms;     /* default 500 */
+    long backoff_max_ms;      /* default 60000; also caps an honoured Retry-After */
+    size_t max_response;      /* response bytes kept; default 1 MiB (rest discarded, not an error) */
+    int insecure;             /* 1 = do not verify TLS (never default; explicit option only) */
+    const char *ca_file;      /* optional CA bundle */
+    const char *log_prefix;   /* e.g. "sink:braze:users" */
+} sl_http_opts;
+
+/* Fill opts with the defaults above. */
+void sl_http_opts_default(sl_http_opts *o);
+
+typedef struct sl_http_req {
+    char method[8]; /* "GET", "POST", "PUT" ... */
+    sl_buf url;
+    sl_buf headers; /* "Name: value\n" lines */
+    sl_buf body;
+} sl_http_req;
+
+void sl_http_req_init(sl_http_req *r);
+void sl_http_req_free(sl_http_req *r);
+/* Clear method/url/headers/body for reuse (keeps capacity). */
+void sl_http_req_reset(sl_http_req *r);
+int sl_http_req_header(sl_http_req *r, const char *name, const char *fmt, ...) SL_PRINTF(3, 4);
+
+typedef enum sl_http_class {
+    SL_HTTP_OK = 0,    /* 2xx */
+    SL_HTTP_RETRY,     /* transport error, 408, 429, 5xx */
+    SL_HTTP_CLIENT,    /* other 4xx (and 1xx/3xx left over): do not retry */
+} sl_http_class;
+
+sl_http_class sl_http_classify(long status);
+
+typedef struct sl_http_resp {
+    long status;          /* 0 when no HTTP answer (transport error) */
+    const char *body;     /* NUL-terminated, at most max_response bytes; never NULL */
+    size_t body_len;
+    const char *content_type; /* or "" */
+    double retry_after_s; /* < 0 when absent */
+    int attempts;         /* attempts made */
+    int gave_up;          /* 1 when the last answer was retryable but attempts ran out */
+    double elapsed_s;     /* over all attempts */
+    char error[256];      /* transport error text when status == 0 */
+} sl_http_resp;
+
+typedef struct sl_http sl_http;
+
+/* Completion callback: called from sl_http_run(), once per submitted request.
+ * resp and its strings are valid only during the call. */
+typedef void (*sl_http_done_fn)(void *ud, sl_http_req *req, const sl_http_resp *resp);
+
+sl_http *sl_http_new(const sl_http_opts *opts, sl_error *err);
+void sl_http_free(sl_http *h);
+/* Queue a request. req is borrowed until its callback has run. Never blocks;
+ * requests beyond `concurrency` wait inside the client. */
+int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud, sl_error *err);
+/* Drive transfers and timers for up to timeout_ms, invoking callbacks.
+ * Returns the number of requests not yet completed (running + waiting). */
+int sl_http_run(sl_http *h, int timeout_ms);
+/* Requests submitted and not yet completed. */
+size_t sl_http_pending(const sl_http *h);
+/* Peak number of simultaneously running transfers seen. */
+int sl_http_peak(const sl_http *h);
+/* Counters for metrics. */
+typedef struct sl_http_stats {
+    uint64_t requests, attempts, retries, ok, client_errors, gave_up;
+} sl_http_stats;
+void sl_http_get_stats(const sl_http *h, sl_http_stats *s);
+
+/* Synchronous one-shot request with the same retry rules (notifications,
+ * small API calls). resp strings stay valid until `store` is freed/reused. */
+int sl_http_do(const sl_http_opts *opts, sl_http_req *req, sl_http_resp *resp, sl_buf *store,
+               sl_error *err);
+
+/* Streaming GET for large downloads (CSV over http(s)): data is pulled by the
+ * caller, so memory stays bounded. Non-2xx answers fail the open with the
+ * status and the start of the body. Transport errors mid-stream fail the read. */
+typedef struct sl_http_stream sl_http_stream;
+sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const sl_http_opts *opts,
+                                    uint64_t range_from, sl_error *err);
+/* Returns bytes read (>0), 0 at end, -1 on error (err set). */
+long sl_http_stream_read(sl_http_stream *s, void *buf, size_t n, sl_error *err);
+/* Content-Length of the whole resource when known, else -1. */
+int64_t sl_http_stream_size(const sl_http_stream *s);
+/* 1 if the server honoured range_from with 206. */
+int sl_http_stream_ranged(const sl_http_stream *s);
+void sl_http_stream_close(sl_http_stream *s);
+
+#endif

@@ -1,0 +1,37 @@
+/* Logging: one line per event, level-checked, with a component prefix such as
+ * "sink:braze:users". Every line passes through the secret redactor. */
+#ifndef SLUICE_LOG_H
+#define SLUICE_LOG_H
+
+#include <stdarg.h>
+
+#include "sluice/error.h"
+
+enum sl_log_level { SL_LOG_ERROR = 0, SL_LOG_WARN, SL_LOG_INFO, SL_LOG_DEBUG };
+
+extern int sl_log_level;
+
+void sl_log_set_json(int on);
+void sl_log_write(int level, const char *prefix, const char *fmt, ...) SL_PRINTF(3, 4);
+void sl_log_vwrite(int level, const char *prefix, const char *fmt, va_list ap);
+
+#define sl_log(level, prefix, ...)                                                                 \
+    do {                                                                                           \
+        if ((level) <= sl_log_level) {                                                             \
+            sl_log_write((level), (prefix), __VA_ARGS__);                                          \
+        }                                                                                          \
+    } while (0)
+#define sl_error_log(prefix, ...) sl_log(SL_LOG_ERROR, prefix, __VA_ARGS__)
+#define sl_warn(prefix, ...) sl_log(SL_LOG_WARN, prefix, __VA_ARGS__)
+#define sl_info(prefix, ...) sl_log(SL_LOG_INFO, prefix, __VA_ARGS__)
+#define sl_debug(prefix, ...) sl_log(SL_LOG_DEBUG, prefix, __VA_ARGS__)
+
+/* Secrets: every value registered here is replaced by "[redacted]" in log
+ * lines, error messages, dead letters and status output. Values shorter than
+ * 4 bytes are not registered (they would redact ordinary text). Thread-safe. */
+void sl_secret_register(const char *value);
+/* Redact in place; returns s. */
+char *sl_redact(char *s, size_t cap);
+void sl_secrets_clear(void);
+
+#endif

@@ -1,0 +1,184 @@
+/* The plugin API: what a source, step or sink implements, and all it may use.
+ * Plugins include only this header (and the headers it includes); the engine
+ * never knows a plugin's internals.
+ *
+ * A plugin is one const struct with designated initializers, listed in the
+ * compile-time registry (src/core/registry.c). Its options table drives config
+ * validation, `sluice help`, docs and secret redaction. */
+#ifndef SLUICE_PLUGIN_H
+#define SLUICE_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/buf.h"
+#include "sluice/error.h"
+#include "sluice/http.h"
+#include "sluice/json.h"
+#include "sluice/log.h"
+#include "sluice/record.h"
+
+/* ---------------------------------------------------------------- options */
+
+typedef enum sl_opt_type {
+    SL_OPT_STRING = 0,
+    SL_OPT_INT,      /* 64-bit integer */
+    SL_OPT_FLOAT,
+    SL_OPT_BOOL,     /* true/false/yes/no/on/off */
+    SL_OPT_DURATION, /* "250ms", "3s", "90m", "6h", "1d" or a bare number of seconds */
+    SL_OPT_SIZE,     /* "64KB", "4MB", "1GB" (1024-based) or bytes */
+    SL_OPT_ENUM,     /* one of `choices` */
+    SL_OPT_LIST,     /* sequence of scalars, or one scalar (a list of one) */
+    SL_OPT_MAP,      /* mapping of name -> scalar */
+} sl_opt_type;
+
+#define SL_OPT_REQUIRED 0x01
+#define SL_OPT_SECRET 0x02 /* value is registered with the redactor, never logged */
+
+typedef struct sl_option {
+    const char *name;
+    sl_opt_type type;
+    const char *def; /* default, as config text; NULL = none */
+    unsigned flags;
+    const char *choices; /* SL_OPT_ENUM: "a|b|c"; SL_OPT_MAP: allowed values or NULL */
+    const char *help;    /* one line, shown by `sluice help` and docs */
+} sl_option;
+
+#define SL_OPTIONS_END {NULL, 0, NULL, 0, NULL, NULL}
+
+/* Validated option values of one plugin instance. Accessors return the
+ * configured value, else the table default, else 0/NULL. They may only be
+ * asked for names in the plugin's own table (asking for another is a bug and
+ * aborts, so typos in plugins are caught by any test). */
+typedef struct sl_opts sl_opts;
+
+int sl_opt_isset(const sl_opts *o, const char *name); /* set in config (not default) */
+const char *sl_opt_str(const sl_opts *o, const char *name);
+int64_t sl_opt_int(const sl_opts *o, const char *name);
+double sl_opt_float(const sl_opts *o, const char *name);
+int sl_opt_bool(const sl_opts *o, const char *name);
+int64_t sl_opt_duration_ms(const sl_opts *o, const char *name);
+int64_t sl_opt_size(const sl_opts *o, const char *name);
+size_t sl_opt_count(const sl_opts *o, const char *name); /* LIST/MAP entries */
+const char *sl_opt_item(const sl_opts *o, const char *name, size_t i);   /* LIST item / MAP value */
+const char *sl_opt_key(const sl_opts *o, const char *name, size_t i);    /* MAP key */
+/* "file:line:col" of the option (or of the plugin block when unset), for messages. */
+const char *sl_opt_where(const sl_opts *o, const char *name);
+
+/* ---------------------------------------------------------------- context */
+
+/* What the engine offers a plugin instance. */
+typedef struct sl_ctx sl_ctx;
+
+const char *sl_ctx_pipeline(const sl_ctx *c);
+/* "source:csv:braze-import", used as the log prefix of this instance. */
+const char *sl_ctx_name(const sl_ctx *c);
+int sl_ctx_dry_run(const sl_ctx *c);
+/* Durable per-pipeline key/value state (cursors, snapshots metadata...).
+ * get: 1 found (value in out), 0 not found, <0 error. */
+int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err);
+int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, sl_error *err);
+/* Set by the engine when the user asked to stop (SIGINT/SIGTERM). */
+int sl_ctx_stopping(const sl_ctx *c);
+
+#define sl_plog(ctx, level, ...) sl_log((level), sl_ctx_name(ctx), __VA_ARGS__)
+
+/* ---------------------------------------------------------------- sources */
+
+typedef struct sl_source_plugin {
+    const char *name;
+    const char *summary;
+    const sl_option *options;
+    /* Create the instance (open files, read headers). *self receives it. */
+    int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
+    /* Continue from a checkpoint produced by `checkpoint`. Optional. Called
+     * right after init, before the first `next`. */
+    int (*resume)(void *self, const char *checkpoint, sl_error *err);
+    /* Produce the next record into rec (already reset). Returns 1 when a
+     * record was produced, 0 at end of input, <0 on a fatal error (err set).
+     * A bad row is not fatal: produce it with sl_record_reject(rec,
+     * SL_STAGE_SOURCE, ...) and it is dead-lettered with its line number.
+     * rec->pos/line must be set; *next_pos is set to the position just past it. */
+    int (*next)(void *self, sl_record *rec, uint64_t *next_pos, sl_error *err);
+    /* Serialize a resume point: the record starting at (pos, line) is the first
+     * one not yet acknowledged. The text is stored as-is and given to resume. */
+    int (*checkpoint)(void *self, uint64_t pos, uint64_t line, sl_buf *out, sl_error *err);
+    /* Column names when known up front (CSV header), else NULL. */
+    const char *const *(*columns)(void *self, size_t *n);
+    /* Input name for summaries ("users.csv"). Optional. */
+    const char *(*input_name)(void *self);
+    /* Progress: bytes consumed so far and total (-1 unknown). Optional. */
+    void (*progress)(void *self, int64_t *done, int64_t *total);
+    void (*destroy)(void *self);
+} sl_source_plugin;
+
+/* ---------------------------------------------------------------- steps */
+
+typedef struct sl_step_plugin {
+    const char *name;
+    const char *summary;
+    const sl_option *options;
+    int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
+    /* Check the upstream columns when the source knows them. Optional. */
+    int (*columns)(void *self, const char *const *cols, size_t n, sl_error *err);
+    /* Transform rec in place. The step's index is `stage` (for rejects).
+     * Return 0 to keep (possibly now rejected via sl_record_reject), 1 to drop
+     * on purpose (counted as skipped), <0 fatal. */
+    int (*process)(void *self, sl_record *rec, int stage, sl_error *err);
+    void (*destroy)(void *self);
+} sl_step_plugin;
+
+/* ---------------------------------------------------------------- sinks */
+
+typedef enum sl_verdict {
+    SL_SEND_OK = 0, /* delivered; records individually marked FAILED are dead-lettered */
+    SL_SEND_RETRY,  /* transient: the engine retries the batch later */
+    SL_SEND_FAIL,   /* the batch cannot be delivered: all its records are dead-lettered */
+    SL_SEND_FATAL,  /* the run cannot go on (bad credentials, ...): stop, keep checkpoint */
+} sl_verdict;
+
+/* Defaults a sink brings (its preset), overridable by pipeline config. */
+typedef struct sl_sink_defaults {
+    int batch_records;     /* records per batch (default 500) */
+    int max_batch_records; /* hard upper bound the destination accepts (0 = none) */
+    int64_t batch_bytes;   /* payload bytes per batch (default 4 MB) */
+    int concurrency;       /* simultaneous requests (default 4) */
+    double rate_per_sec;   /* requests per second (0 = unlimited) */
+    double rate_burst;
+} sl_sink_defaults;
+
+typedef struct sl_sink_plugin {
+    const char *name;
+    const char *summary;
+    const sl_option *options;
+    sl_sink_defaults defaults;
+    int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
+    /* Check the columns records will carry (after steps). Optional. */
+    int (*columns)(void *self, const char *const *cols, size_t n, sl_error *err);
+
+    /* HTTP sinks implement encode (+ decode); the engine owns the connection
+     * pool, rate limit and retries. encode fills req from the batch's OK
+     * records. decode sees the final answer (2xx or a non-retryable status, or
+     * a retryable one whose attempts ran out, resp->gave_up) and returns the
+     * verdict, marking individual records with sl_record_reject(rec,
+     * SL_STAGE_SINK, ...) + status FAILED for per-record errors. Without
+     * decode: 2xx OK, 401/403 FATAL, gave_up FATAL, other statuses FAIL. */
+    int (*encode)(void *self, sl_batch *b, sl_http_req *req, sl_error *err);
+    sl_verdict (*decode)(void *self, sl_batch *b, const sl_http_resp *resp, sl_error *err);
+
+    /* Non-HTTP sinks implement write instead (called from the sink thread). */
+    sl_verdict (*write)(void *self, sl_batch *b, sl_error *err);
+
+    /* End of input: commit (swap staging tables, flush files). success is 0
+     * when the run is failing. Optional. */
+    int (*finish)(void *self, int success, sl_error *err);
+    /* Add preset-specific facts to the run summary object (e.g. Braze's
+     * usersProcessed), via summarize. Optional. */
+    void (*summarize)(void *self, sl_jw *w, uint64_t sent, uint64_t failed, int success);
+    void (*destroy)(void *self);
+} sl_sink_plugin;
+
+/* Mark a record FAILED by the sink with a reason (dead-lettered). */
+void sl_record_fail(sl_record *r, const char *fmt, ...) SL_PRINTF(2, 3);
+
+#endif

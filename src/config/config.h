@@ -1,0 +1,116 @@
+/* Configuration: YAML file -> validated pipeline definitions.
+ *
+ * Loading parses the YAML (libyaml) into a node tree that remembers file,
+ * line and column; interpolates ${VAR} and ${VAR:-default} in scalars;
+ * validates every key against the engine's and each plugin's option tables;
+ * and registers secret option values with the redactor. Every problem found
+ * is reported, one per line, as "FILE:LINE:COL: KEY: what is wrong (expected
+ * ...)". Unknown keys are errors. */
+#ifndef SLUICE_CONFIG_H
+#define SLUICE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sluice/plugin.h"
+
+typedef enum sl_node_kind { SL_NODE_SCALAR, SL_NODE_MAP, SL_NODE_SEQ } sl_node_kind;
+
+typedef struct sl_node {
+    sl_node_kind kind;
+    char *value; /* SCALAR: text after interpolation */
+    int line, col;
+    size_t n;              /* MAP/SEQ: number of children */
+    struct sl_node **kids; /* MAP values / SEQ items */
+    char **keys;           /* MAP keys */
+    int *key_line, *key_col;
+} sl_node;
+
+/* One plugin instance as configured. */
+typedef struct sl_plugin_cfg {
+    char *type;    /* plugin name */
+    sl_opts *opts; /* validated options */
+    char where[160];
+} sl_plugin_cfg;
+
+typedef enum sl_notify_format { SL_NOTIFY_JSON = 0, SL_NOTIFY_SLACK } sl_notify_format;
+
+typedef struct sl_notify_cfg {
+    char *url;              /* secret: registered with the redactor */
+    sl_notify_format format; /* "slack" (default when the URL is a Slack hook) or "json" */
+    int on_success, on_failure;
+    char where[160];
+} sl_notify_cfg;
+
+typedef struct sl_pipeline_cfg {
+    char *name;
+    char where[160];
+
+    sl_plugin_cfg source;
+    const sl_source_plugin *source_plugin;
+    sl_plugin_cfg *steps;
+    const sl_step_plugin **step_plugins;
+    size_t nsteps;
+    sl_plugin_cfg sink;
+    const sl_sink_plugin *sink_plugin;
+
+    /* Engine settings; a value < 0 means "not set: use the sink's default". */
+    int concurrency;
+    double rate_per_sec; /* from rate_limit: "3000/3s", "10/s", or a number per second */
+    double rate_burst;
+    int batch_records;
+    int64_t batch_bytes;
+    int max_attempts;        /* retry.max_attempts, default 8 */
+    int64_t backoff_base_ms; /* retry.backoff, default 500ms */
+    int64_t backoff_max_ms;  /* retry.max_backoff, default 60s */
+    int64_t timeout_ms;      /* retry.timeout (per request), default 120s */
+    int64_t checkpoint_every_ms; /* unused placeholder for serve mode; default 0 */
+    char *schedule;          /* "every 90m" or cron, or NULL */
+
+    sl_notify_cfg *notify;
+    size_t nnotify;
+} sl_pipeline_cfg;
+
+typedef struct sl_config {
+    char *path;
+    char *state_url; /* top-level `state:`; default ".sluice/state.db" */
+    sl_pipeline_cfg *pipelines;
+    size_t npipelines;
+    sl_node *root;
+} sl_config;
+
+/* Load and validate path. `only`/`nonly` restrict validation (and environment
+ * lookups) to the named pipelines; nonly == 0 means all, and naming one that
+ * does not exist is an error. On any problem returns NULL with every message
+ * appended to errors, one per line. */
+sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly,
+                          sl_buf *errors);
+void sl_config_free(sl_config *c);
+sl_pipeline_cfg *sl_config_pipeline(sl_config *c, const char *name);
+
+/* Parse YAML text into a node tree (no validation). Used by tests and fuzzers. */
+sl_node *sl_yaml_parse(const char *text, size_t len, const char *file, sl_buf *errors);
+void sl_node_free(sl_node *n);
+
+/* Interpolate ${VAR} / ${VAR:-default} / $$ in s. Returns a malloc'd string, or
+ * NULL with a message naming the variable ("environment variable X is not set"). */
+char *sl_interpolate(const char *s, char *errmsg, size_t errcap);
+
+/* Parse helpers shared with the option accessors; 0 ok, -1 invalid. */
+int sl_parse_duration_ms(const char *s, int64_t *out);
+int sl_parse_size(const char *s, int64_t *out);
+int sl_parse_bool(const char *s, int *out);
+int sl_parse_rate(const char *s, double *per_sec, double *burst);
+
+/* Build an sl_opts for a plugin table from a MAP node (used by config and by
+ * tests that construct plugins directly). Problems are appended to errors;
+ * returns NULL if there were any. `ignore` lists keys handled by the caller
+ * (e.g. "type"). */
+sl_opts *sl_opts_from_node(const sl_option *table, const sl_node *map, const char *file,
+                           const char *ctx_name, const char *const *ignore, sl_buf *errors);
+/* Build from "name=value" strings (tests, CLI overrides). */
+sl_opts *sl_opts_from_pairs(const sl_option *table, const char *const *pairs, size_t n,
+                            sl_buf *errors);
+void sl_opts_free(sl_opts *o);
+
+#endif

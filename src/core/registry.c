@@ -1,0 +1,37 @@
+/* The compile-time plugin registry: every plugin sluice ships. */
+#include <string.h>
+
+#include "core/registry.h"
+
+extern const sl_source_plugin sl_source_csv;
+extern const sl_step_plugin sl_step_infer;
+extern const sl_step_plugin sl_step_cast;
+extern const sl_sink_plugin sl_sink_braze;
+extern const sl_sink_plugin sl_sink_http;
+
+const sl_source_plugin *const sl_sources[] = {&sl_source_csv, NULL};
+const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, NULL};
+const sl_sink_plugin *const sl_sinks[] = {&sl_sink_braze, &sl_sink_http, NULL};
+
+#define FIND(list, name)                                                                           \
+    for (size_t i = 0; list[i]; i++) {                                                             \
+        if (strcmp(list[i]->name, name) == 0) {                                                    \
+            return list[i];                                                                        \
+        }                                                                                          \
+    }                                                                                              \
+    return NULL
+
+const sl_source_plugin *sl_find_source(const char *name)
+{
+    FIND(sl_sources, name);
+}
+
+const sl_step_plugin *sl_find_step(const char *name)
+{
+    FIND(sl_steps, name);
+}
+
+const sl_sink_plugin *sl_find_sink(const char *name)
+{
+    FIND(sl_sinks, name);
+}

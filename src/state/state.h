@@ -1,0 +1,91 @@
+/* The state store: one place for run history, checkpoints, cursors,
+ * snapshots, dead letters and webhook jobs. A small vtable so SQLite (the
+ * embedded default) and Postgres (distributed mode) implement the same thing.
+ *
+ * All functions return 0 on success and <0 with err set on failure, unless
+ * noted. Writes made between begin() and commit() are atomic: the engine
+ * writes a batch's dead letters and the checkpoint move in one transaction. */
+#ifndef SLUICE_STATE_H
+#define SLUICE_STATE_H
+
+#include <stdint.h>
+
+#include "sluice/buf.h"
+#include "sluice/error.h"
+
+typedef struct sl_counts {
+    uint64_t read;    /* records produced by the source */
+    uint64_t sent;    /* records the sink acknowledged */
+    uint64_t failed;  /* records dead-lettered (rejected or refused) */
+    uint64_t skipped; /* records dropped on purpose by a step */
+    uint64_t requests;
+    uint64_t retries;
+} sl_counts;
+
+typedef struct sl_run_info {
+    int64_t id;
+    char pipeline[128];
+    char input[512];
+    char status[16]; /* running, ok, partial, failed, interrupted */
+    double started_at, finished_at; /* unix seconds */
+    sl_counts counts;
+    char error[512];
+} sl_run_info;
+
+typedef struct sl_dead_letter {
+    int64_t id;
+    int64_t run_id;
+    const char *pipeline;
+    const char *record;   /* JSON object */
+    const char *error;    /* human sentence */
+    const char *response; /* response body excerpt, or "" */
+    int stage;            /* SL_STAGE_* or step index */
+    int attempts;
+    uint64_t line;        /* input line, 0 if none */
+    double created_at;
+} sl_dead_letter;
+
+typedef struct sl_state sl_state;
+
+/* url: a path (SQLite, created with its directory) or "sqlite:PATH". */
+sl_state *sl_state_open(const char *url, sl_error *err);
+void sl_state_close(sl_state *s);
+
+int sl_state_begin(sl_state *s, sl_error *err);
+int sl_state_commit(sl_state *s, sl_error *err);
+int sl_state_rollback(sl_state *s);
+
+/* Runs */
+int sl_state_run_begin(sl_state *s, const char *pipeline, const char *input, int64_t *run_id,
+                       sl_error *err);
+int sl_state_run_update(sl_state *s, int64_t run_id, const sl_counts *c, sl_error *err);
+int sl_state_run_end(sl_state *s, int64_t run_id, const char *status, const sl_counts *c,
+                     const char *error, sl_error *err);
+/* Most recent run of a pipeline: 1 found, 0 none, <0 error. */
+int sl_state_run_last(sl_state *s, const char *pipeline, sl_run_info *out, sl_error *err);
+typedef int (*sl_run_cb)(void *ud, const sl_run_info *r);
+int sl_state_runs(sl_state *s, const char *pipeline, int limit, sl_run_cb cb, void *ud,
+                  sl_error *err);
+
+/* Key/value per pipeline: checkpoints ("checkpoint"), cursors, ...
+ * get: 1 found (value in out), 0 not found, <0 error. */
+int sl_state_kv_get(sl_state *s, const char *pipeline, const char *key, sl_buf *out,
+                    sl_error *err);
+int sl_state_kv_set(sl_state *s, const char *pipeline, const char *key, const char *value,
+                    size_t len, sl_error *err);
+int sl_state_kv_del(sl_state *s, const char *pipeline, const char *key, sl_error *err);
+typedef int (*sl_kv_cb)(void *ud, const char *key, const char *value, double updated_at);
+int sl_state_kv_each(sl_state *s, const char *pipeline, sl_kv_cb cb, void *ud, sl_error *err);
+
+/* Dead letters. Texts are redacted before they are stored. */
+int sl_state_dl_add(sl_state *s, const sl_dead_letter *d, sl_error *err);
+typedef int (*sl_dl_cb)(void *ud, const sl_dead_letter *d);
+/* Oldest first; limit <= 0 = all. The callback returning nonzero stops. */
+int sl_state_dl_each(sl_state *s, const char *pipeline, int limit, sl_dl_cb cb, void *ud,
+                     sl_error *err);
+int sl_state_dl_delete(sl_state *s, int64_t id, sl_error *err);
+int sl_state_dl_bump(sl_state *s, int64_t id, const char *error, const char *response,
+                     sl_error *err); /* attempts + 1, new error */
+int64_t sl_state_dl_count(sl_state *s, const char *pipeline, sl_error *err);
+
+#endif
