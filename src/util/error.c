@@ -30,7 +30,16 @@ int sl_error_prefix(sl_error *err, const char *fmt, ...)
     vsnprintf(pre, sizeof(pre), fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof(old));
-    snprintf(err->msg, sizeof(err->msg), "%s: %s", pre, old);
+    size_t n = strlen(pre);
+    if (n > sizeof(err->msg) - 3) {
+        n = sizeof(err->msg) - 3;
+    }
+    memcpy(err->msg, pre, n);
+    memcpy(err->msg + n, ": ", 2);
+    size_t room = sizeof(err->msg) - n - 3;
+    size_t ol = strnlen(old, room);
+    memcpy(err->msg + n + 2, old, ol);
+    err->msg[n + 2 + ol] = '\0';
     sl_redact(err->msg, sizeof(err->msg));
     return err->code ? err->code : SL_ERR;
 }
