@@ -158,7 +158,9 @@ typedef struct sl_sink_plugin {
 
     /* HTTP sinks implement encode (+ decode); the engine owns the connection
      * pool, rate limit and retries. encode fills req from the batch's OK
-     * records. decode sees the final answer (2xx or a non-retryable status, or
+     * records; it may set a record's status to SL_REC_SKIP (nothing to send
+     * for it) and, when no record is left, leave req->body empty: the batch
+     * is then acknowledged without a request. decode sees the final answer (2xx or a non-retryable status, or
      * a retryable one whose attempts ran out, resp->gave_up) and returns the
      * verdict, marking individual records with sl_record_reject(rec,
      * SL_STAGE_SINK, ...) + status FAILED for per-record errors. Without

@@ -26,7 +26,8 @@ typedef enum sl_type {
 const char *sl_type_name(sl_type t);
 
 /* Field flags */
-#define SL_FIELD_OMIT 0x01 /* present in the input but not to be sent (e.g. empty cell) */
+#define SL_FIELD_OMIT 0x01  /* present in the input but not to be sent (e.g. empty cell) */
+#define SL_FIELD_FIXED 0x02 /* type decided (e.g. by a cast): later inference leaves it alone */
 
 typedef struct sl_field {
     const char *name; /* borrowed, see above */
@@ -56,6 +57,8 @@ typedef struct sl_record {
     sl_buf data;        /* string arena, owned */
     uint64_t pos;       /* source position where the record starts (e.g. byte offset) */
     uint64_t line;      /* 1-based input line/row where it starts, 0 if meaningless */
+    uint64_t next_line; /* line where the input continues after it (set by sources
+                           together with *next_pos; 0 = line + 1) */
     uint8_t status;     /* sl_rec_status */
     int8_t stage;       /* where it was rejected: -1 source, 0..n-1 step index, 127 sink */
     const char *action; /* borrowed static string ("upsert", "new", "lapsed"...), or NULL */

@@ -1,1 +1,494 @@
-int main(void){return 0;}
+/* sluice command line. */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "config/config.h"
+#include "core/registry.h"
+#include "core/run.h"
+#include "sluice/log.h"
+#include "state/state.h"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+    if (g_stop) {
+        /* second signal: stop now, like any tool would */
+        signal(sig, SIG_DFL);
+        raise(sig);
+    }
+    g_stop = 1;
+}
+
+typedef struct cmd_help {
+    const char *name;
+    const char *usage;
+    const char *text;
+} cmd_help;
+
+static const cmd_help commands[] = {
+    {"run", "sluice run [-c FILE] [PIPELINE...] [--dry-run] [--from-start]",
+     "Run pipelines once (all of them when none is named). An interrupted run\n"
+     "resumes from its checkpoint unless --from-start is given. --dry-run reads\n"
+     "and transforms everything and prints counts and sample payloads without\n"
+     "calling the sink or writing state.\n"
+     "Exit codes: 0 all delivered; 1 failed; 2 finished, some records dead-lettered;\n"
+     "64 usage error; 78 config error."},
+    {"serve", "sluice serve [-c FILE] [--listen ADDR:PORT]",
+     "Serve webhook routes, run scheduled pipelines, expose /healthz and /metrics.\n"
+     "(Not available in this version.)"},
+    {"check", "sluice check [-c FILE]",
+     "Validate the configuration: every error is printed with file:line:column.\n"
+     "Exit 0 when valid, 78 otherwise."},
+    {"status", "sluice status [-c FILE] [PIPELINE]",
+     "Show recent runs with counts, the checkpoint an interrupted run will resume\n"
+     "from, and dead letters."},
+    {"retry", "sluice retry [-c FILE] PIPELINE",
+     "Re-send the pipeline's dead letters through the steps after the one that\n"
+     "rejected them, and the sink. Delivered ones are removed; the others stay\n"
+     "with their attempt count raised. Rows the source rejected (malformed input)\n"
+     "cannot be retried: fix the input and run again."},
+    {"fanout", "sluice fanout [-c FILE] PIPELINE",
+     "Distributed mode: source -> Kafka topic. (Not available in this version.)"},
+    {"worker", "sluice worker [-c FILE] PIPELINE",
+     "Distributed mode: Kafka consumer group -> steps -> sink. (Not available in this version.)"},
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "sluice %s: move people data between files, warehouses and APIs, correctly.\n\n"
+               "Usage:\n",
+            SLUICE_VERSION);
+    for (const cmd_help *c = commands; c->name; c++) {
+        fprintf(f, "  %s\n", c->usage);
+    }
+    fprintf(f, "  sluice --help | --version | help COMMAND | help PLUGIN\n\n"
+               "Options:\n"
+               "  -c, --config FILE   configuration (default ./sluice.yml)\n"
+               "  -v, --verbose       debug logging;  -q, --quiet  errors only\n"
+               "      --log-format json|text\n\n"
+               "Plugins (sluice help NAME shows the options):\n");
+    fprintf(f, "  sources:");
+    for (size_t i = 0; sl_sources[i]; i++) {
+        fprintf(f, " %s", sl_sources[i]->name);
+    }
+    fprintf(f, "\n  steps:  ");
+    for (size_t i = 0; sl_steps[i]; i++) {
+        fprintf(f, " %s", sl_steps[i]->name);
+    }
+    fprintf(f, "\n  sinks:  ");
+    for (size_t i = 0; sl_sinks[i]; i++) {
+        fprintf(f, " %s", sl_sinks[i]->name);
+    }
+    fprintf(f, "\n");
+}
+
+static const char *opt_type_name(sl_opt_type t)
+{
+    switch (t) {
+    case SL_OPT_STRING: return "string";
+    case SL_OPT_INT: return "integer";
+    case SL_OPT_FLOAT: return "number";
+    case SL_OPT_BOOL: return "boolean";
+    case SL_OPT_DURATION: return "duration";
+    case SL_OPT_SIZE: return "size";
+    case SL_OPT_ENUM: return "enum";
+    case SL_OPT_LIST: return "list";
+    case SL_OPT_MAP: return "map";
+    }
+    return "?";
+}
+
+static void print_options(const char *kind, const char *name, const char *summary,
+                          const sl_option *opts)
+{
+    printf("%s %s: %s\n\nOptions:\n", kind, name, summary ? summary : "");
+    for (const sl_option *o = opts; o && o->name; o++) {
+        printf("  %-16s %-8s", o->name, opt_type_name(o->type));
+        if (o->flags & SL_OPT_REQUIRED) {
+            printf(" required");
+        }
+        if (o->def) {
+            printf(" default %s", o->def);
+        }
+        if (o->flags & SL_OPT_SECRET) {
+            printf(" (secret)");
+        }
+        if (o->type == SL_OPT_ENUM && o->choices) {
+            printf(" [%s]", o->choices);
+        }
+        printf("\n      %s\n", o->help ? o->help : "");
+    }
+}
+
+static int cmd_help_topic(const char *topic)
+{
+    for (const cmd_help *c = commands; c->name; c++) {
+        if (strcmp(c->name, topic) == 0) {
+            printf("Usage: %s\n\n%s\n", c->usage, c->text);
+            return 0;
+        }
+    }
+    const sl_source_plugin *so = sl_find_source(topic);
+    if (so) {
+        print_options("source", so->name, so->summary, so->options);
+        return 0;
+    }
+    const sl_step_plugin *st = sl_find_step(topic);
+    if (st) {
+        print_options("step", st->name, st->summary, st->options);
+        return 0;
+    }
+    const sl_sink_plugin *si = sl_find_sink(topic);
+    if (si) {
+        print_options("sink", si->name, si->summary, si->options);
+        printf("\nDefaults: batch %d records, concurrency %d", si->defaults.batch_records,
+               si->defaults.concurrency);
+        if (si->defaults.rate_per_sec > 0) {
+            printf(", rate %.0f requests/s (burst %.0f)", si->defaults.rate_per_sec,
+                   si->defaults.rate_burst);
+        }
+        printf("\n");
+        return 0;
+    }
+    fprintf(stderr, "sluice: no help for '%s' (expected a command or a plugin name; see "
+                    "sluice --help)\n",
+            topic);
+    return SL_EXIT_USAGE;
+}
+
+typedef struct cli {
+    const char *config;
+    int dry_run, from_start;
+    const char *listen;
+    const char *names[64];
+    size_t nnames;
+} cli;
+
+static sl_config *load_config(const cli *c, int *exit_code)
+{
+    sl_buf errors = {0};
+    sl_config *cfg = sl_config_load(c->config, c->names, c->nnames, &errors);
+    if (!cfg) {
+        fprintf(stderr, "%s", sl_buf_cstr(&errors));
+        if (errors.len && errors.data[errors.len - 1] != '\n') {
+            fputc('\n', stderr);
+        }
+        *exit_code = SL_EXIT_CONFIG;
+    }
+    sl_buf_free(&errors);
+    return cfg;
+}
+
+static sl_state *open_state(const sl_config *cfg, int *exit_code)
+{
+    sl_error err = {0};
+    sl_state *st = sl_state_open(cfg->state_url, &err);
+    if (!st) {
+        fprintf(stderr, "sluice: %s\n", err.msg);
+        *exit_code = SL_EXIT_FAILED;
+    }
+    return st;
+}
+
+static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int dry)
+{
+    if (dry) {
+        return;
+    }
+    double rate = res->duration_s > 0 ? (double)res->counts.read / res->duration_s : 0;
+    printf("%s: %s (%s)\n", p->name, res->status, res->input);
+    printf("  read %" PRIu64 "  sent %" PRIu64 "  dead-lettered %" PRIu64 "  skipped %" PRIu64
+           "\n",
+           res->counts.read, res->counts.sent, res->counts.failed, res->counts.skipped);
+    printf("  requests %" PRIu64 "  retries %" PRIu64 "  %.2fs  %.0f records/s\n",
+           res->counts.requests, res->counts.retries, res->duration_s, rate);
+    if (res->error[0]) {
+        printf("  error: %s\n", res->error);
+    }
+    if (res->counts.failed) {
+        printf("  dead letters: sluice status %s; re-send: sluice retry %s\n", p->name, p->name);
+    }
+    fflush(stdout);
+}
+
+static int worse(int a, int b)
+{
+    /* failed (1) beats partial (2) beats ok (0) */
+    if (a == SL_EXIT_FAILED || b == SL_EXIT_FAILED) {
+        return SL_EXIT_FAILED;
+    }
+    return a > b ? a : b;
+}
+
+static int cmd_run(const cli *c, sl_run_mode mode)
+{
+    int code = 0;
+    sl_config *cfg = load_config(c, &code);
+    if (!cfg) {
+        return code;
+    }
+    sl_state *st = NULL;
+    if (!c->dry_run || mode == SL_RUN_RETRY) {
+        st = open_state(cfg, &code);
+        if (!st) {
+            sl_config_free(cfg);
+            return code;
+        }
+    }
+    sl_run_opts o = {0};
+    o.mode = mode;
+    o.dry_run = c->dry_run;
+    o.from_start = c->from_start;
+    o.progress = isatty(STDERR_FILENO) && sl_log_level >= SL_LOG_INFO;
+    o.samples = 3;
+    o.stop = &g_stop;
+    int result = SL_EXIT_OK;
+    for (size_t i = 0; i < cfg->npipelines && !g_stop; i++) {
+        sl_pipeline_cfg *p = &cfg->pipelines[i];
+        if (c->nnames) {
+            int wanted = 0;
+            for (size_t k = 0; k < c->nnames; k++) {
+                wanted |= strcmp(c->names[k], p->name) == 0;
+            }
+            if (!wanted) {
+                continue;
+            }
+        }
+        sl_run_result res;
+        int rc = sl_run_pipeline(cfg, p, st, &o, &res);
+        if (rc == SL_EXIT_FAILED && res.error[0]) {
+            fprintf(stderr, "sluice: %s: %s\n", p->name, res.error);
+        }
+        print_result(p, &res, c->dry_run);
+        result = worse(result, rc);
+    }
+    sl_state_close(st);
+    sl_config_free(cfg);
+    return result;
+}
+
+static int cmd_check(const cli *c)
+{
+    int code = 0;
+    sl_config *cfg = load_config(c, &code);
+    if (!cfg) {
+        return code;
+    }
+    printf("%s: OK, %zu pipeline%s:", c->config, cfg->npipelines,
+           cfg->npipelines == 1 ? "" : "s");
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        printf(" %s", cfg->pipelines[i].name);
+    }
+    printf("\n");
+    sl_config_free(cfg);
+    return 0;
+}
+
+static void fmt_time(double t, char *out, size_t n)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    localtime_r(&tt, &tm);
+    strftime(out, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+static int print_run(void *ud, const sl_run_info *r)
+{
+    (void)ud;
+    char when[32];
+    fmt_time(r->started_at, when, sizeof(when));
+    double dur = r->finished_at > 0 ? r->finished_at - r->started_at : 0;
+    printf("    #%-5" PRId64 " %-11s %s  %6.1fs  read %" PRIu64 "  sent %" PRIu64
+           "  dead-lettered %" PRIu64 "  skipped %" PRIu64 "  %s\n",
+           r->id, r->status, when, dur, r->counts.read, r->counts.sent, r->counts.failed,
+           r->counts.skipped, r->input);
+    if (r->error[0]) {
+        printf("           error: %s\n", r->error);
+    }
+    return 0;
+}
+
+static int print_dl(void *ud, const sl_dead_letter *d)
+{
+    (void)ud;
+    char rec[161];
+    snprintf(rec, sizeof(rec), "%s", d->record);
+    printf("    #%-5" PRId64 " line %-8" PRIu64 " attempts %d  %s\n             %s\n", d->id,
+           d->line, d->attempts, d->error, rec);
+    return 0;
+}
+
+static int cmd_status(const cli *c)
+{
+    int code = 0;
+    cli c2 = *c;
+    c2.nnames = 0; /* status needs no environment of other pipelines */
+    sl_config *cfg = load_config(&c2, &code);
+    if (!cfg) {
+        return code;
+    }
+    sl_state *st = open_state(cfg, &code);
+    if (!st) {
+        sl_config_free(cfg);
+        return code;
+    }
+    int found = 0;
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        sl_pipeline_cfg *p = &cfg->pipelines[i];
+        if (c->nnames && strcmp(c->names[0], p->name) != 0) {
+            continue;
+        }
+        found = 1;
+        sl_error err = {0};
+        printf("%s  (%s -> %s)\n", p->name, p->source.type, p->sink.type);
+        printf("  runs (newest first):\n");
+        if (sl_state_runs(st, p->name, 5, print_run, NULL, &err) < 0) {
+            fprintf(stderr, "sluice: %s\n", err.msg);
+            code = SL_EXIT_FAILED;
+        }
+        sl_buf cp = {0};
+        if (sl_state_kv_get(st, p->name, "checkpoint", &cp, &err) == 1) {
+            json_t *j = json_loads(sl_buf_cstr(&cp), 0, NULL);
+            printf("  checkpoint: line %" JSON_INTEGER_FORMAT ", byte %" JSON_INTEGER_FORMAT
+                   " of %s (the next run resumes here)\n",
+                   json_integer_value(json_object_get(j, "line")),
+                   json_integer_value(json_object_get(j, "offset")),
+                   json_string_value(json_object_get(j, "input"))
+                       ? json_string_value(json_object_get(j, "input"))
+                       : "input");
+            json_decref(j);
+        }
+        sl_buf_free(&cp);
+        int64_t n = sl_state_dl_count(st, p->name, &err);
+        printf("  dead letters: %" PRId64 "%s\n", n < 0 ? 0 : n,
+               n > 0 ? " (oldest first; re-send with sluice retry)" : "");
+        if (n > 0) {
+            sl_state_dl_each(st, p->name, 10, print_dl, NULL, &err);
+            if (n > 10) {
+                printf("    ... %" PRId64 " more\n", n - 10);
+            }
+        }
+    }
+    if (!found) {
+        fprintf(stderr, "sluice: no pipeline named '%s' in %s\n", c->names[0], c->config);
+        code = SL_EXIT_USAGE;
+    }
+    sl_state_close(st);
+    sl_config_free(cfg);
+    return code;
+}
+
+int main(int argc, char **argv)
+{
+    cli c = {0};
+    c.config = "sluice.yml";
+    const char *cmd = NULL;
+
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "sluice: %s needs a file name\n", a);
+                return SL_EXIT_USAGE;
+            }
+            c.config = argv[i];
+        } else if (strncmp(a, "--config=", 9) == 0) {
+            c.config = a + 9;
+        } else if (strcmp(a, "--dry-run") == 0) {
+            c.dry_run = 1;
+        } else if (strcmp(a, "--from-start") == 0) {
+            c.from_start = 1;
+        } else if (strcmp(a, "--listen") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "sluice: --listen needs ADDR:PORT\n");
+                return SL_EXIT_USAGE;
+            }
+            c.listen = argv[i];
+        } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
+            sl_log_level = SL_LOG_DEBUG;
+        } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
+            sl_log_level = SL_LOG_ERROR;
+        } else if (strcmp(a, "--log-format") == 0 && i + 1 < argc) {
+            sl_log_set_json(strcmp(argv[++i], "json") == 0);
+        } else if (strcmp(a, "--log-format=json") == 0) {
+            sl_log_set_json(1);
+        } else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            printf("sluice %s\n", SLUICE_VERSION);
+            return 0;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "sluice: unknown option '%s' (see sluice --help)\n", a);
+            return SL_EXIT_USAGE;
+        } else if (!cmd) {
+            cmd = a;
+        } else if (c.nnames < sizeof(c.names) / sizeof(c.names[0])) {
+            c.names[c.nnames++] = a;
+        } else {
+            fprintf(stderr, "sluice: too many arguments\n");
+            return SL_EXIT_USAGE;
+        }
+    }
+    if (!cmd) {
+        usage(stderr);
+        return SL_EXIT_USAGE;
+    }
+    if (strcmp(cmd, "help") == 0) {
+        if (c.nnames == 0) {
+            usage(stdout);
+            return 0;
+        }
+        return cmd_help_topic(c.names[0]);
+    }
+
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    srandom((unsigned)time(NULL) ^ (unsigned)getpid());
+
+    int rc;
+    if (strcmp(cmd, "run") == 0) {
+        rc = cmd_run(&c, SL_RUN_NORMAL);
+    } else if (strcmp(cmd, "check") == 0) {
+        rc = cmd_check(&c);
+    } else if (strcmp(cmd, "status") == 0) {
+        rc = c.nnames > 1 ? (fprintf(stderr, "sluice: status takes at most one pipeline\n"),
+                             SL_EXIT_USAGE)
+                          : cmd_status(&c);
+    } else if (strcmp(cmd, "retry") == 0) {
+        if (c.nnames != 1) {
+            fprintf(stderr, "sluice: retry needs exactly one PIPELINE (usage: %s)\n",
+                    commands[4].usage);
+            rc = SL_EXIT_USAGE;
+        } else {
+            rc = cmd_run(&c, SL_RUN_RETRY);
+        }
+    } else if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "fanout") == 0 ||
+               strcmp(cmd, "worker") == 0) {
+        fprintf(stderr, "sluice: '%s' is not available in this version yet\n", cmd);
+        rc = SL_EXIT_USAGE;
+    } else {
+        fprintf(stderr, "sluice: unknown command '%s' (expected run, serve, check, status, "
+                        "retry, fanout, worker or help)\n",
+                cmd);
+        rc = SL_EXIT_USAGE;
+    }
+    sl_secrets_clear();
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,0 +1,55 @@
+/* The pipeline runner: source -> steps -> sink, with a bounded queue between
+ * a reader thread (source + steps + batching) and the sink thread (delivery,
+ * dead letters, checkpoints). */
+#ifndef SLUICE_RUN_H
+#define SLUICE_RUN_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "state/state.h"
+
+/* Exit codes (product.md). */
+enum {
+    SL_EXIT_OK = 0,
+    SL_EXIT_FAILED = 1,
+    SL_EXIT_PARTIAL = 2,
+    SL_EXIT_USAGE = 64,
+    SL_EXIT_CONFIG = 78,
+};
+
+typedef enum sl_run_mode {
+    SL_RUN_NORMAL = 0, /* read the configured source */
+    SL_RUN_RETRY,      /* re-deliver the pipeline's dead letters */
+} sl_run_mode;
+
+typedef struct sl_run_opts {
+    sl_run_mode mode;
+    int dry_run;
+    int from_start;
+    int progress;      /* 1: a \r progress line on stderr (a TTY); 0: periodic log lines */
+    int samples;       /* --dry-run: payloads to print (default 3) */
+    volatile sig_atomic_t *stop; /* set by signal handlers; may be NULL */
+} sl_run_opts;
+
+typedef struct sl_run_result {
+    int64_t run_id;
+    char status[16]; /* ok, partial, failed, interrupted */
+    char input[512];
+    sl_counts counts;
+    double duration_s;
+    int peak_inflight;
+    char error[SL_ERRMSG_MAX];
+} sl_run_result;
+
+/* Run one pipeline to completion. state may be NULL only for dry runs.
+ * Returns an SL_EXIT_* code; res is filled in any case. */
+int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *state,
+                    const sl_run_opts *opts, sl_run_result *res);
+
+/* Send the run summary to every matching `notify:` target. Failures are
+ * logged, never fatal. summary_json is the object built by the runner. */
+void sl_notify_run(const sl_pipeline_cfg *p, const sl_run_result *res, const char *summary_json);
+
+#endif
