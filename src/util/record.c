@@ -50,6 +50,7 @@ void sl_record_reset(sl_record *r)
     sl_buf_reset(&r->reason);
     r->pos = 0;
     r->line = 0;
+    r->next_line = 0;
     r->status = SL_REC_OK;
     r->stage = 0;
     r->action = NULL;
@@ -320,6 +321,7 @@ int sl_record_copy(sl_record *dst, const sl_record *src)
     }
     dst->pos = src->pos;
     dst->line = src->line;
+    dst->next_line = src->next_line;
     dst->status = src->status;
     dst->stage = src->stage;
     dst->action = src->action;
