@@ -1,0 +1,440 @@
+/* braze: user attributes to Braze `POST /users/track`, 75 per request.
+ *
+ * Body: {"attributes":[{"external_id":"...", "<attr>": value, ...}, ...]}.
+ * The key is always sent as a JSON string (the original importer sent "123"
+ * as the number 123). Omitted fields (empty cells) are not sent; a record
+ * with nothing but its key is skipped. Braze answers 201 with an `errors`
+ * array whose `index` counts the objects of the request: decode maps it back
+ * to the records that were actually sent (records rejected upstream, skipped
+ * or failed in encode are not in the request).
+ *
+ * The instance holds no per-batch state, so several batches may be in
+ * flight at once. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "sluice/plugin.h"
+#include "sluice/values.h"
+
+#define BRAZE_PATH "/users/track"
+#define BRAZE_URL_MAX 2048
+
+typedef struct braze {
+    sl_ctx *ctx;                   /* borrowed */
+    char *url;                     /* base + /users/track */
+    char url_shown[BRAZE_URL_MAX]; /* without query or credentials, for messages */
+    char *api_key;
+    char *key;
+    size_t key_len;
+    int key_first;
+    int bulk;
+    int skip_empty;
+} braze;
+
+static const sl_option braze_options[] = {
+    {"url", SL_OPT_STRING, NULL, SL_OPT_REQUIRED, NULL,
+     "REST endpoint base, e.g. https://rest.iad-01.braze.com (/users/track is appended)"},
+    {"api_key", SL_OPT_STRING, NULL, SL_OPT_REQUIRED | SL_OPT_SECRET, NULL,
+     "REST API key with the users.track permission"},
+    {"key", SL_OPT_STRING, "external_id", 0, NULL, "column holding the user id, sent as a string"},
+    {"key_first", SL_OPT_BOOL, "true", 0, NULL, "the key must be the first input column"},
+    {"bulk", SL_OPT_BOOL, "true", 0, NULL, "send X-Braze-Bulk: true (bulk imports)"},
+    {"skip_empty", SL_OPT_BOOL, "true", 0, NULL,
+     "do not send a record that has no attribute besides the key"},
+    SL_OPTIONS_END,
+};
+
+static void braze_destroy(void *self)
+{
+    braze *bz = self;
+    if (!bz) {
+        return;
+    }
+    free(bz->url);
+    free(bz->api_key);
+    free(bz->key);
+    free(bz);
+}
+
+static int braze_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err)
+{
+    int rc = SL_ERR_NOMEM;
+    braze *bz = calloc(1, sizeof(*bz));
+    if (!bz) {
+        goto fail;
+    }
+    bz->ctx = ctx;
+    const char *url = sl_opt_str(opts, "url");
+    const char *key = sl_opt_str(opts, "api_key");
+    const char *col = sl_opt_str(opts, "key");
+    if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)) {
+        char shown[256];
+        rc = sl_error_set(err, SL_ERR_CONFIG,
+                          "%s: url: '%s' is not an http(s) URL (expected the REST endpoint, "
+                          "e.g. https://rest.iad-01.braze.com)",
+                          sl_opt_where(opts, "url"), sl_url_display(shown, sizeof(shown), url));
+        goto fail;
+    }
+    if (strchr(url, '?') || strchr(url, '#')) {
+        rc = sl_error_set(err, SL_ERR_CONFIG,
+                          "%s: url: expected the REST endpoint base without a query, "
+                          "e.g. https://rest.iad-01.braze.com",
+                          sl_opt_where(opts, "url"));
+        goto fail;
+    }
+    if (!key || !key[0]) {
+        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: api_key: must not be empty",
+                          sl_opt_where(opts, "api_key"));
+        goto fail;
+    }
+    if (!col || !col[0]) {
+        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: key: must not be empty",
+                          sl_opt_where(opts, "key"));
+        goto fail;
+    }
+    /* Tolerate a trailing slash and a URL that already names the endpoint. */
+    size_t ul = strlen(url);
+    while (ul > 0 && url[ul - 1] == '/') {
+        ul--;
+    }
+    size_t pl = strlen(BRAZE_PATH);
+    if (ul >= pl && memcmp(url + ul - pl, BRAZE_PATH, pl) == 0) {
+        ul -= pl;
+    }
+    if (ul + pl + 1 > BRAZE_URL_MAX) {
+        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: url: longer than %d bytes",
+                          sl_opt_where(opts, "url"), BRAZE_URL_MAX);
+        goto fail;
+    }
+    bz->url = malloc(ul + pl + 1);
+    if (!bz->url) {
+        goto fail;
+    }
+    memcpy(bz->url, url, ul);
+    memcpy(bz->url + ul, BRAZE_PATH, pl + 1);
+    sl_url_display(bz->url_shown, sizeof(bz->url_shown), bz->url);
+    sl_secret_register(key);
+    bz->api_key = strdup(key);
+    bz->key = strdup(col);
+    if (!bz->api_key || !bz->key) {
+        goto fail;
+    }
+    bz->key_len = strlen(col);
+    bz->key_first = sl_opt_bool(opts, "key_first");
+    bz->bulk = sl_opt_bool(opts, "bulk");
+    bz->skip_empty = sl_opt_bool(opts, "skip_empty");
+    *self = bz;
+    return 0;
+fail:
+    braze_destroy(bz);
+    if (rc == SL_ERR_NOMEM) {
+        sl_error_set(err, rc, "braze: out of memory");
+    }
+    return rc;
+}
+
+static int braze_columns(void *self, const char *const *cols, size_t n, sl_error *err)
+{
+    braze *bz = self;
+    size_t at = n;
+    for (size_t i = 0; i < n && at == n; i++) {
+        if (strcmp(cols[i], bz->key) == 0) {
+            at = i;
+        }
+    }
+    if (at == n) {
+        return sl_error_set(err, SL_ERR_INPUT, "input has no '%s' column", bz->key);
+    }
+    if (bz->key_first && at != 0) {
+        return sl_error_set(err, SL_ERR_INPUT,
+                            "input header: first column must be '%s' (found '%s')", bz->key,
+                            cols[0]);
+    }
+    return 0;
+}
+
+static int is_key(const braze *bz, const sl_field *f)
+{
+    return f->name_len == bz->key_len && memcmp(f->name, bz->key, bz->key_len) == 0;
+}
+
+/* Write the key as a JSON string whatever a step made of it (key_usable()
+ * was checked first). */
+static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
+{
+    char tmp[48] = "";
+    size_t n = 0;
+    switch ((sl_type)f->type) {
+    case SL_T_STRING:
+    case SL_T_JSON:
+        sl_jw_str(w, sl_field_str(rec, f), f->v.s.len);
+        return;
+    case SL_T_INT:
+        n = (size_t)snprintf(tmp, sizeof(tmp), "%lld", (long long)f->v.i);
+        break;
+    case SL_T_FLOAT:
+        n = sl_format_double(tmp, sizeof(tmp), f->v.f);
+        break;
+    case SL_T_BOOL:
+        n = (size_t)snprintf(tmp, sizeof(tmp), "%s", f->v.b ? "true" : "false");
+        break;
+    case SL_T_NULL:
+        break;
+    }
+    sl_jw_str(w, tmp, n);
+}
+
+static void write_value(sl_jw *w, const sl_record *rec, const sl_field *f)
+{
+    switch ((sl_type)f->type) {
+    case SL_T_NULL:
+        sl_jw_null(w);
+        break;
+    case SL_T_STRING:
+        sl_jw_str(w, sl_field_str(rec, f), f->v.s.len);
+        break;
+    case SL_T_INT:
+        sl_jw_int(w, f->v.i);
+        break;
+    case SL_T_FLOAT:
+        sl_jw_double(w, f->v.f);
+        break;
+    case SL_T_BOOL:
+        sl_jw_bool(w, f->v.b);
+        break;
+    case SL_T_JSON:
+        sl_jw_raw(w, sl_field_str(rec, f), f->v.s.len);
+        break;
+    }
+}
+
+/* Validity of the key, decided before anything of the record is written. */
+static int key_usable(const sl_record *rec, const sl_field *f)
+{
+    if (!f || (f->flags & SL_FIELD_OMIT) || f->type == SL_T_NULL) {
+        return 0;
+    }
+    if (f->type == SL_T_STRING || f->type == SL_T_JSON) {
+        return !sl_is_blank(sl_field_str(rec, f), f->v.s.len);
+    }
+    return 1;
+}
+
+static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
+{
+    braze *bz = self;
+    sl_http_req_reset(req);
+    sl_jw w;
+    sl_jw_init(&w, &req->body);
+    size_t nsent = 0;
+    for (size_t r = 0; r < b->n; r++) {
+        sl_record *rec = &b->recs[r];
+        if (rec->status != SL_REC_OK) {
+            continue;
+        }
+        const sl_field *key = NULL;
+        size_t nattr = 0;
+        for (uint32_t i = 0; i < rec->nfields; i++) {
+            const sl_field *f = &rec->fields[i];
+            if (is_key(bz, f)) {
+                key = key ? key : f;
+            } else if (!(f->flags & SL_FIELD_OMIT)) {
+                nattr++;
+            }
+        }
+        if (!key_usable(rec, key)) {
+            sl_record_fail(rec, "empty %s", bz->key);
+            continue;
+        }
+        if (nattr == 0 && bz->skip_empty) {
+            rec->status = SL_REC_SKIP;
+            continue;
+        }
+        if (nsent == 0) {
+            sl_jw_obj_open(&w);
+            sl_jw_keyz(&w, "attributes");
+            sl_jw_arr_open(&w);
+        }
+        sl_jw_obj_open(&w);
+        sl_jw_key(&w, bz->key, bz->key_len);
+        write_key(&w, rec, key);
+        for (uint32_t i = 0; i < rec->nfields; i++) {
+            const sl_field *f = &rec->fields[i];
+            if ((f->flags & SL_FIELD_OMIT) || is_key(bz, f)) {
+                continue;
+            }
+            sl_jw_key(&w, f->name, f->name_len);
+            write_value(&w, rec, f);
+        }
+        sl_jw_obj_close(&w);
+        nsent++;
+    }
+    if (nsent == 0) {
+        /* nothing to send: the engine acknowledges the batch without a request */
+        sl_buf_reset(&req->body);
+        return 0;
+    }
+    sl_jw_arr_close(&w);
+    sl_jw_obj_close(&w);
+    if (w.err) {
+        return sl_error_set(err, w.err,
+                            "braze: request body of batch %llu (lines %llu-%llu) exceeds %zu "
+                            "bytes",
+                            (unsigned long long)b->seq, (unsigned long long)b->start_line,
+                            (unsigned long long)b->end_line, req->body.max);
+    }
+    memcpy(req->method, "POST", 5);
+    int rc = sl_buf_puts(&req->url, bz->url);
+    if (!rc) {
+        rc = sl_http_req_header(req, "Authorization", "Bearer %s", bz->api_key);
+    }
+    if (!rc) {
+        rc = sl_http_req_header(req, "Content-Type", "application/json");
+    }
+    if (!rc && bz->bulk) {
+        rc = sl_http_req_header(req, "X-Braze-Bulk", "true");
+    }
+    if (rc) {
+        return sl_error_set(err, rc, "braze: out of memory building the request");
+    }
+    return 0;
+}
+
+/* Map the `errors` of a 2xx answer to the records of the request. A body
+ * that is not the expected JSON is still a success: the users landed. */
+static void mark_errors(braze *bz, sl_batch *b, const sl_http_resp *resp)
+{
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_t *errors = root ? json_object_get(root, "errors") : NULL;
+    sl_record **sent = NULL;
+    if (!json_is_array(errors) || json_array_size(errors) == 0) {
+        goto done;
+    }
+    /* The request held, in order, the records still OK after encode. */
+    sent = malloc((b->n ? b->n : 1) * sizeof(*sent));
+    if (!sent) {
+        sl_plog(bz->ctx, SL_LOG_ERROR, "out of memory mapping %zu Braze errors",
+                json_array_size(errors));
+        goto done;
+    }
+    size_t nsent = 0;
+    for (size_t r = 0; r < b->n; r++) {
+        if (b->recs[r].status == SL_REC_OK) {
+            sent[nsent++] = &b->recs[r];
+        }
+    }
+    size_t i;
+    json_t *e;
+    json_array_foreach(errors, i, e)
+    {
+        json_t *idx = json_object_get(e, "index");
+        const char *type = json_string_value(json_object_get(e, "type"));
+        char shown[256];
+        sl_excerpt(shown, sizeof(shown), type ? type : "unknown error",
+                   strlen(type ? type : "unknown error"), 200);
+        if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
+            (size_t)json_integer_value(idx) >= nsent) {
+            sl_plog(bz->ctx, SL_LOG_WARN,
+                    "Braze reported an error for no record of the request (index %s of %zu): %s",
+                    json_is_integer(idx) ? "out of range" : "missing", nsent, shown);
+            continue;
+        }
+        sl_record_fail(sent[json_integer_value(idx)], "Braze rejected the attributes: %s", shown);
+    }
+done:
+    free(sent);
+    json_decref(root);
+}
+
+/* The `message` of a Braze error body, else the start of the body. */
+static void body_message(const sl_http_resp *resp, char *dst, size_t cap)
+{
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *msg = json_string_value(json_object_get(root, "message"));
+    if (msg && msg[0]) {
+        sl_excerpt(dst, cap, msg, strlen(msg), 200);
+    } else if (resp->body_len) {
+        sl_excerpt(dst, cap, resp->body, resp->body_len, 200);
+    } else {
+        snprintf(dst, cap, "(empty body)");
+    }
+    json_decref(root);
+}
+
+static sl_verdict braze_decode(void *self, sl_batch *b, const sl_http_resp *resp, sl_error *err)
+{
+    braze *bz = self;
+    long st = resp->status;
+    char msg[256];
+    if (st == 0) {
+        sl_error_set(err, SL_ERR_IO, "could not reach Braze at %s (gave up after %d attempts): %s",
+                     bz->url_shown, resp->attempts, resp->error);
+        return SL_SEND_FATAL;
+    }
+    if (resp->gave_up) {
+        body_message(resp, msg, sizeof(msg));
+        sl_error_set(err, SL_ERR_IO, "gave up after %d attempts: HTTP %ld from Braze at %s: %s",
+                     resp->attempts, st, bz->url_shown, msg);
+        return SL_SEND_FATAL;
+    }
+    if (st >= 200 && st < 300) {
+        mark_errors(bz, b, resp);
+        return SL_SEND_OK;
+    }
+    if (st == 401 || st == 403) {
+        sl_error_set(err, SL_ERR_CONFIG, "Braze rejected the API key (HTTP %ld) at %s", st,
+                     bz->url_shown);
+        return SL_SEND_FATAL;
+    }
+    if (st == 404 || st == 405) {
+        sl_error_set(err, SL_ERR_CONFIG,
+                     "Braze answered HTTP %ld at %s: check `url` (expected the REST endpoint "
+                     "base, e.g. https://rest.iad-01.braze.com)",
+                     st, bz->url_shown);
+        return SL_SEND_FATAL;
+    }
+    if (sl_http_classify(st) == SL_HTTP_RETRY) {
+        /* the client retries these itself; seen here only if it did not */
+        sl_error_set(err, SL_ERR_IO, "HTTP %ld from Braze at %s", st, bz->url_shown);
+        return SL_SEND_RETRY;
+    }
+    body_message(resp, msg, sizeof(msg));
+    if (st == 400) {
+        sl_error_set(err, SL_ERR_INPUT, "Braze answered 400: %s", msg);
+    } else {
+        sl_error_set(err, SL_ERR_INPUT, "Braze answered HTTP %ld at %s: %s", st, bz->url_shown,
+                     msg);
+    }
+    return SL_SEND_FAIL;
+}
+
+static void braze_summarize(void *self, sl_jw *w, uint64_t sent, uint64_t failed, int success)
+{
+    /* the original importer's completion notice field */
+    sl_jw_keyz(w, "usersProcessed");
+    sl_jw_int(w, (int64_t)sent);
+}
+
+const sl_sink_plugin sl_sink_braze = {
+    .name = "braze",
+    .summary = "Braze /users/track: user attributes, 75 per request, external_id as string",
+    .options = braze_options,
+    .defaults =
+        {
+            .batch_records = 75,
+            .max_batch_records = 75,
+            .batch_bytes = (int64_t)4 * 1024 * 1024,
+            .concurrency = 8,
+            .rate_per_sec = 1000.0,
+            .rate_burst = 3000.0,
+        },
+    .init = braze_init,
+    .columns = braze_columns,
+    .encode = braze_encode,
+    .decode = braze_decode,
+    .summarize = braze_summarize,
+    .destroy = braze_destroy,
+};
