@@ -1,0 +1,825 @@
+/* sl_config_load: the configuration file -> validated pipeline definitions.
+ *
+ * The engine's own keys (top level, pipeline, batch, retry, notify) are
+ * described by option tables like a plugin's, so they get the same
+ * validation, messages and did-you-mean suggestions. Interpolation runs per
+ * selected pipeline, so `sluice run a` needs only the variables of `a`. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "config/internal.h"
+#include "core/registry.h"
+#include "sluice/log.h"
+
+/* Largest configuration file read. */
+#define CONFIG_MAX_BYTES ((size_t)16 * 1024 * 1024)
+/* Longest pipeline name (it becomes part of log prefixes and state keys). */
+#define PIPELINE_NAME_MAX 100
+
+#define DEFAULT_STATE ".sluice/state.db"
+
+static const sl_option top_options[] = {
+    {"version", SL_OPT_INT, NULL, 0, NULL, "configuration format version (1)"},
+    {"state", SL_OPT_STRING, DEFAULT_STATE, 0, NULL,
+     "state store: a SQLite file path or a postgres:// URL"},
+    SL_OPTIONS_END,
+};
+static const char *const top_handled[] = {"pipelines", NULL};
+
+static const sl_option pipeline_options[] = {
+    {"concurrency", SL_OPT_INT, NULL, 0, NULL, "simultaneous sink requests (1..1024)"},
+    {"rate_limit", SL_OPT_STRING, NULL, 0, NULL,
+     "sink requests allowed: \"3000/3s\", \"10/s\", \"90/m\" or a number per second"},
+    {"schedule", SL_OPT_STRING, NULL, 0, NULL, "serve mode: \"every 90m\" or a cron line"},
+    {"description", SL_OPT_STRING, NULL, 0, NULL, "free text"},
+    SL_OPTIONS_END,
+};
+static const char *const pipeline_handled[] = {"source", "steps",  "sink", "batch",
+                                               "retry",  "notify", NULL};
+
+static const sl_option batch_options[] = {
+    {"records", SL_OPT_INT, NULL, 0, NULL, "records per sink batch (>= 1)"},
+    {"bytes", SL_OPT_SIZE, NULL, 0, NULL, "payload bytes per sink batch"},
+    SL_OPTIONS_END,
+};
+
+static const sl_option retry_options[] = {
+    {"max_attempts", SL_OPT_INT, "8", 0, NULL, "attempts per batch, first one included (1..100)"},
+    {"backoff", SL_OPT_DURATION, "500ms", 0, NULL, "first retry delay (doubles each attempt)"},
+    {"max_backoff", SL_OPT_DURATION, "60s", 0, NULL, "longest retry delay"},
+    {"timeout", SL_OPT_DURATION, "120s", 0, NULL, "per request"},
+    SL_OPTIONS_END,
+};
+
+static const sl_option notify_options[] = {
+    /* required, but checked by hand: an empty URL turns the notification off */
+    {"url", SL_OPT_STRING, NULL, SL_OPT_SECRET, NULL,
+     "Slack incoming webhook or any http(s) URL; empty: no notification"},
+    {"format", SL_OPT_ENUM, NULL, 0, "slack|json",
+     "message shape; default slack for hooks.slack.com, else json"},
+    {"on", SL_OPT_ENUM, "always", 0, "success|failure|always", "when to send"},
+    SL_OPTIONS_END,
+};
+
+/* ------------------------------------------------------------- helpers */
+
+static const sl_node *map_get(const sl_node *map, const char *key, int *kline, int *kcol)
+{
+    long i = cfg_map_find(map, key);
+    if (i < 0) {
+        return NULL;
+    }
+    if (kline) {
+        *kline = map->key_line[i];
+        *kcol = map->key_col[i];
+    }
+    return map->kids[i];
+}
+
+/* A scalar left empty (`steps:`) counts as absent. A NULL value (failed
+ * interpolation, already reported) counts as absent too. */
+static int is_empty(const sl_node *n)
+{
+    return !n || (n->kind == SL_NODE_SCALAR && (!n->value || !*n->value));
+}
+
+static void names_list(char *out, size_t cap, const char *kind)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0;; i++) {
+        const char *name = NULL;
+        if (strcmp(kind, "source") == 0) {
+            name = sl_sources[i] ? sl_sources[i]->name : NULL;
+        } else if (strcmp(kind, "step") == 0) {
+            name = sl_steps[i] ? sl_steps[i]->name : NULL;
+        } else {
+            name = sl_sinks[i] ? sl_sinks[i]->name : NULL;
+        }
+        if (!name) {
+            break;
+        }
+        int w = snprintf(out + o, cap - o, "%s%s", o ? ", " : "", name);
+        if (w < 0 || (size_t)w >= cap - o) {
+            break;
+        }
+        o += (size_t)w;
+    }
+}
+
+static char *read_file(const char *path, size_t *len, sl_buf *errors)
+{
+    char *data = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cfg_err(errors, path, 0, 0, NULL, "cannot open the configuration file: %s",
+                strerror(errno));
+        return NULL;
+    }
+    sl_buf b;
+    sl_buf_init(&b, CONFIG_MAX_BYTES);
+    char chunk[8192];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) {
+        int rc = sl_buf_append(&b, chunk, n);
+        if (rc == SL_ERR_LIMIT) {
+            cfg_err(errors, path, 0, 0, NULL,
+                    "configuration file too large (expected at most 16 MB)");
+            goto fail;
+        }
+        if (rc) {
+            cfg_err(errors, path, 0, 0, NULL, "out of memory");
+            goto fail;
+        }
+    }
+    if (ferror(f)) {
+        cfg_err(errors, path, 0, 0, NULL, "cannot read the configuration file: %s",
+                strerror(errno));
+        goto fail;
+    }
+    *len = b.len;
+    data = b.data ? sl_buf_steal(&b) : strdup("");
+    fclose(f);
+    return data;
+
+fail:
+    sl_buf_free(&b);
+    fclose(f);
+    return NULL;
+}
+
+static int valid_pipeline_name(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-')) {
+            return 0;
+        }
+    }
+    return n > 0 && n <= PIPELINE_NAME_MAX;
+}
+
+/* Host of an http(s) URL equals host (case-insensitive)? */
+static int url_host_is(const char *url, const char *host)
+{
+    const char *p = strstr(url, "://");
+    if (!p) {
+        return 0;
+    }
+    p += 3;
+    size_t n = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', n);
+    if (at) {
+        n -= (size_t)(at + 1 - p);
+        p = at + 1;
+    }
+    size_t hl = strcspn(p, ":/?#");
+    if (hl > n) {
+        hl = n;
+    }
+    return hl == strlen(host) && strncasecmp(p, host, hl) == 0;
+}
+
+/* A database URL may carry a password ("postgres://u:pw@host/db" or
+ * "...?password=pw"): register it so it is redacted wherever the URL goes. */
+static void register_url_password(const char *url)
+{
+    const char *p = strstr(url, "://");
+    if (p) {
+        p += 3;
+        size_t auth = strcspn(p, "/?#");
+        const char *at = memchr(p, '@', auth);
+        const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
+        if (colon && at - colon > 1) {
+            char *pw = strndup(colon + 1, (size_t)(at - colon - 1));
+            sl_secret_register(pw);
+            free(pw);
+        }
+    }
+    for (const char *q = strstr(url, "password="); q; q = strstr(q + 1, "password=")) {
+        const char *v = q + 9;
+        size_t n = strcspn(v, "& ");
+        if (n) {
+            char *pw = strndup(v, n);
+            sl_secret_register(pw);
+            free(pw);
+        }
+    }
+}
+
+/* ------------------------------------------------------------- plugins */
+
+static void plugin_cfg_free(sl_plugin_cfg *pc)
+{
+    free(pc->type);
+    sl_opts_free(pc->opts);
+    pc->type = NULL;
+    pc->opts = NULL;
+}
+
+/* Validate one plugin block. kind: "source", "step", "sink". Returns the
+ * plugin found (or NULL, problems reported). */
+static const void *load_plugin(const char *file, const char *kind, const sl_node *block, int kline,
+                               int kcol, const char *path, sl_plugin_cfg *pc, sl_buf *errors)
+{
+    static const char *const handled[] = {"type", NULL};
+    char names[512];
+    names_list(names, sizeof(names), kind);
+
+    if (!block || (block->kind == SL_NODE_SCALAR && !block->value)) {
+        return NULL;
+    }
+    cfg_where(pc->where, sizeof(pc->where), file, block->line, block->col);
+    if (block->kind != SL_NODE_MAP) {
+        cfg_err(errors, file, block->line, block->col, path,
+                "found %s (expected a mapping with `type:` and the %s's options)",
+                block->kind == SL_NODE_SEQ ? "a list" : "a value", kind);
+        return NULL;
+    }
+    int tl = 0, tc = 0;
+    const sl_node *type = map_get(block, "type", &tl, &tc);
+    if (!type) {
+        cfg_err(errors, file, kline, kcol, path,
+                "missing required key 'type' (expected one of: %s)", names);
+        return NULL;
+    }
+    char tpath[CFG_PATH_MAX];
+    cfg_path_key(tpath, sizeof(tpath), path, "type");
+    if (type->kind != SL_NODE_SCALAR) {
+        cfg_err(errors, file, type->line, type->col, tpath, "found %s (expected one of: %s)",
+                type->kind == SL_NODE_SEQ ? "a list" : "a mapping", names);
+        return NULL;
+    }
+    if (!type->value) {
+        return NULL;
+    }
+    const void *plugin = NULL;
+    const sl_option *table = NULL;
+    if (strcmp(kind, "source") == 0) {
+        const sl_source_plugin *p = sl_find_source(type->value);
+        plugin = p;
+        table = p ? p->options : NULL;
+    } else if (strcmp(kind, "step") == 0) {
+        const sl_step_plugin *p = sl_find_step(type->value);
+        plugin = p;
+        table = p ? p->options : NULL;
+    } else {
+        const sl_sink_plugin *p = sl_find_sink(type->value);
+        plugin = p;
+        table = p ? p->options : NULL;
+    }
+    if (!plugin) {
+        char q[64];
+        cfg_err(errors, file, type->line, type->col, tpath, "unknown %s %s (expected one of: %s)",
+                kind, cfg_quote(type->value, q, sizeof(q)), names);
+        return NULL;
+    }
+    pc->type = strdup(type->value);
+    if (!pc->type) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return NULL;
+    }
+    pc->opts = sl_opts_from_node(table, block, file, path, handled, errors);
+    return pc->opts ? plugin : NULL;
+}
+
+/* ------------------------------------------------------------- engine keys */
+
+static void report_range(sl_buf *errors, const sl_opts *o, const char *path, const char *name,
+                         int64_t v, const char *expected)
+{
+    char kpath[CFG_PATH_MAX];
+    cfg_path_key(kpath, sizeof(kpath), path, name);
+    cfg_errw(errors, sl_opt_where(o, name), kpath, "%lld is out of range (expected %s)",
+             (long long)v, expected);
+}
+
+static void load_batch(const char *file, const sl_node *n, const char *path, sl_pipeline_cfg *p,
+                       sl_buf *errors)
+{
+    int bad = 0;
+    sl_opts *o = cfg_opts_build(batch_options, n, file, path, NULL, errors, &bad);
+    if (!o) {
+        return;
+    }
+    if (sl_opt_isset(o, "records")) {
+        int64_t r = sl_opt_int(o, "records");
+        if (r < 1 || r > 10000000) {
+            report_range(errors, o, path, "records", r, "an integer from 1 to 10000000");
+        } else {
+            p->batch_records = (int)r;
+        }
+    }
+    if (sl_opt_isset(o, "bytes")) {
+        int64_t b = sl_opt_size(o, "bytes");
+        if (b < 1) {
+            report_range(errors, o, path, "bytes", b, "a size of at least 1 byte");
+        } else {
+            p->batch_bytes = b;
+        }
+    }
+    /* a destination's own per-request maximum (Braze: 75) cannot be exceeded */
+    if (p->sink_plugin && p->batch_records > 0 && p->sink_plugin->defaults.max_batch_records > 0 &&
+        p->batch_records > p->sink_plugin->defaults.max_batch_records) {
+        char kpath[CFG_PATH_MAX];
+        cfg_path_key(kpath, sizeof(kpath), path, "records");
+        cfg_errw(errors, sl_opt_where(o, "records"), kpath,
+                 "%d is more than the %s sink accepts per request (expected at most %d)",
+                 p->batch_records, p->sink_plugin->name,
+                 p->sink_plugin->defaults.max_batch_records);
+    }
+    sl_opts_free(o);
+}
+
+static void load_retry(const char *file, const sl_node *n, const char *path, sl_pipeline_cfg *p,
+                       sl_buf *errors)
+{
+    int bad = 0;
+    sl_opts *o = cfg_opts_build(retry_options, n, file, path, NULL, errors, &bad);
+    if (!o) {
+        return;
+    }
+    int64_t a = sl_opt_int(o, "max_attempts");
+    if (a < 1 || a > 100) {
+        report_range(errors, o, path, "max_attempts", a, "an integer from 1 to 100");
+    } else {
+        p->max_attempts = (int)a;
+    }
+    p->backoff_base_ms = sl_opt_duration_ms(o, "backoff");
+    p->backoff_max_ms = sl_opt_duration_ms(o, "max_backoff");
+    p->timeout_ms = sl_opt_duration_ms(o, "timeout");
+    if (p->backoff_max_ms < p->backoff_base_ms) {
+        char kpath[CFG_PATH_MAX];
+        cfg_path_key(kpath, sizeof(kpath), path, "max_backoff");
+        cfg_errw(errors, sl_opt_where(o, "max_backoff"), kpath,
+                 "shorter than retry.backoff (expected at least %lldms)",
+                 (long long)p->backoff_base_ms);
+    }
+    if (p->timeout_ms < 1) {
+        char kpath[CFG_PATH_MAX];
+        cfg_path_key(kpath, sizeof(kpath), path, "timeout");
+        cfg_errw(errors, sl_opt_where(o, "timeout"), kpath,
+                 "must be longer than 0 (expected a duration such as 30s)");
+    }
+    sl_opts_free(o);
+}
+
+/* 0: nc filled; 1: notification turned off by an empty URL; -1: problems
+ * reported. */
+static int load_one_notify(const char *file, const sl_node *n, const char *path, sl_notify_cfg *nc,
+                           sl_buf *errors)
+{
+    sl_opts *o = sl_opts_from_node(notify_options, n, file, path, NULL, errors);
+    if (!o) {
+        return -1;
+    }
+    int rc = -1;
+    const char *url = sl_opt_str(o, "url");
+    snprintf(nc->where, sizeof(nc->where), "%s", sl_opt_where(o, "url"));
+    if (!url) {
+        cfg_err(errors, file, n->line, n->col, path,
+                "missing required key 'url' (expected a Slack incoming webhook or another "
+                "http(s) URL)");
+        goto done;
+    }
+    if (!*url) {
+        /* `url: ${SLACK_WEBHOOK_URL:-}`: one file serves with and without a webhook */
+        rc = 1;
+        goto done;
+    }
+    if (strncasecmp(url, "https://", 8) != 0 && strncasecmp(url, "http://", 7) != 0) {
+        char kpath[CFG_PATH_MAX];
+        cfg_path_key(kpath, sizeof(kpath), path, "url");
+        /* the URL is a credential: do not echo it */
+        cfg_errw(errors, sl_opt_where(o, "url"), kpath,
+                 "not an http(s) URL (expected https://hooks.slack.com/... or another "
+                 "http(s) URL)");
+        goto done;
+    }
+    nc->url = strdup(url);
+    if (!nc->url) {
+        goto done;
+    }
+    if (sl_opt_isset(o, "format")) {
+        nc->format =
+            strcmp(sl_opt_str(o, "format"), "slack") == 0 ? SL_NOTIFY_SLACK : SL_NOTIFY_JSON;
+    } else {
+        nc->format = url_host_is(url, "hooks.slack.com") ? SL_NOTIFY_SLACK : SL_NOTIFY_JSON;
+    }
+    const char *on = sl_opt_str(o, "on");
+    nc->on_success = strcmp(on, "failure") != 0;
+    nc->on_failure = strcmp(on, "success") != 0;
+    rc = 0;
+
+done:
+    sl_opts_free(o);
+    return rc;
+}
+
+static void load_notify(const char *file, const sl_node *n, const char *path, sl_pipeline_cfg *p,
+                        sl_buf *errors)
+{
+    size_t count = n->kind == SL_NODE_SEQ ? n->n : 1;
+    if (n->kind == SL_NODE_SCALAR) {
+        cfg_err(errors, file, n->line, n->col, path,
+                "found a value (expected a mapping with `url:`, or a list of them)");
+        return;
+    }
+    p->notify = calloc(count, sizeof(*p->notify));
+    if (!p->notify) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        const sl_node *item = n->kind == SL_NODE_SEQ ? n->kids[i] : n;
+        char ipath[CFG_PATH_MAX];
+        if (n->kind == SL_NODE_SEQ) {
+            cfg_path_index(ipath, sizeof(ipath), path, i);
+        } else {
+            snprintf(ipath, sizeof(ipath), "%s", path);
+        }
+        if (item->kind != SL_NODE_MAP) {
+            if (!(item->kind == SL_NODE_SCALAR && !item->value)) {
+                cfg_err(errors, file, item->line, item->col, ipath,
+                        "found %s (expected a mapping with `url:`)",
+                        item->kind == SL_NODE_SEQ ? "a list" : "a value");
+            }
+            continue;
+        }
+        int rc = load_one_notify(file, item, ipath, &p->notify[p->nnotify], errors);
+        if (rc == 0) {
+            p->nnotify++;
+        } else {
+            free(p->notify[p->nnotify].url);
+            memset(&p->notify[p->nnotify], 0, sizeof(p->notify[p->nnotify]));
+        }
+    }
+}
+
+/* ------------------------------------------------------------- pipelines */
+
+static void pipeline_free(sl_pipeline_cfg *p)
+{
+    free(p->name);
+    plugin_cfg_free(&p->source);
+    for (size_t i = 0; i < p->nsteps; i++) {
+        plugin_cfg_free(&p->steps[i]);
+    }
+    free(p->steps);
+    free(p->step_plugins);
+    plugin_cfg_free(&p->sink);
+    free(p->schedule);
+    for (size_t i = 0; i < p->nnotify; i++) {
+        free(p->notify[i].url);
+    }
+    free(p->notify);
+}
+
+static void load_pipeline(const char *file, const char *name, int nline, int ncol, sl_node *body,
+                          sl_pipeline_cfg *p, sl_buf *errors)
+{
+    char path[CFG_PATH_MAX];
+    cfg_path_key(path, sizeof(path), "pipelines", name);
+
+    p->concurrency = -1;
+    p->rate_per_sec = -1;
+    p->rate_burst = -1;
+    p->batch_records = -1;
+    p->batch_bytes = -1;
+    p->max_attempts = 8;
+    p->backoff_base_ms = 500;
+    p->backoff_max_ms = 60000;
+    p->timeout_ms = 120000;
+    p->checkpoint_every_ms = 0;
+    cfg_where(p->where, sizeof(p->where), file, nline, ncol);
+    p->name = strdup(name);
+    if (!p->name) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return;
+    }
+
+    /* only now: the environment of pipelines not selected is not needed */
+    cfg_interpolate_tree(body, file, path, errors);
+
+    if (body->kind == SL_NODE_SCALAR && !body->value) {
+        return;
+    }
+    if (body->kind != SL_NODE_MAP) {
+        cfg_err(errors, file, nline, ncol, path,
+                "found %s (expected a mapping with `source:` and `sink:`)",
+                body->kind == SL_NODE_SEQ ? "a list" : "a value");
+        return;
+    }
+
+    int pbad = 0;
+    sl_opts *po =
+        cfg_opts_build(pipeline_options, body, file, path, pipeline_handled, errors, &pbad);
+    if (po) {
+        if (sl_opt_isset(po, "concurrency")) {
+            int64_t c = sl_opt_int(po, "concurrency");
+            if (c < 1 || c > 1024) {
+                report_range(errors, po, path, "concurrency", c, "an integer from 1 to 1024");
+            } else {
+                p->concurrency = (int)c;
+            }
+        }
+        if (sl_opt_isset(po, "rate_limit")) {
+            const char *r = sl_opt_str(po, "rate_limit");
+            if (sl_parse_rate(r, &p->rate_per_sec, &p->rate_burst) < 0) {
+                char kpath[CFG_PATH_MAX], q[64];
+                cfg_path_key(kpath, sizeof(kpath), path, "rate_limit");
+                cfg_errw(errors, sl_opt_where(po, "rate_limit"), kpath,
+                         "invalid rate %s (expected a rate such as 3000/3s, 10/s, 90/m, or a "
+                         "number per second)",
+                         cfg_quote(r, q, sizeof(q)));
+                p->rate_per_sec = p->rate_burst = -1;
+            }
+        }
+        const char *sched = sl_opt_str(po, "schedule");
+        if (sched && *sched) {
+            p->schedule = strdup(sched);
+        }
+        sl_opts_free(po);
+    }
+
+    int kl = nline, kc = ncol;
+    char kpath[CFG_PATH_MAX];
+
+    const sl_node *src = map_get(body, "source", &kl, &kc);
+    cfg_path_key(kpath, sizeof(kpath), path, "source");
+    if (is_empty(src)) {
+        if (!src || src->value) {
+            cfg_err(errors, file, src ? kl : nline, src ? kc : ncol, path,
+                    "missing required key 'source' (expected a mapping with `type:` and the "
+                    "source's options)");
+        }
+    } else {
+        p->source_plugin = load_plugin(file, "source", src, kl, kc, kpath, &p->source, errors);
+    }
+
+    const sl_node *steps = map_get(body, "steps", &kl, &kc);
+    cfg_path_key(kpath, sizeof(kpath), path, "steps");
+    if (!is_empty(steps)) {
+        if (steps->kind != SL_NODE_SEQ) {
+            cfg_err(errors, file, steps->line, steps->col, kpath,
+                    "found %s (expected a list of steps, each `- type: ...`)",
+                    steps->kind == SL_NODE_MAP ? "a mapping" : "a value");
+        } else if (steps->n) {
+            p->steps = calloc(steps->n, sizeof(*p->steps));
+            p->step_plugins = calloc(steps->n, sizeof(*p->step_plugins));
+            if (!p->steps || !p->step_plugins) {
+                cfg_err(errors, file, 0, 0, NULL, "out of memory");
+            } else {
+                p->nsteps = steps->n;
+                for (size_t i = 0; i < steps->n; i++) {
+                    char spath[CFG_PATH_MAX];
+                    cfg_path_index(spath, sizeof(spath), kpath, i);
+                    const sl_node *s = steps->kids[i];
+                    p->step_plugins[i] =
+                        load_plugin(file, "step", s, s->line, s->col, spath, &p->steps[i], errors);
+                }
+            }
+        }
+    }
+
+    const sl_node *sink = map_get(body, "sink", &kl, &kc);
+    cfg_path_key(kpath, sizeof(kpath), path, "sink");
+    if (is_empty(sink)) {
+        if (!sink || sink->value) {
+            cfg_err(errors, file, sink ? kl : nline, sink ? kc : ncol, path,
+                    "missing required key 'sink' (expected a mapping with `type:` and the "
+                    "sink's options)");
+        }
+    } else {
+        p->sink_plugin = load_plugin(file, "sink", sink, kl, kc, kpath, &p->sink, errors);
+    }
+
+    const sl_node *batch = map_get(body, "batch", NULL, NULL);
+    if (batch) {
+        cfg_path_key(kpath, sizeof(kpath), path, "batch");
+        load_batch(file, batch, kpath, p, errors);
+    }
+    const sl_node *retry = map_get(body, "retry", NULL, NULL);
+    if (retry) {
+        cfg_path_key(kpath, sizeof(kpath), path, "retry");
+        load_retry(file, retry, kpath, p, errors);
+    }
+    const sl_node *notify = map_get(body, "notify", NULL, NULL);
+    if (!is_empty(notify)) {
+        cfg_path_key(kpath, sizeof(kpath), path, "notify");
+        load_notify(file, notify, kpath, p, errors);
+    }
+}
+
+/* ------------------------------------------------------------- loading */
+
+void sl_config_free(sl_config *c)
+{
+    if (!c) {
+        return;
+    }
+    for (size_t i = 0; i < c->npipelines; i++) {
+        pipeline_free(&c->pipelines[i]);
+    }
+    free(c->pipelines);
+    free(c->path);
+    free(c->state_url);
+    sl_node_free(c->root);
+    free(c);
+}
+
+sl_pipeline_cfg *sl_config_pipeline(sl_config *c, const char *name)
+{
+    for (size_t i = 0; c && name && i < c->npipelines; i++) {
+        if (strcmp(c->pipelines[i].name, name) == 0) {
+            return &c->pipelines[i];
+        }
+    }
+    return NULL;
+}
+
+/* Index of the pipeline called name in the pipelines mapping, reporting an
+ * unknown one with the valid names (and a suggestion). */
+static long find_selected(const char *file, const sl_node *pl, const char *name, sl_buf *errors)
+{
+    long i = cfg_map_find(pl, name);
+    if (i >= 0) {
+        return i;
+    }
+    char valid[1024] = "";
+    size_t o = 0;
+    const char *best = NULL;
+    int bestd = 3;
+    for (size_t k = 0; k < pl->n; k++) {
+        int w = snprintf(valid + o, sizeof(valid) - o, "%s%s", o ? ", " : "", pl->keys[k]);
+        if (w > 0 && (size_t)w < sizeof(valid) - o) {
+            o += (size_t)w;
+        }
+        int d = cfg_edit_distance(name, pl->keys[k], 2);
+        if (d < bestd && d < (int)strlen(name)) {
+            bestd = d;
+            best = pl->keys[k];
+        }
+    }
+    char q[64];
+    if (best) {
+        cfg_err(errors, file, 0, 0, NULL,
+                "pipeline %s not found, did you mean '%s'? (expected one of: %s)",
+                cfg_quote(name, q, sizeof(q)), best, valid);
+    } else {
+        cfg_err(errors, file, 0, 0, NULL, "pipeline %s not found (expected one of: %s)",
+                cfg_quote(name, q, sizeof(q)), valid);
+    }
+    return -1;
+}
+
+sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly, sl_buf *errors)
+{
+    sl_buf local = {0};
+    sl_buf *errs = errors ? errors : &local;
+    size_t start = errs->len;
+    sl_config *c = NULL;
+    sl_opts *top = NULL;
+    size_t len = 0;
+    if (!path) {
+        cfg_err(errs, NULL, 0, 0, NULL, "no configuration file given");
+        goto fail;
+    }
+    char *text = read_file(path, &len, errs);
+    if (!text) {
+        goto fail;
+    }
+    sl_node *root = sl_yaml_parse(text, len, path, errs);
+    free(text);
+    if (!root) {
+        goto fail;
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c) {
+        sl_node_free(root);
+        cfg_err(errs, path, 0, 0, NULL, "out of memory");
+        goto fail;
+    }
+    c->root = root;
+    c->path = strdup(path);
+    if (!c->path) {
+        cfg_err(errs, path, 0, 0, NULL, "out of memory");
+        goto fail;
+    }
+    if (root->kind == SL_NODE_SCALAR && !*root->value) {
+        cfg_err(errs, path, 0, 0, NULL,
+                "empty configuration (expected a mapping with `pipelines:`)");
+        goto fail;
+    }
+    if (root->kind != SL_NODE_MAP) {
+        cfg_err(errs, path, root->line, root->col, NULL,
+                "found %s at the top level (expected a mapping with `pipelines:`)",
+                root->kind == SL_NODE_SEQ ? "a list" : "a value");
+        goto fail;
+    }
+
+    /* top level: `state:` is always needed, so always interpolated */
+    for (size_t i = 0; i < root->n; i++) {
+        if (strcmp(root->keys[i], "state") == 0 || strcmp(root->keys[i], "version") == 0) {
+            cfg_interpolate_tree(root->kids[i], path, root->keys[i], errs);
+        }
+    }
+    int topbad = 0;
+    top = cfg_opts_build(top_options, root, path, "", top_handled, errs, &topbad);
+    if (top) {
+        if (sl_opt_isset(top, "version") && sl_opt_int(top, "version") != 1) {
+            cfg_errw(errs, sl_opt_where(top, "version"), "version",
+                     "%lld is not supported (expected 1)", (long long)sl_opt_int(top, "version"));
+        }
+        const char *st = sl_opt_str(top, "state");
+        if (!*st) {
+            cfg_errw(errs, sl_opt_where(top, "state"), "state",
+                     "empty (expected a SQLite file path or a postgres:// URL)");
+        }
+        c->state_url = strdup(*st ? st : DEFAULT_STATE);
+        register_url_password(st);
+    }
+
+    int pl_line = 0, pl_col = 0;
+    sl_node *pl = (sl_node *)map_get(root, "pipelines", &pl_line, &pl_col);
+    if (!pl) {
+        cfg_err(errs, path, root->line, root->col, NULL,
+                "missing required key 'pipelines' (expected a mapping of pipeline names to "
+                "pipelines)");
+        goto fail;
+    }
+    if (pl->kind != SL_NODE_MAP || pl->n == 0) {
+        cfg_err(errs, path, pl_line, pl_col, "pipelines",
+                "%s (expected a mapping of pipeline names to pipelines)",
+                pl->kind == SL_NODE_SEQ ? "found a list" : "no pipelines defined");
+        goto fail;
+    }
+    for (size_t i = 0; i < pl->n; i++) {
+        if (!valid_pipeline_name(pl->keys[i])) {
+            char q[64];
+            cfg_err(errs, path, pl->key_line[i], pl->key_col[i], "pipelines",
+                    "invalid pipeline name %s (expected 1 to %d letters, digits, '_', '.', '-')",
+                    cfg_quote(pl->keys[i], q, sizeof(q)), PIPELINE_NAME_MAX);
+        }
+    }
+
+    /* which pipelines, in which order: those named, else all in file order */
+    size_t nsel = 0;
+    long *sel = calloc(pl->n, sizeof(*sel));
+    if (!sel) {
+        cfg_err(errs, path, 0, 0, NULL, "out of memory");
+        goto fail;
+    }
+    if (nonly == 0) {
+        for (size_t i = 0; i < pl->n; i++) {
+            sel[nsel++] = (long)i;
+        }
+    } else {
+        for (size_t k = 0; k < nonly; k++) {
+            long i = find_selected(path, pl, only[k], errs);
+            int dup = 0;
+            for (size_t j = 0; j < nsel; j++) {
+                dup |= sel[j] == i;
+            }
+            if (i >= 0 && !dup) {
+                sel[nsel++] = i;
+            }
+        }
+    }
+    c->pipelines = calloc(nsel ? nsel : 1, sizeof(*c->pipelines));
+    if (!c->pipelines) {
+        free(sel);
+        cfg_err(errs, path, 0, 0, NULL, "out of memory");
+        goto fail;
+    }
+    for (size_t k = 0; k < nsel; k++) {
+        size_t i = (size_t)sel[k];
+        load_pipeline(path, pl->keys[i], pl->key_line[i], pl->key_col[i], pl->kids[i],
+                      &c->pipelines[c->npipelines++], errs);
+    }
+    free(sel);
+
+    if (errs->len > start) {
+        goto fail;
+    }
+    sl_opts_free(top);
+    sl_buf_free(&local);
+    return c;
+
+fail:
+    /* every secret is registered by now: hide any that a message quoted */
+    cfg_redact_tail(errs, start);
+    cfg_sort_tail(errs, start, path);
+    if (errs->len == start) {
+        cfg_err(errs, path, 0, 0, NULL, "invalid configuration");
+    }
+    sl_opts_free(top);
+    sl_config_free(c);
+    sl_buf_free(&local);
+    return NULL;
+}
