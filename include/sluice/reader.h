@@ -37,8 +37,9 @@ typedef struct sl_reader_opts {
      * the reader's lifetime (it is re-sent when a skip re-requests with a
      * Range). May be NULL. Values are the caller's to register as secrets. */
     const char *http_headers;
-    /* HTTP client settings for URLs; NULL = sl_http_opts_default() with no
-     * whole-transfer timeout (downloads may be long). Borrowed during open. */
+    /* HTTP client settings for URLs; NULL = sl_http_opts_default() (for
+     * streams timeout_ms limits a stall, not the whole download). Copied; its
+     * strings (ca_file, log_prefix) are borrowed for the reader's lifetime. */
     const sl_http_opts *http;
     /* Cap on decompressed bytes delivered; 0 = none. Exceeding it is an
      * error ("input is larger than max_bytes"), not a silent truncation. */
@@ -81,7 +82,7 @@ int64_t sl_reader_size(const sl_reader *r);
 uint64_t sl_reader_consumed(const sl_reader *r);
 /* Decompressed bytes delivered or skipped so far: the stream position. */
 uint64_t sl_reader_offset(const sl_reader *r);
-/* Path as given, "-" for stdin, or the URL without userinfo, query and
+/* Path as given, "stdin" for "-", or the URL without userinfo, query and
  * fragment: safe for messages. Valid until close. */
 const char *sl_reader_name(const sl_reader *r);
 sl_reader_kind sl_reader_kind_of(const sl_reader *r);

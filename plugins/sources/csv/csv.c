@@ -1,0 +1,1120 @@
+/* CSV source: a file, stdin or an http(s) URL (gzip/bzip2 aware) -> one record
+ * per row, fields named by the header. See docs/sources/csv.md.
+ *
+ * Rows are found here, not by libcsv: a line feed outside quotes ends a row
+ * (CRLF or LF), a quote opens a quoted section only at the start of a field,
+ * and quoted line feeds stay inside the row. That gives every row an exact
+ * byte offset in the decompressed stream (the checkpoint), and lets one bad
+ * row be rejected without losing the rest of the file. A row holding the
+ * quote character is then parsed by libcsv (strict). Two shapes have nothing
+ * to interpret and are split directly, giving libcsv's fields several times
+ * faster: rows without a quote, and rows whose quoted fields are plain
+ * "text" (no "" escape, nothing after the closing quote).
+ *
+ * Memory is constant: one window of max_row_bytes + 256 KB over the input,
+ * reused libcsv parsers, and the record's own arena for values. */
+#include <csv.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sluice/plugin.h"
+#include "sluice/reader.h"
+
+#define CSV_CHUNK ((size_t)256 * 1024)
+#define CSV_MIN_ROW ((int64_t)64)
+/* Well under the record arena's 64 MB: a row's values always fit a record. */
+#define CSV_MAX_ROW ((int64_t)32 * 1024 * 1024)
+/* Fields beyond the header get generated names "_colN" up to this position;
+ * later ones are left out of the (rejected) record and counted in its reason. */
+#define CSV_MAX_EXTRA 1000
+/* A dead letter for an over-long row shows at most this much of its first line. */
+#define CSV_SHOW_MAX ((size_t)64 * 1024)
+
+static const sl_option csv_options[] = {
+    {"path", SL_OPT_STRING, NULL, SL_OPT_REQUIRED, NULL,
+     "file path, \"-\" for stdin, or an http(s):// URL"},
+    {"compression", SL_OPT_ENUM, "auto", 0, "auto|none|gzip|bzip2",
+     "auto: by the .gz/.bz2 extension and the content's magic bytes"},
+    {"delimiter", SL_OPT_STRING, ",", 0, NULL, "field separator, one byte (\"\\t\" for tab)"},
+    {"quote", SL_OPT_STRING, "\"", 0, NULL, "quote character, one byte"},
+    {"header", SL_OPT_BOOL, "true", 0, NULL, "the first row holds the column names"},
+    {"columns", SL_OPT_LIST, NULL, 0, NULL,
+     "column names when header is false; with a header, columns that must exist"},
+    {"max_row_bytes", SL_OPT_SIZE, "1MB", 0, NULL,
+     "longest accepted row; a longer one is rejected (usually an unterminated quote)"},
+    {"http_headers", SL_OPT_MAP, NULL, SL_OPT_SECRET, NULL,
+     "request headers sent when path is a URL (values are secrets)"},
+    {"trim", SL_OPT_BOOL, "false", 0, NULL, "strip spaces and tabs around unquoted fields"},
+    {"skip_blank_lines", SL_OPT_BOOL, "true", 0, NULL,
+     "skip empty lines (they still count for line numbers)"},
+    SL_OPTIONS_END,
+};
+
+/* Outcome of looking for the row starting at the window's start. */
+enum {
+    ROW_OK = 0,
+    ROW_END,          /* no more input */
+    ROW_MORE,         /* the row continues past the window: read more */
+    ROW_TOO_LONG,     /* longer than max_row_bytes */
+    ROW_UNTERMINATED, /* the input ends inside a quoted field */
+};
+
+typedef struct csv_row {
+    size_t off;     /* window index of the first byte */
+    size_t len;     /* content bytes, line ending excluded */
+    size_t next;    /* window index just past the line ending */
+    uint64_t lines; /* line feeds inside the row (quoted) */
+    int has_quote;
+    int in_quote; /* ROW_TOO_LONG: a quoted field was still open at the cut */
+} csv_row;
+
+typedef struct csv_src {
+    sl_ctx *ctx;
+    sl_reader *r;
+    char *path;
+    char *http_headers;
+    unsigned char delim, quote;
+    int trim, skip_blank, has_header;
+    size_t max_row;
+
+    /* Window over the decompressed stream: buf[start, end) is unread. */
+    char *buf;
+    size_t cap, start, end;
+    uint64_t base; /* stream offset of buf[0] */
+    int eof;
+    uint64_t line; /* line number of buf[start] */
+
+    char **cols; /* column names: the field names of every record */
+    uint32_t *col_len;
+    size_t ncols;
+    char **extra; /* "_colN" names for fields beyond the header, made on demand */
+    size_t nextra;
+
+    uint64_t header_line;
+    uint64_t data_pos; /* first byte after the header */
+    uint64_t data_line;
+    int64_t size;  /* of the input when opened */
+    int64_t mtime; /* of a local file when opened */
+
+    struct csv_parser strict, lax;
+    int strict_live, lax_live;
+
+    /* Per-row parse state for the libcsv callbacks. */
+    sl_record *rec;
+    size_t nf;
+    size_t dropped; /* fields beyond CSV_MAX_EXTRA */
+    int add_err;
+    int anon;      /* parsing the header: fields get empty placeholder names */
+    int malformed; /* the row failed the strict parse */
+} csv_src;
+
+/* --------------------------------------------------------------- helpers */
+
+static int no_space(unsigned char c)
+{
+    (void)c;
+    return 0;
+}
+
+static int space_only(unsigned char c)
+{
+    return c == ' ';
+}
+
+static int space_tab(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* Rows are delimited by us; libcsv never ends a row on CR or LF. */
+static int no_term(unsigned char c)
+{
+    (void)c;
+    return 0;
+}
+
+static int is_trim_space(const csv_src *s, unsigned char c)
+{
+    return c == ' ' || (c == '\t' && s->delim != '\t');
+}
+
+static int parser_init(csv_src *s, struct csv_parser *p, unsigned char opts)
+{
+    if (csv_init(p, opts) != 0) {
+        return SL_ERR_NOMEM;
+    }
+    csv_set_delim(p, s->delim);
+    csv_set_quote(p, s->quote);
+    csv_set_term_func(p, no_term);
+    if (!s->trim) {
+        csv_set_space_func(p, no_space);
+    } else {
+        csv_set_space_func(p, s->delim == '\t' ? space_only : space_tab);
+    }
+    return 0;
+}
+
+static const char *extra_name(csv_src *s, size_t i, uint32_t *len)
+{
+    size_t k = i - s->ncols;
+    if (k >= CSV_MAX_EXTRA) {
+        return NULL;
+    }
+    while (s->nextra <= k) {
+        if (!s->extra) {
+            s->extra = calloc(CSV_MAX_EXTRA, sizeof(*s->extra));
+            if (!s->extra) {
+                return NULL;
+            }
+        }
+        char tmp[32];
+        snprintf(tmp, sizeof(tmp), "_col%zu", s->ncols + s->nextra + 1);
+        s->extra[s->nextra] = strdup(tmp);
+        if (!s->extra[s->nextra]) {
+            return NULL;
+        }
+        s->nextra++;
+    }
+    *len = (uint32_t)strlen(s->extra[k]);
+    return s->extra[k];
+}
+
+/* Add field number s->nf of the current row. */
+static void add_field(csv_src *s, const char *v, size_t len)
+{
+    size_t i = s->nf++;
+    const char *name;
+    uint32_t nlen;
+    if (s->anon) {
+        name = "";
+        nlen = 0;
+    } else if (i < s->ncols) {
+        name = s->cols[i];
+        nlen = s->col_len[i];
+    } else {
+        name = extra_name(s, i, &nlen);
+        if (!name) {
+            s->dropped++;
+            return;
+        }
+    }
+    int rc = sl_record_add_str(s->rec, name, nlen, v ? v : "", v ? len : 0);
+    if (rc && !s->add_err) {
+        s->add_err = rc;
+    }
+}
+
+static void cb_field(void *v, size_t len, void *data)
+{
+    add_field(data, v, len);
+}
+
+/* Split a row that holds no quote character: no quoting to undo, so the
+ * fields are the bytes between delimiters (trimmed when asked), exactly what
+ * libcsv would produce. */
+static void split_plain(csv_src *s, const char *p, size_t len)
+{
+    const char *e = p + len;
+    if (s->trim) {
+        /* libcsv submits nothing for a row of only spaces. */
+        const char *q = p;
+        while (q < e && is_trim_space(s, (unsigned char)*q)) {
+            q++;
+        }
+        if (q == e) {
+            return;
+        }
+    }
+    for (;;) {
+        const char *d = memchr(p, s->delim, (size_t)(e - p));
+        const char *fe = d ? d : e;
+        const char *fb = p;
+        if (s->trim) {
+            while (fb < fe && is_trim_space(s, (unsigned char)*fb)) {
+                fb++;
+            }
+            while (fe > fb && is_trim_space(s, (unsigned char)fe[-1])) {
+                fe--;
+            }
+        }
+        add_field(s, fb, (size_t)(fe - fb));
+        if (!d) {
+            return;
+        }
+        p = d + 1;
+    }
+}
+
+/* Split a row whose quoted fields are all simple ("text" with no quote
+ * inside, followed by a delimiter or the end): their value is the text
+ * between the quotes. Returns 1, having added nothing useful, as soon as
+ * anything else shows up ("" escapes, a stray quote, text after a closing
+ * quote, trim): the caller then resets the fields and lets libcsv decide. */
+static int split_simple_quoted(csv_src *s, const char *p, size_t len)
+{
+    const char *e = p + len;
+    if (s->trim) {
+        return 1;
+    }
+    for (;;) {
+        const char *fb = p;
+        const char *fe;
+        const char *next;
+        if (p < e && (unsigned char)*p == s->quote) {
+            const char *cq = memchr(p + 1, s->quote, (size_t)(e - p - 1));
+            if (!cq || (cq + 1 < e && (unsigned char)cq[1] != s->delim)) {
+                return 1;
+            }
+            fb = p + 1;
+            fe = cq;
+            next = cq + 1;
+        } else {
+            const char *d = memchr(p, s->delim, (size_t)(e - p));
+            fe = d ? d : e;
+            if (memchr(p, s->quote, (size_t)(fe - p))) {
+                return 1;
+            }
+            next = fe;
+        }
+        add_field(s, fb, (size_t)(fe - fb));
+        if (next == e) {
+            return 0;
+        }
+        p = next + 1;
+    }
+}
+
+/* Parse one row with libcsv (strict, or lax to salvage a malformed row for
+ * its dead letter). Returns 0, or 1 on a strict parse error (*bad_field is
+ * the 1-based field where it happened), or <0 on out of memory. */
+static int parse_libcsv(csv_src *s, int strict, const char *p, size_t len, size_t *bad_field)
+{
+    struct csv_parser *cp = strict ? &s->strict : &s->lax;
+    size_t done = csv_parse(cp, p, len, cb_field, NULL, s);
+    int bad = 0;
+    if (done < len) {
+        bad = csv_error(cp) == CSV_EPARSE ? 1 : SL_ERR_NOMEM;
+    } else if (csv_fini(cp, cb_field, NULL, s) != 0) {
+        bad = 1; /* CSV_STRICT_FINI: a quoted field never closed */
+    }
+    if (bad) {
+        *bad_field = s->nf + 1;
+        /* libcsv keeps a failed parser's state: start a fresh one. */
+        csv_free(cp);
+        int *live = strict ? &s->strict_live : &s->lax_live;
+        *live = 0;
+        int rc = parser_init(s, cp, strict ? (CSV_STRICT | CSV_STRICT_FINI) : 0);
+        if (rc) {
+            return rc;
+        }
+        *live = 1;
+    }
+    return bad;
+}
+
+/* Turn one row's bytes into rec's fields. On a malformed row rec is rejected
+ * with the reason and the fields a lenient parse finds. <0 only when out of
+ * memory. */
+static int fill_fields(csv_src *s, sl_record *rec, const char *p, size_t len, int has_quote)
+{
+    s->rec = rec;
+    s->nf = 0;
+    s->dropped = 0;
+    s->add_err = 0;
+    s->malformed = 0;
+    if (!has_quote) {
+        split_plain(s, p, len);
+    } else if (split_simple_quoted(s, p, len) != 0) {
+        rec->nfields = 0;
+        sl_buf_reset(&rec->data);
+        s->nf = 0;
+        s->dropped = 0;
+        s->add_err = 0;
+        size_t bad_field = 0;
+        int rc = parse_libcsv(s, 1, p, len, &bad_field);
+        if (rc < 0) {
+            return rc;
+        }
+        if (rc == 1) {
+            s->malformed = 1;
+            rec->nfields = 0;
+            sl_buf_reset(&rec->data);
+            s->nf = 0;
+            s->dropped = 0;
+            size_t ignored;
+            if (parse_libcsv(s, 0, p, len, &ignored) < 0) {
+                return SL_ERR_NOMEM;
+            }
+            sl_record_reject(rec, SL_STAGE_SOURCE,
+                             "%s:%llu: malformed quoting in field %zu (a quote inside an "
+                             "unquoted field, text after a closing quote, or a quote never "
+                             "closed)",
+                             sl_reader_name(s->r), (unsigned long long)rec->line, bad_field);
+        }
+    }
+    if (s->add_err) {
+        return s->add_err;
+    }
+    if (s->nf == 0) {
+        add_field(s, "", 0); /* an empty line, or only spaces with trim: one empty field */
+    }
+    if (s->nf != s->ncols && !s->malformed && !s->anon) {
+        char more[64] = "";
+        if (s->dropped) {
+            snprintf(more, sizeof(more), "; %zu fields past column %d not shown", s->dropped,
+                     CSV_MAX_EXTRA);
+        }
+        sl_record_reject(rec, SL_STAGE_SOURCE, "%s:%llu: row has %zu field%s, expected %zu (%s)%s",
+                         sl_reader_name(s->r), (unsigned long long)rec->line, s->nf,
+                         s->nf == 1 ? "" : "s", s->ncols, s->has_header ? "header" : "columns",
+                         more);
+    }
+    return s->add_err;
+}
+
+/* ---------------------------------------------------------------- window */
+
+/* Read more input into the window, moving the unread part to the front.
+ * 0 ok (s->eof set at the end), <0 error. */
+static int fill(csv_src *s, sl_error *err)
+{
+    if (s->start > 0) {
+        memmove(s->buf, s->buf + s->start, s->end - s->start);
+        s->base += s->start;
+        s->end -= s->start;
+        s->start = 0;
+    }
+    if (s->eof || s->end == s->cap) {
+        return 0;
+    }
+    long k = sl_reader_read(s->r, s->buf + s->end, s->cap - s->end, err);
+    if (k < 0) {
+        return err && err->code ? err->code : SL_ERR_IO;
+    }
+    if (k == 0) {
+        s->eof = 1;
+    }
+    s->end += (size_t)k;
+    return 0;
+}
+
+/* Find the row at s->start (see the file comment for the rules). */
+static int scan_row(const csv_src *s, csv_row *row)
+{
+    const char *b = s->buf;
+    const char *p = b + s->start;
+    const char *e = b + s->end;
+    memset(row, 0, sizeof(*row));
+    row->off = s->start;
+    if (p == e) {
+        return s->eof ? ROW_END : ROW_MORE;
+    }
+    const char *nl = memchr(p, '\n', (size_t)(e - p));
+    const char *lim = nl ? nl : e;
+    const char *stop = NULL; /* the row's line feed, or e at the end of input */
+    if (!memchr(p, s->quote, (size_t)(lim - p))) {
+        stop = nl;
+    } else {
+        /* Quote-aware walk. States: 0 field start, 1 unquoted, 2 quoted,
+         * 3 quote seen inside a quoted field. */
+        row->has_quote = 1;
+        int st = 0;
+        const char *q = p;
+        while (q < e) {
+            unsigned char c = (unsigned char)*q;
+            if (st == 2) {
+                const char *cq = memchr(q, s->quote, (size_t)(e - q));
+                const char *seg_end = cq ? cq : e;
+                for (const char *t = q; (t = memchr(t, '\n', (size_t)(seg_end - t))) != NULL; t++) {
+                    row->lines++;
+                }
+                if (!cq) {
+                    q = e;
+                    break;
+                }
+                q = cq + 1;
+                st = 3;
+                continue;
+            }
+            if (c == '\n') {
+                stop = q;
+                break;
+            }
+            if (st == 3 && c == s->quote) {
+                st = 2; /* "" inside a quoted field */
+            } else if (c == s->delim) {
+                st = 0;
+            } else if (st == 0 && c == s->quote) {
+                st = 2;
+            } else if (st == 0 && s->trim && is_trim_space(s, c)) {
+                /* leading spaces: a quote may still open the field */
+            } else {
+                st = 1; /* includes text after a closing quote (libcsv rejects it) */
+            }
+            q++;
+        }
+        if (!stop && st == 2) {
+            row->in_quote = 1;
+        }
+    }
+    if (stop) {
+        size_t len = (size_t)(stop - p);
+        row->next = (size_t)(stop + 1 - b);
+        if (len > 0 && stop[-1] == '\r') {
+            len--;
+        }
+        row->len = len;
+        return len > s->max_row ? ROW_TOO_LONG : ROW_OK;
+    }
+    size_t avail = (size_t)(e - p);
+    if (avail > s->max_row + 1) { /* +1: room for the CR of a CRLF */
+        return ROW_TOO_LONG;
+    }
+    if (!s->eof) {
+        return ROW_MORE;
+    }
+    if (row->in_quote) {
+        return ROW_UNTERMINATED;
+    }
+    row->len = avail;
+    row->next = s->end;
+    if (row->len > 0 && p[row->len - 1] == '\r') {
+        row->len--;
+    }
+    return row->len > s->max_row ? ROW_TOO_LONG : ROW_OK;
+}
+
+/* Next row at the window start, reading as needed. Returns ROW_OK, ROW_END,
+ * ROW_TOO_LONG or ROW_UNTERMINATED, or <0 on a read error. */
+static int get_row(csv_src *s, csv_row *row, sl_error *err)
+{
+    for (;;) {
+        int st = scan_row(s, row);
+        if (st != ROW_MORE) {
+            return st;
+        }
+        int rc = fill(s, err);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+}
+
+/* A row that cannot be taken whole (too long, or a quote that never closes):
+ * keep what its first physical line shows and continue on the next line, so
+ * one stray quote costs one row, not the rest of the file. The first line
+ * starts at the window start; rec gets its fields (at most CSV_SHOW_MAX
+ * bytes of it) and *next_pos the stream offset past its line feed, reading
+ * and discarding as needed. */
+static int skip_first_line(csv_src *s, sl_record *rec, int has_quote, uint64_t *next_pos,
+                           sl_error *err)
+{
+    const char *p = s->buf + s->start;
+    size_t avail = s->end - s->start;
+    const char *nl = memchr(p, '\n', avail);
+    size_t show = nl ? (size_t)(nl - p) : avail;
+    if (show > 0 && nl && p[show - 1] == '\r') {
+        show--;
+    }
+    if (show > CSV_SHOW_MAX) {
+        show = CSV_SHOW_MAX;
+    }
+    /* The dead letter gets the fields of the first line, parsed leniently. */
+    s->rec = rec;
+    s->nf = 0;
+    s->dropped = 0;
+    s->add_err = 0;
+    s->malformed = 0;
+    size_t ignored;
+    if (has_quote) {
+        if (parse_libcsv(s, 0, p, show, &ignored) < 0) {
+            return SL_ERR_NOMEM;
+        }
+    } else {
+        split_plain(s, p, show);
+    }
+    if (s->add_err) {
+        return s->add_err;
+    }
+    while (!nl) {
+        s->start = s->end; /* discard: fill() moves base past it */
+        if (s->eof) {
+            *next_pos = s->base + s->end;
+            s->line++;
+            return 0;
+        }
+        int rc = fill(s, err);
+        if (rc < 0) {
+            return rc;
+        }
+        nl = memchr(s->buf + s->start, '\n', s->end - s->start);
+    }
+    s->start = (size_t)(nl - s->buf) + 1;
+    *next_pos = s->base + s->start;
+    s->line++;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- source */
+
+static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *err)
+{
+    csv_src *s = self;
+    csv_row row;
+    for (;;) {
+        int st = get_row(s, &row, err);
+        if (st < 0) {
+            return st;
+        }
+        if (st == ROW_END) {
+            return 0;
+        }
+        if (st == ROW_OK && row.len == 0 && s->skip_blank) {
+            s->start = row.next;
+            s->line++;
+            continue;
+        }
+        rec->pos = s->base + s->start;
+        rec->line = s->line;
+        if (st == ROW_OK) {
+            int rc = fill_fields(s, rec, s->buf + row.off, row.len, row.has_quote);
+            if (rc < 0) {
+                return sl_error_set(err, rc, "%s:%llu: cannot store the row: %s",
+                                    sl_reader_name(s->r), (unsigned long long)rec->line,
+                                    rc == SL_ERR_NOMEM ? "out of memory" : "record size limit");
+            }
+            s->start = row.next;
+            s->line += 1 + row.lines;
+            *next_pos = s->base + s->start;
+            rec->next_line = s->line;
+            return 1;
+        }
+        int rc = skip_first_line(s, rec, row.has_quote, next_pos, err);
+        if (rc < 0) {
+            if (rc == SL_ERR_NOMEM || rc == SL_ERR_LIMIT) {
+                sl_error_set(err, rc, "%s:%llu: cannot store the row: %s", sl_reader_name(s->r),
+                             (unsigned long long)rec->line,
+                             rc == SL_ERR_NOMEM ? "out of memory" : "record size limit");
+            }
+            return rc;
+        }
+        rec->next_line = s->line;
+        if (st == ROW_UNTERMINATED) {
+            sl_record_reject(rec, SL_STAGE_SOURCE,
+                             "%s:%llu: unterminated quoted field: no closing quote before the "
+                             "end of input; reading resumes at line %llu",
+                             sl_reader_name(s->r), (unsigned long long)rec->line,
+                             (unsigned long long)s->line);
+        } else {
+            sl_record_reject(rec, SL_STAGE_SOURCE, "%s:%llu: row exceeds max_row_bytes (%zu)%s",
+                             sl_reader_name(s->r), (unsigned long long)rec->line, s->max_row,
+                             row.in_quote ? " \xe2\x80\x94 unterminated quote?" : "");
+        }
+        return 1;
+    }
+}
+
+/* Read the header row into s->cols. */
+static int read_header(csv_src *s, sl_error *err)
+{
+    const char *name = sl_reader_name(s->r);
+    csv_row row;
+    sl_record tmp;
+    sl_record_init(&tmp);
+    int rc = 0;
+    for (;;) {
+        rc = get_row(s, &row, err);
+        if (rc < 0) {
+            goto done;
+        }
+        if (rc == ROW_OK && row.len == 0) {
+            s->start = row.next;
+            s->line++;
+            continue;
+        }
+        break;
+    }
+    uint64_t hline = s->line;
+    s->header_line = hline;
+    if (rc == ROW_END) {
+        rc = sl_error_set(err, SL_ERR_INPUT, "%s: empty input (expected a header row)", name);
+        goto done;
+    }
+    if (rc == ROW_TOO_LONG) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s:%llu: does not look like CSV: the header row is longer than "
+                          "max_row_bytes (%zu)%s",
+                          name, (unsigned long long)hline, s->max_row,
+                          row.in_quote ? " (a quote in it is never closed)" : "");
+        goto done;
+    }
+    if (rc == ROW_UNTERMINATED) {
+        rc = sl_error_set(err, SL_ERR_INPUT, "%s:%llu: header row has a quote that is never closed",
+                          name, (unsigned long long)hline);
+        goto done;
+    }
+    const char *hp = s->buf + row.off;
+    const char *nul = memchr(hp, '\0', row.len);
+    if (nul) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s:%llu: does not look like CSV: binary data (NUL byte at offset "
+                          "%llu) in the header row; if the file is compressed, set compression",
+                          name, (unsigned long long)hline,
+                          (unsigned long long)(s->base + (size_t)(nul - s->buf)));
+        goto done;
+    }
+    if (memchr(hp, '\r', row.len)) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s:%llu: does not look like CSV with LF or CRLF line breaks: the header "
+                          "row holds a bare carriage return (classic Mac line breaks?)",
+                          name, (unsigned long long)hline);
+        goto done;
+    }
+    tmp.line = hline;
+    s->anon = 1;
+    rc = fill_fields(s, &tmp, hp, row.len, row.has_quote);
+    s->anon = 0;
+    if (rc < 0) {
+        rc = sl_error_set(err, rc, "%s: out of memory reading the header", name);
+        goto done;
+    }
+    if (s->malformed) {
+        rc = sl_error_set(err, SL_ERR_INPUT, "%s (header row)", sl_buf_cstr(&tmp.reason));
+        goto done;
+    }
+    size_t n = tmp.nfields;
+    s->cols = calloc(n, sizeof(*s->cols));
+    s->col_len = calloc(n, sizeof(*s->col_len));
+    if (!s->cols || !s->col_len) {
+        rc = sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory reading the header", name);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sl_field *f = &tmp.fields[i];
+        if (f->v.s.len == 0) {
+            rc = sl_error_set(err, SL_ERR_INPUT, "%s:%llu: header column %zu is empty", name,
+                              (unsigned long long)hline, i + 1);
+            goto done;
+        }
+        s->cols[i] = strndup(sl_field_str(&tmp, f), f->v.s.len);
+        if (!s->cols[i]) {
+            rc = sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory reading the header", name);
+            goto done;
+        }
+        s->col_len[i] = f->v.s.len;
+        s->ncols = i + 1;
+        for (size_t j = 0; j < i; j++) {
+            if (s->col_len[j] == s->col_len[i] && memcmp(s->cols[j], s->cols[i], f->v.s.len) == 0) {
+                rc = sl_error_set(err, SL_ERR_INPUT,
+                                  "%s:%llu: duplicate column '%s' (columns %zu and %zu)", name,
+                                  (unsigned long long)hline, s->cols[i], j + 1, i + 1);
+                goto done;
+            }
+        }
+    }
+    s->start = row.next;
+    s->line += 1 + row.lines;
+    rc = 0;
+done:
+    sl_record_free(&tmp);
+    return rc;
+}
+
+static int set_columns_from_option(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    size_t n = sl_opt_count(o, "columns");
+    s->cols = calloc(n ? n : 1, sizeof(*s->cols));
+    s->col_len = calloc(n ? n : 1, sizeof(*s->col_len));
+    if (!s->cols || !s->col_len) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *c = sl_opt_item(o, "columns", i);
+        if (!c || !*c) {
+            return sl_error_set(err, SL_ERR_CONFIG, "%s: columns: entry %zu is empty",
+                                sl_opt_where(o, "columns"), i + 1);
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(s->cols[j], c) == 0) {
+                return sl_error_set(err, SL_ERR_CONFIG,
+                                    "%s: columns: duplicate column '%s' (entries %zu and %zu)",
+                                    sl_opt_where(o, "columns"), c, j + 1, i + 1);
+            }
+        }
+        s->cols[i] = strdup(c);
+        if (!s->cols[i]) {
+            return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+        }
+        s->col_len[i] = (uint32_t)strlen(c);
+        s->ncols = i + 1;
+    }
+    return 0;
+}
+
+static int check_required_columns(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    size_t n = sl_opt_count(o, "columns");
+    for (size_t i = 0; i < n; i++) {
+        const char *c = sl_opt_item(o, "columns", i);
+        size_t k = 0;
+        while (k < s->ncols && strcmp(s->cols[k], c) != 0) {
+            k++;
+        }
+        if (k == s->ncols) {
+            return sl_error_set(err, SL_ERR_INPUT,
+                                "%s:%llu: header has no column '%s' (required by columns at %s)",
+                                sl_reader_name(s->r), (unsigned long long)s->header_line, c,
+                                sl_opt_where(o, "columns"));
+        }
+    }
+    return 0;
+}
+
+/* One byte, or "\t" / "tab" for a tab. */
+static int one_byte_opt(const sl_opts *o, const char *key, unsigned char *out, sl_error *err)
+{
+    const char *v = sl_opt_str(o, key);
+    if (v && (strcmp(v, "\\t") == 0 || strcmp(v, "tab") == 0)) {
+        *out = '\t';
+        return 0;
+    }
+    if (!v || strlen(v) != 1 || v[0] == '\n' || v[0] == '\r') {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: %s: must be one byte other than a line break (\"\\t\" for tab), "
+                            "got '%s'",
+                            sl_opt_where(o, key), key, v ? v : "");
+    }
+    *out = (unsigned char)v[0];
+    return 0;
+}
+
+static int build_http_headers(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    size_t n = sl_opt_count(o, "http_headers");
+    if (n == 0) {
+        return 0;
+    }
+    sl_buf b;
+    sl_buf_init(&b, 64 * 1024);
+    for (size_t i = 0; i < n; i++) {
+        const char *k = sl_opt_key(o, "http_headers", i);
+        const char *v = sl_opt_item(o, "http_headers", i);
+        if (!k || !*k || strpbrk(k, ":\r\n \t") || (v && strpbrk(v, "\r\n"))) {
+            sl_buf_free(&b);
+            /* The value is a secret: name only the header. */
+            return sl_error_set(err, SL_ERR_CONFIG,
+                                "%s: http_headers: header '%s' has an invalid name or a line "
+                                "break in its value",
+                                sl_opt_where(o, "http_headers"), k ? k : "");
+        }
+        if (sl_buf_printf(&b, "%s: %s\n", k, v ? v : "") != 0) {
+            sl_buf_free(&b);
+            return sl_error_set(err, SL_ERR_CONFIG, "%s: http_headers: too large",
+                                sl_opt_where(o, "http_headers"));
+        }
+    }
+    s->http_headers = sl_buf_steal(&b);
+    return 0;
+}
+
+static void src_destroy(void *self)
+{
+    csv_src *s = self;
+    if (!s) {
+        return;
+    }
+    sl_reader_close(s->r);
+    if (s->strict_live) {
+        csv_free(&s->strict);
+    }
+    if (s->lax_live) {
+        csv_free(&s->lax);
+    }
+    for (size_t i = 0; i < s->ncols; i++) {
+        free(s->cols[i]);
+    }
+    free(s->cols);
+    free(s->col_len);
+    for (size_t i = 0; i < s->nextra; i++) {
+        free(s->extra[i]);
+    }
+    free(s->extra);
+    free(s->buf);
+    free(s->http_headers);
+    free(s->path);
+    free(s);
+}
+
+static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
+{
+    int rc = 0;
+    csv_src *s = calloc(1, sizeof(*s));
+    if (!s) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->ctx = ctx;
+    s->trim = sl_opt_bool(o, "trim");
+    s->skip_blank = sl_opt_bool(o, "skip_blank_lines");
+    s->has_header = sl_opt_bool(o, "header");
+    if ((rc = one_byte_opt(o, "delimiter", &s->delim, err)) != 0 ||
+        (rc = one_byte_opt(o, "quote", &s->quote, err)) != 0) {
+        goto fail;
+    }
+    if (s->delim == s->quote) {
+        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: quote: must differ from the delimiter",
+                          sl_opt_where(o, "quote"));
+        goto fail;
+    }
+    int64_t max_row = sl_opt_size(o, "max_row_bytes");
+    if (max_row < CSV_MIN_ROW || max_row > CSV_MAX_ROW) {
+        rc = sl_error_set(err, SL_ERR_CONFIG,
+                          "%s: max_row_bytes: must be between 64 bytes and 32MB, got %lld",
+                          sl_opt_where(o, "max_row_bytes"), (long long)max_row);
+        goto fail;
+    }
+    s->max_row = (size_t)max_row;
+    if (!s->has_header && sl_opt_count(o, "columns") == 0) {
+        rc = sl_error_set(err, SL_ERR_CONFIG,
+                          "%s: columns: required when header is false (the names of the fields)",
+                          sl_opt_where(o, "columns"));
+        goto fail;
+    }
+    if ((rc = build_http_headers(s, o, err)) != 0) {
+        goto fail;
+    }
+    const char *comp = sl_opt_str(o, "compression");
+    int c = sl_compression_parse(comp ? comp : "auto");
+    if (c < 0) {
+        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: compression: expected auto|none|gzip|bzip2",
+                          sl_opt_where(o, "compression"));
+        goto fail;
+    }
+    if (parser_init(s, &s->strict, CSV_STRICT | CSV_STRICT_FINI) != 0) {
+        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    s->strict_live = 1;
+    if (parser_init(s, &s->lax, 0) != 0) {
+        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    s->lax_live = 1;
+
+    const char *path = sl_opt_str(o, "path");
+    s->path = strdup(path ? path : "");
+    s->cap = s->max_row + CSV_CHUNK + 2;
+    s->buf = malloc(s->cap);
+    if (!s->path || !s->buf) {
+        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    sl_reader_opts ro = {0};
+    ro.compression = (sl_compression)c;
+    ro.http_headers = s->http_headers;
+    s->r = sl_reader_open(s->path, &ro, err);
+    if (!s->r) {
+        rc = err && err->code ? err->code : SL_ERR_IO;
+        goto fail;
+    }
+    s->size = sl_reader_size(s->r);
+    s->mtime = sl_reader_mtime(s->r);
+    s->line = 1;
+
+    /* A UTF-8 byte order mark is not data (offsets still count it). */
+    while (s->end < 3 && !s->eof) {
+        if ((rc = fill(s, err)) != 0) {
+            goto fail;
+        }
+    }
+    if (s->end >= 3 && memcmp(s->buf, "\xef\xbb\xbf", 3) == 0) {
+        s->start = 3;
+    }
+    if (s->has_header) {
+        if ((rc = read_header(s, err)) != 0) {
+            goto fail;
+        }
+        s->data_pos = s->base + s->start;
+        s->data_line = s->line;
+        if ((rc = check_required_columns(s, o, err)) != 0) {
+            goto fail;
+        }
+    } else {
+        if ((rc = set_columns_from_option(s, o, err)) != 0) {
+            goto fail;
+        }
+        s->data_pos = s->base + s->start;
+        s->data_line = s->line;
+    }
+    *self = s;
+    return 0;
+
+fail:
+    src_destroy(s);
+    return rc ? rc : SL_ERR;
+}
+
+static int src_checkpoint(void *self, uint64_t pos, uint64_t line, sl_buf *out, sl_error *err)
+{
+    csv_src *s = self;
+    sl_jw w;
+    sl_jw_init(&w, out);
+    sl_jw_obj_open(&w);
+    sl_jw_keyz(&w, "offset");
+    sl_jw_int(&w, (int64_t)pos);
+    sl_jw_keyz(&w, "line");
+    sl_jw_int(&w, (int64_t)line);
+    sl_jw_keyz(&w, "input");
+    const char *name = sl_reader_name(s->r);
+    sl_jw_str(&w, name, strlen(name));
+    sl_jw_keyz(&w, "size");
+    sl_jw_int(&w, s->size);
+    sl_jw_keyz(&w, "mtime");
+    sl_jw_int(&w, s->mtime);
+    sl_jw_keyz(&w, "columns");
+    sl_jw_arr_open(&w);
+    for (size_t i = 0; i < s->ncols; i++) {
+        sl_jw_str(&w, s->cols[i], s->col_len[i]);
+    }
+    sl_jw_arr_close(&w);
+    sl_jw_obj_close(&w);
+    if (w.err) {
+        return sl_error_set(err, w.err, "%s: cannot write the checkpoint", name);
+    }
+    return 0;
+}
+
+/* Move the window to stream offset pos (>= the current position). */
+static int seek_to(csv_src *s, uint64_t pos, sl_error *err)
+{
+    uint64_t wend = s->base + s->end;
+    if (pos <= wend) {
+        s->start = (size_t)(pos - s->base);
+        return 0;
+    }
+    int rc = sl_reader_skip(s->r, pos - wend, err);
+    if (rc) {
+        return rc;
+    }
+    s->base = pos;
+    s->start = s->end = 0;
+    return 0;
+}
+
+static int src_resume(void *self, const char *checkpoint, sl_error *err)
+{
+    csv_src *s = self;
+    const char *name = sl_reader_name(s->r);
+    json_error_t jerr;
+    json_t *j = json_loads(checkpoint ? checkpoint : "", 0, &jerr);
+    int rc = 0;
+    if (!json_is_object(j)) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s: the saved checkpoint is not a JSON object (%s); use --from-start",
+                          name, j ? "wrong type" : jerr.text);
+        goto done;
+    }
+    json_t *joff = json_object_get(j, "offset");
+    json_t *jline = json_object_get(j, "line");
+    json_t *jin = json_object_get(j, "input");
+    json_t *jcols = json_object_get(j, "columns");
+    if (!json_is_integer(joff) || json_integer_value(joff) < 0 || !json_is_integer(jline) ||
+        !json_is_array(jcols)) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s: the saved checkpoint lacks offset, line or columns; use "
+                          "--from-start",
+                          name);
+        goto done;
+    }
+    if (json_is_string(jin) && strcmp(json_string_value(jin), name) != 0) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s: the interrupted run was reading '%s', not this input; use "
+                          "--from-start",
+                          name, json_string_value(jin));
+        goto done;
+    }
+    int same = json_array_size(jcols) == s->ncols;
+    for (size_t i = 0; same && i < s->ncols; i++) {
+        json_t *c = json_array_get(jcols, i);
+        same = json_is_string(c) && json_string_length(c) == s->col_len[i] &&
+               memcmp(json_string_value(c), s->cols[i], s->col_len[i]) == 0;
+    }
+    if (!same) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s: header changed since the interrupted run; use --from-start", name);
+        goto done;
+    }
+    json_t *jsize = json_object_get(j, "size");
+    json_t *jmtime = json_object_get(j, "mtime");
+    long long osize = json_is_integer(jsize) ? (long long)json_integer_value(jsize) : -1;
+    long long omtime = json_is_integer(jmtime) ? (long long)json_integer_value(jmtime) : 0;
+    sl_reader_kind kind = sl_reader_kind_of(s->r);
+    int changed = 0;
+    if (kind == SL_READER_FILE && s->mtime != 0) {
+        changed = osize != (long long)s->size || omtime != (long long)s->mtime;
+    } else if (kind == SL_READER_URL) {
+        changed = osize >= 0 && s->size >= 0 && osize != (long long)s->size;
+    }
+    if (changed) {
+        rc = sl_error_set(err, SL_ERR_INPUT,
+                          "%s: the input changed since the interrupted run (size %lld -> %lld "
+                          "bytes, modified %lld -> %lld); use --from-start",
+                          name, osize, (long long)s->size, omtime, (long long)s->mtime);
+        goto done;
+    }
+    uint64_t off = (uint64_t)json_integer_value(joff);
+    uint64_t line = (uint64_t)json_integer_value(jline);
+    if (off < s->data_pos) {
+        /* Nothing was acknowledged past the header: start at the first row. */
+        off = s->data_pos;
+        line = s->data_line;
+    }
+    if (line == 0) {
+        line = 1; /* only messages depend on it */
+    }
+    rc = seek_to(s, off, err);
+    if (rc) {
+        sl_error_prefix(err, "%s: cannot skip to the checkpoint (byte %llu); use --from-start",
+                        name, (unsigned long long)off);
+        goto done;
+    }
+    s->line = line;
+done:
+    json_decref(j);
+    return rc;
+}
+
+static const char *const *src_columns(void *self, size_t *n)
+{
+    csv_src *s = self;
+    *n = s->ncols;
+    return (const char *const *)s->cols;
+}
+
+static const char *src_input_name(void *self)
+{
+    csv_src *s = self;
+    return sl_reader_name(s->r);
+}
+
+static void src_progress(void *self, int64_t *done, int64_t *total)
+{
+    csv_src *s = self;
+    *done = (int64_t)sl_reader_consumed(s->r);
+    *total = sl_reader_size(s->r);
+}
+
+const sl_source_plugin sl_source_csv = {
+    .name = "csv",
+    .summary = "rows of a CSV file, stdin or http(s) URL (gzip/bzip2 aware), resumable",
+    .options = csv_options,
+    .init = src_init,
+    .resume = src_resume,
+    .next = src_next,
+    .checkpoint = src_checkpoint,
+    .columns = src_columns,
+    .input_name = src_input_name,
+    .progress = src_progress,
+    .destroy = src_destroy,
+};
