@@ -352,7 +352,9 @@ static sl_verdict default_decode(const sl_http_resp *resp, sl_error *err)
     if (resp->status >= 200 && resp->status < 300) {
         return SL_SEND_OK;
     }
-    if (resp->gave_up) {
+    if (resp->gave_up || resp->status == 0) {
+        /* status 0 without gave_up: a transport error that retrying cannot
+         * fix (bad URL, TLS verification): as fatal as running out */
         if (resp->status == 0) {
             sl_error_set(err, SL_ERR_IO, "gave up after %d attempts: %s", resp->attempts,
                          resp->error);
