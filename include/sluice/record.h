@@ -101,8 +101,11 @@ int sl_record_reject(sl_record *r, int stage, const char *fmt, ...) SL_PRINTF(3,
  * OMIT excluded. Used for dead letters and --dry-run samples. */
 int sl_record_to_json(const sl_record *r, sl_buf *out);
 /* Rebuild a record from such a JSON object (dead-letter retry). Field names
- * are copied into `names`, an arena that must outlive the record. */
-int sl_record_from_json(sl_record *r, const char *json, sl_buf *names, sl_error *err);
+ * must outlive the record: each is passed through intern(ud, name), which
+ * returns a stable copy (or NULL when out of memory). */
+typedef const char *(*sl_intern_fn)(void *ud, const char *name);
+int sl_record_from_json(sl_record *r, const char *json, sl_intern_fn intern, void *ud,
+                        sl_error *err);
 
 /* Copy src into dst (dst reset first). Names stay borrowed. */
 int sl_record_copy(sl_record *dst, const sl_record *src);

@@ -119,7 +119,8 @@ typedef struct runner {
     /* retry mode */
     retry_item *items;
     size_t nitems, next_item;
-    sl_buf retry_names;
+    char **names; /* interned field names of retried records */
+    size_t nnames;
     uint64_t not_retryable;
 } runner;
 
@@ -162,13 +163,32 @@ static int retry_load_cb(void *ud, const sl_dead_letter *d)
     return 0;
 }
 
+static const char *intern_name(void *ud, const char *name)
+{
+    runner *r = ud;
+    for (size_t i = 0; i < r->nnames; i++) {
+        if (strcmp(r->names[i], name) == 0) {
+            return r->names[i];
+        }
+    }
+    char **n = realloc(r->names, (r->nnames + 1) * sizeof(*n));
+    if (!n) {
+        return NULL;
+    }
+    r->names = n;
+    if (!(r->names[r->nnames] = strdup(name))) {
+        return NULL;
+    }
+    return r->names[r->nnames++];
+}
+
 static int retry_next(runner *r, sl_record *rec, uint64_t *next_pos, sl_error *err)
 {
     if (r->next_item >= r->nitems) {
         return 0;
     }
     retry_item *it = &r->items[r->next_item++];
-    if (sl_record_from_json(rec, it->record, &r->retry_names, err) < 0) {
+    if (sl_record_from_json(rec, it->record, intern_name, r, err) < 0) {
         sl_record_reject(rec, it->stage, "stored record cannot be rebuilt: %s", err->msg);
     }
     rec->pos = (uint64_t)it->id;
@@ -934,7 +954,10 @@ static void runner_free(runner *r)
         free(r->items[i].record);
     }
     free(r->items);
-    sl_buf_free(&r->retry_names);
+    for (size_t i = 0; i < r->nnames; i++) {
+        free(r->names[i]);
+    }
+    free(r->names);
     sl_buf_free(&r->tmp);
     sl_buf_free(&r->ckpt);
     pthread_mutex_destroy(&r->mu);
@@ -1003,7 +1026,6 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
             sl_error_set(&err, SL_ERR_NOMEM, "out of memory");
             goto out;
         }
-        sl_buf_init(&r->retry_names, 64 << 20);
         if (sl_state_dl_each(state, p->name, 0, retry_load_cb, r, &err) < 0) {
             goto out;
         }

@@ -239,36 +239,26 @@ int sl_record_to_json(const sl_record *r, sl_buf *out)
     return w.err;
 }
 
-int sl_record_from_json(sl_record *r, const char *json, sl_buf *names, sl_error *err)
+int sl_record_from_json(sl_record *r, const char *json, sl_intern_fn intern, void *ud,
+                        sl_error *err)
 {
     json_error_t jerr;
-    json_t *root = json_loads(json, JSON_DECODE_INT_AS_REAL * 0, &jerr);
+    json_t *root = json_loads(json, 0, &jerr);
     if (!root || !json_is_object(root)) {
         json_decref(root);
         return sl_error_set(err, SL_ERR_INPUT, "stored record is not a JSON object (%s)",
                             root ? "wrong type" : jerr.text);
     }
-    /* First pass: copy all names into the arena (it may move while growing). */
-    size_t n = json_object_size(root);
-    size_t *offs = calloc(n ? n : 1, sizeof(*offs));
-    if (!offs) {
-        json_decref(root);
-        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
-    }
     const char *key;
     json_t *val;
-    size_t k = 0;
-    json_object_foreach(root, key, val)
-    {
-        offs[k++] = names->len;
-        sl_buf_append(names, key, strlen(key) + 1);
-    }
-    (void)val;
-    k = 0;
     int rc = 0;
     json_object_foreach(root, key, val)
     {
-        const char *nm = names->data + offs[k++];
+        const char *nm = intern(ud, key);
+        if (!nm) {
+            rc = SL_ERR_NOMEM;
+            break;
+        }
         uint32_t nl = (uint32_t)strlen(nm);
         switch (json_typeof(val)) {
         case JSON_STRING:
@@ -289,7 +279,6 @@ int sl_record_from_json(sl_record *r, const char *json, sl_buf *names, sl_error 
             break;
         }
     }
-    free(offs);
     json_decref(root);
     if (rc) {
         return sl_error_set(err, rc, "stored record could not be rebuilt");

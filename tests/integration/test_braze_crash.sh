@@ -11,7 +11,7 @@ export BRAZE_CONCURRENCY=$CONC
 python3 "$TOOLS/gen_users.py" --rows "$ROWS" --seed 5 \
     --csv "$T_DIR/users.csv" --expect "$T_DIR/expected.jsonl"
 # a little latency so a run lasts long enough to be killed mid-flight
-start_fake_braze braze --latency-ms 3
+start_fake_braze braze --latency-ms 20
 export BRAZE_CSV=$T_DIR/users.csv
 CFG=$SRC_DIR/examples/braze-import.yml
 
@@ -19,7 +19,7 @@ kills=0
 for k in 1 2 3; do
     (cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$CFG" >>"$T_DIR/run.out" 2>>"$T_DIR/run.err") &
     pid=$!
-    # a random moment between 0.3 s and 1.5 s into the run
+    # a random moment between 0.3 s and 1.5 s into the run (a whole run takes ~7 s)
     sleep "$(python3 -c 'import random; print(round(random.uniform(0.3, 1.5), 2))')"
     if kill -9 "$pid" 2>/dev/null; then
         kills=$((kills + 1))

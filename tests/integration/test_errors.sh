@@ -84,7 +84,7 @@ pipelines:
     steps:
       - type: cast
         types: {age: integer}
-    sink: {type: braze, url: \${BRAZE_API_URL}, api_key: \${BRAZE_API_KEY}}
+    sink: {type: braze, url: "\${BRAZE_API_URL}", api_key: "\${BRAZE_API_KEY}"}
 YML
 printf 'external_id,age\n1,34\n2,abc\n3,35\n' >"$T_DIR/cast.csv"
 expect_eq "failed cast: exit 2 (finished, one row dead-lettered)" 2 "$(run_rc cast run -c "$T_DIR/cast.yml")"
