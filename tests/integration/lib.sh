@@ -4,7 +4,8 @@ set -euo pipefail
 
 SRC_DIR=${SRC_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 FAKES_DIR=${FAKES_DIR:-$SRC_DIR/build}
-SLUICE_BIN=${SLUICE_BIN:-$FAKES_DIR/sluice}
+SLUICE_BIN=$(realpath "${SLUICE_BIN:-$FAKES_DIR/sluice}")
+FAKES_DIR=$(realpath "$FAKES_DIR")
 TOOLS=$SRC_DIR/tests/tools
 
 T_PASS=0

@@ -114,7 +114,11 @@ post_raw '{"attributes":[{"external_id":"a1"}]}' -H 'Authorization: Bearer wrong
     -H 'Content-Type: application/json' -H 'X-Braze-Bulk: true'
 expect "wrong key: status" 401 "$CODE"
 expect_contains "wrong key: message" '"message":"Invalid API key' "$RESP"
-if [[ "$RESP" == *wrong-secret-zz* ]]; then bad "wrong key: the presented key is echoed: $RESP"; else ok; fi
+if [[ "$RESP" == *wrong-secret-zz* ]]; then
+    bad "wrong key: the presented key is echoed: $RESP"
+else
+    ok
+fi
 
 post_raw '{"attributes":[{"external_id":"a1"}]}' -H 'Content-Type: application/json' \
     -H 'X-Braze-Bulk: true'
@@ -166,7 +170,11 @@ expect "GET /users/track: status" 405 "$CODE"
 CODE=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -X POST -d '{}' "$URL/users/trak")
 expect "unknown path: status" 404 "$CODE"
 
-if [[ -s "$TMP/rec.jsonl" ]]; then bad "rejected requests were recorded: $(cat "$TMP/rec.jsonl")"; else ok; fi
+if [[ -s "$TMP/rec.jsonl" ]]; then
+    bad "rejected requests were recorded: $(cat "$TMP/rec.jsonl")"
+else
+    ok
+fi
 
 # Accepted: values are recorded byte-for-byte (0.10 stays 0.10), one compact line each.
 post '{"attributes": [ {"external_id":"u1", "price": 0.10, "tags": ["a", "b c"]},

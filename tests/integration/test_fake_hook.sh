@@ -52,7 +52,11 @@ start_fake() {
         [[ -s "$TMP/port" ]] && break
         sleep 0.05
     done
-    [[ -s "$TMP/port" ]] || { echo "FAIL: fake_hook wrote no port file; stderr:"; cat "$TMP/err"; exit 1; }
+    if [[ ! -s "$TMP/port" ]]; then
+        echo "FAIL: fake_hook did not write its port file within 5 s; stderr:"
+        cat "$TMP/err"
+        exit 1
+    fi
     URL="http://127.0.0.1:$(cat "$TMP/port")"
 }
 # send PATH BODY [CURL ARGS...]: sets CODE and RESP.
