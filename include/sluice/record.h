@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "sluice/buf.h"
+#include "sluice/json.h"
 
 typedef enum sl_type {
     SL_T_NULL = 0,
@@ -28,6 +29,8 @@ const char *sl_type_name(sl_type t);
 /* Field flags */
 #define SL_FIELD_OMIT 0x01  /* present in the input but not to be sent (e.g. empty cell) */
 #define SL_FIELD_FIXED 0x02 /* type decided (e.g. by a cast): later inference leaves it alone */
+#define SL_FIELD_NUMTEXT 0x04 /* INT/FLOAT whose input text (toff/tlen) is a valid JSON
+                                 number: writers copy it instead of formatting the double */
 
 typedef struct sl_field {
     const char *name; /* borrowed, see above */
@@ -42,6 +45,7 @@ typedef struct sl_field {
         double f;
         int b;
     } v;
+    uint32_t toff, tlen; /* SL_FIELD_NUMTEXT: the number as written in the input */
 } sl_field;
 
 typedef enum sl_rec_status {
@@ -100,6 +104,10 @@ int sl_record_reject(sl_record *r, int stage, const char *fmt, ...) SL_PRINTF(3,
 /* Write the record as one JSON object {"name": value, ...}, fields flagged
  * OMIT excluded. Used for dead letters and --dry-run samples. */
 int sl_record_to_json(const sl_record *r, sl_buf *out);
+/* Write one field's value (not its name) as JSON. The one place that maps
+ * sl_type to JSON, shared by every JSON-speaking sink. */
+void sl_jw_field(sl_jw *w, const sl_record *r, const sl_field *f);
+
 /* Rebuild a record from such a JSON object (dead-letter retry). Field names
  * must outlive the record: each is passed through intern(ud, name), which
  * returns a stable copy (or NULL when out of memory). */

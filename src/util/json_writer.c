@@ -1,6 +1,7 @@
 /* Streaming JSON writer: see include/sluice/json.h. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sluice/json.h"
@@ -227,8 +228,7 @@ void sl_jw_double(sl_jw *w, double v)
     char tmp[40];
     /* %.17g round-trips; try shorter first so 0.5 stays 0.5 */
     int n = snprintf(tmp, sizeof(tmp), "%.15g", v);
-    double back;
-    if (sscanf(tmp, "%lf", &back) != 1 || back != v) {
+    if (strtod(tmp, NULL) != v) {
         n = snprintf(tmp, sizeof(tmp), "%.17g", v);
     }
     /* keep it a JSON number that reads back as a float: 3 -> 3.0 */

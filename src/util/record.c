@@ -73,6 +73,7 @@ sl_field *sl_record_add(sl_record *r, const char *name, uint32_t name_len)
     f->type = SL_T_NULL;
     f->flags = 0;
     f->v.i = 0;
+    f->toff = f->tlen = 0;
     return f;
 }
 
@@ -215,6 +216,24 @@ void sl_record_fail(sl_record *r, const char *fmt, ...)
     va_end(ap);
 }
 
+void sl_jw_field(sl_jw *w, const sl_record *r, const sl_field *f)
+{
+    switch ((sl_type)f->type) {
+    case SL_T_NULL: sl_jw_null(w); break;
+    case SL_T_STRING: sl_jw_str(w, sl_field_str(r, f), f->v.s.len); break;
+    case SL_T_INT: sl_jw_int(w, f->v.i); break;
+    case SL_T_FLOAT:
+        if (f->flags & SL_FIELD_NUMTEXT) {
+            sl_jw_raw(w, r->data.data + f->toff, f->tlen);
+        } else {
+            sl_jw_double(w, f->v.f);
+        }
+        break;
+    case SL_T_BOOL: sl_jw_bool(w, f->v.b); break;
+    case SL_T_JSON: sl_jw_raw(w, sl_field_str(r, f), f->v.s.len); break;
+    }
+}
+
 int sl_record_to_json(const sl_record *r, sl_buf *out)
 {
     sl_jw w;
@@ -226,14 +245,7 @@ int sl_record_to_json(const sl_record *r, sl_buf *out)
             continue;
         }
         sl_jw_key(&w, f->name, f->name_len);
-        switch ((sl_type)f->type) {
-        case SL_T_NULL: sl_jw_null(&w); break;
-        case SL_T_STRING: sl_jw_str(&w, sl_field_str(r, f), f->v.s.len); break;
-        case SL_T_INT: sl_jw_int(&w, f->v.i); break;
-        case SL_T_FLOAT: sl_jw_double(&w, f->v.f); break;
-        case SL_T_BOOL: sl_jw_bool(&w, f->v.b); break;
-        case SL_T_JSON: sl_jw_raw(&w, sl_field_str(r, f), f->v.s.len); break;
-        }
+        sl_jw_field(&w, r, f);
     }
     sl_jw_obj_close(&w);
     return w.err;

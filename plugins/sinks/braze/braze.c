@@ -187,29 +187,6 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
     sl_jw_str(w, tmp, n);
 }
 
-static void write_value(sl_jw *w, const sl_record *rec, const sl_field *f)
-{
-    switch ((sl_type)f->type) {
-    case SL_T_NULL:
-        sl_jw_null(w);
-        break;
-    case SL_T_STRING:
-        sl_jw_str(w, sl_field_str(rec, f), f->v.s.len);
-        break;
-    case SL_T_INT:
-        sl_jw_int(w, f->v.i);
-        break;
-    case SL_T_FLOAT:
-        sl_jw_double(w, f->v.f);
-        break;
-    case SL_T_BOOL:
-        sl_jw_bool(w, f->v.b);
-        break;
-    case SL_T_JSON:
-        sl_jw_raw(w, sl_field_str(rec, f), f->v.s.len);
-        break;
-    }
-}
 
 /* Validity of the key, decided before anything of the record is written. */
 static int key_usable(const sl_record *rec, const sl_field *f)
@@ -267,7 +244,7 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
                 continue;
             }
             sl_jw_key(&w, f->name, f->name_len);
-            write_value(&w, rec, f);
+            sl_jw_field(&w, rec, f);
         }
         sl_jw_obj_close(&w);
         nsent++;

@@ -322,26 +322,7 @@ static int http_columns(void *self, const char *const *cols, size_t n, sl_error 
 static void write_value(sl_jw *w, const sl_record *rec, const sl_field *f)
 {
     sl_jw_key(w, f->name, f->name_len);
-    switch ((sl_type)f->type) {
-    case SL_T_NULL:
-        sl_jw_null(w);
-        break;
-    case SL_T_STRING:
-        sl_jw_str(w, sl_field_str(rec, f), f->v.s.len);
-        break;
-    case SL_T_INT:
-        sl_jw_int(w, f->v.i);
-        break;
-    case SL_T_FLOAT:
-        sl_jw_double(w, f->v.f);
-        break;
-    case SL_T_BOOL:
-        sl_jw_bool(w, f->v.b);
-        break;
-    case SL_T_JSON:
-        sl_jw_raw(w, sl_field_str(rec, f), f->v.s.len);
-        break;
-    }
+    sl_jw_field(w, rec, f);
 }
 
 static void write_record(const http_sink *h, sl_jw *w, const sl_record *rec)

@@ -211,6 +211,7 @@ static int cast_field(cast *c, sl_record *rec, sl_field *f, const cast_col *cc, 
             return 1;
         }
         f->type = SL_T_FLOAT;
+        f->flags &= (uint8_t)~SL_FIELD_NUMTEXT;
         f->v.f = v;
         break;
     }

@@ -196,6 +196,11 @@ static int infer_process(void *self, sl_record *rec, int stage, sl_error *err)
             f->v.i = v.i;
             break;
         case SL_T_FLOAT:
+            /* the input text of a decimal is a valid JSON number: keep it, so
+             * writers copy "3.14" instead of formatting a double */
+            f->toff = f->v.s.off;
+            f->tlen = f->v.s.len;
+            f->flags |= SL_FIELD_NUMTEXT;
             f->type = SL_T_FLOAT;
             f->v.f = v.f;
             break;
