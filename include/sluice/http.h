@@ -77,7 +77,9 @@ void sl_http_free(sl_http *h);
 /* Queue a request. req is borrowed until its callback has run. Never blocks;
  * requests beyond `concurrency` wait inside the client. */
 int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud, sl_error *err);
-/* Drive transfers and timers for up to timeout_ms, invoking callbacks.
+/* Drive transfers and timers for up to timeout_ms, invoking callbacks;
+ * returns early once at least one request completed (so the caller can
+ * queue more work).
  * Returns the number of requests not yet completed (running + waiting). */
 int sl_http_run(sl_http *h, int timeout_ms);
 /* Requests submitted and not yet completed. */

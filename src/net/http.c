@@ -1198,9 +1198,11 @@ int sl_http_run(sl_http *h, int timeout_ms)
             break;
         }
         if (finished > 0) {
-            /* slots were freed and callbacks may have queued work: start it
-             * before sleeping */
-            continue;
+            /* return to the caller as soon as something completed: the
+             * engine refills its window between calls, and waiting out the
+             * timeout here would leave connections idle */
+            start_ready(h, now);
+            break;
         }
         double until = deadline;
         if (h->heap_len && h->heap[0]->not_before < until) {
