@@ -180,6 +180,52 @@ typedef struct sl_sink_plugin {
     void (*destroy)(void *self);
 } sl_sink_plugin;
 
+/* ---------------------------------------------------------------- triggers */
+
+/* A trigger turns outside events (a webhook POST) into durable jobs. Each
+ * job runs the pipeline once, with the job's variables substituted for
+ * `{{name}}` in the source/steps/sink options (e.g. path: "{{url}}",
+ * table: "{{table}}"). `sluice serve` hosts the routes and runs the jobs. */
+
+/* An incoming HTTP request, as the server hands it to a trigger. */
+typedef struct sl_webhook_req {
+    const char *method;
+    const char *path;
+    const char *body; /* raw bytes, NUL-terminated, at most the route's max_body */
+    size_t body_len;
+    const char *remote; /* peer address, for logs */
+    /* Header lookup, case-insensitive; NULL when absent. */
+    const char *(*header)(const struct sl_webhook_req *req, const char *name);
+    void *impl;
+} sl_webhook_req;
+
+/* What a trigger decided about one request. */
+typedef struct sl_job_spec {
+    int accept;          /* 1: store a job (the engine answers 2xx only once it is durable) */
+    char idem_key[256];  /* jobs with the same key are stored once (webhook redelivery) */
+    char order_key[256]; /* jobs with the same order key run one at a time, in arrival order */
+    char kind[32];       /* short label for status ("full", "incremental") */
+    sl_buf vars;         /* JSON object of variables for {{name}} substitution */
+    double expires_at;   /* unix time after which retrying is pointless (0 = never) */
+} sl_job_spec;
+
+typedef struct sl_trigger_plugin {
+    const char *name;
+    const char *summary;
+    const sl_option *options;
+    int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
+    /* Route(s) to serve: "POST /webhooks/controlshift". */
+    const char *(*route)(void *self);
+    size_t (*max_body)(void *self);
+    /* Check and parse one request. Fill answer (text/plain or JSON body) and
+     * return the HTTP status: 401 bad signature (before any parsing), 400
+     * malformed, 200 with job->accept = 0 for events to skip, 202 (or 200)
+     * with job->accept = 1 for a job. Called from server threads: must be
+     * thread-safe. */
+    int (*receive)(void *self, const sl_webhook_req *req, sl_job_spec *job, sl_buf *answer);
+    void (*destroy)(void *self);
+} sl_trigger_plugin;
+
 /* Mark a record FAILED by the sink with a reason (dead-lettered). */
 void sl_record_fail(sl_record *r, const char *fmt, ...) SL_PRINTF(2, 3);
 

@@ -8,10 +8,14 @@ extern const sl_step_plugin sl_step_infer;
 extern const sl_step_plugin sl_step_cast;
 extern const sl_sink_plugin sl_sink_braze;
 extern const sl_sink_plugin sl_sink_http;
+extern const sl_sink_plugin sl_sink_sql_table;
+extern const sl_trigger_plugin sl_trigger_controlshift;
 
 const sl_source_plugin *const sl_sources[] = {&sl_source_csv, NULL};
 const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, NULL};
-const sl_sink_plugin *const sl_sinks[] = {&sl_sink_braze, &sl_sink_http, NULL};
+const sl_sink_plugin *const sl_sinks[] = {&sl_sink_braze, &sl_sink_http, &sl_sink_sql_table,
+                                          NULL};
+const sl_trigger_plugin *const sl_triggers[] = {&sl_trigger_controlshift, NULL};
 
 #define FIND(list, name)                                                                           \
     for (size_t i = 0; list[i]; i++) {                                                             \
@@ -34,4 +38,9 @@ const sl_step_plugin *sl_find_step(const char *name)
 const sl_sink_plugin *sl_find_sink(const char *name)
 {
     FIND(sl_sinks, name);
+}
+
+const sl_trigger_plugin *sl_find_trigger(const char *name)
+{
+    FIND(sl_triggers, name);
 }

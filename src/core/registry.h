@@ -7,9 +7,11 @@
 extern const sl_source_plugin *const sl_sources[]; /* NULL-terminated */
 extern const sl_step_plugin *const sl_steps[];
 extern const sl_sink_plugin *const sl_sinks[];
+extern const sl_trigger_plugin *const sl_triggers[];
 
 const sl_source_plugin *sl_find_source(const char *name);
 const sl_step_plugin *sl_find_step(const char *name);
 const sl_sink_plugin *sl_find_sink(const char *name);
+const sl_trigger_plugin *sl_find_trigger(const char *name);
 
 #endif

@@ -88,4 +88,49 @@ int sl_state_dl_bump(sl_state *s, int64_t id, const char *error, const char *res
                      sl_error *err); /* attempts + 1, new error */
 int64_t sl_state_dl_count(sl_state *s, const char *pipeline, sl_error *err);
 
+/* Jobs: durable units of work from triggers (webhooks). Statuses: queued,
+ * running, retry (waiting for not_before), done, failed. */
+typedef struct sl_job {
+    int64_t id;
+    char pipeline[128];
+    char kind[32];
+    char idem_key[256];
+    char order_key[256];
+    char *vars; /* JSON object, owned (sl_job_clear frees it) */
+    char status[16];
+    int attempts;
+    double created_at, started_at, finished_at, not_before, expires_at;
+    int64_t rows;
+    char error[512];
+} sl_job;
+
+void sl_job_clear(sl_job *j);
+
+/* Store a job; durable when this returns. 1 stored (id set), 0 a job with the
+ * same (pipeline, idem_key) already exists (id set to it), <0 error. */
+int sl_state_job_add(sl_state *s, const char *pipeline, const char *kind, const char *idem_key,
+                     const char *order_key, const char *vars, double expires_at, int64_t *id,
+                     sl_error *err);
+/* Atomically take the oldest runnable job (status queued, or retry with
+ * not_before <= now) of pipeline (NULL = any) whose order_key has no older
+ * unfinished job (queued, retry or running): same-key jobs run one at a time
+ * in arrival order. Marks it running, attempts + 1. 1 claimed (out filled),
+ * 0 nothing runnable, <0 error. */
+int sl_state_job_claim(sl_state *s, const char *pipeline, double now, sl_job *out, sl_error *err);
+/* End an attempt: status done / retry (with not_before) / failed / queued
+ * (handed back, e.g. on shutdown; attempts - 1). */
+int sl_state_job_finish(sl_state *s, int64_t id, const char *status, double not_before,
+                        int64_t rows, const char *error, sl_error *err);
+/* After a crash: every running job goes back to queued. Returns how many, <0 error. */
+int sl_state_job_requeue_running(sl_state *s, sl_error *err);
+/* sluice retry: failed jobs of pipeline go back to queued (attempts reset).
+ * Returns how many, <0 error. */
+int sl_state_job_requeue_failed(sl_state *s, const char *pipeline, sl_error *err);
+typedef int (*sl_job_cb)(void *ud, const sl_job *j);
+/* Newest first; pipeline NULL = all; limit <= 0 = all. */
+int sl_state_jobs(sl_state *s, const char *pipeline, int limit, sl_job_cb cb, void *ud,
+                  sl_error *err);
+/* Count jobs of pipeline (NULL = all) by status: queued, running, retry, done, failed. */
+int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl_error *err);
+
 #endif

@@ -1,0 +1,21 @@
+/* Process-wide metrics in Prometheus text format (version 0.0.4).
+ * Thread-safe. Names follow Prometheus conventions: sluice_..._total for
+ * counters. Labels are given pre-formatted: `route="/x",status="200"`. */
+#ifndef SLUICE_METRICS_H
+#define SLUICE_METRICS_H
+
+#include "sluice/buf.h"
+
+typedef enum { SL_METRIC_COUNTER, SL_METRIC_GAUGE } sl_metric_type;
+
+/* Declare a metric family once (type and help line). Re-declaring is a no-op. */
+void sl_metric_declare(const char *name, sl_metric_type type, const char *help);
+void sl_metric_add(const char *name, const char *labels, double v);
+void sl_metric_set(const char *name, const char *labels, double v);
+/* Collectors run before each render (e.g. to set gauges from the state store). */
+typedef void (*sl_metrics_collect_fn)(void *ud);
+void sl_metrics_add_collector(sl_metrics_collect_fn fn, void *ud);
+int sl_metrics_render(sl_buf *out);
+void sl_metrics_reset(void); /* forget everything (tests) */
+
+#endif
