@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "core/registry.h"
 #include "core/run.h"
+#include "core/serve.h"
 #include "sluice/log.h"
 #include "state/state.h"
 
@@ -43,8 +44,11 @@ static const cmd_help commands[] = {
      "Exit codes: 0 all delivered; 1 failed; 2 finished, some records dead-lettered;\n"
      "64 usage error; 78 config error."},
     {"serve", "sluice serve [-c FILE] [--listen ADDR:PORT]",
-     "Serve webhook routes, run scheduled pipelines, expose /healthz and /metrics.\n"
-     "(Not available in this version.)"},
+     "Serve the webhook routes of every pipeline with a `trigger:`, run their jobs,\n"
+     "and expose GET /healthz and GET /metrics (Prometheus). A webhook is answered\n"
+     "2xx only once its job is stored durably; jobs survive restarts. SIGTERM\n"
+     "stops accepting, hands running jobs back to the queue and exits 0.\n"
+     "--listen overrides serve.listen (default 127.0.0.1:8080)."},
     {"check", "sluice check [-c FILE]",
      "Validate the configuration: every error is printed with file:line:column.\n"
      "Exit 0 when valid, 78 otherwise."},
@@ -55,7 +59,8 @@ static const cmd_help commands[] = {
      "Re-send the pipeline's dead letters through the steps after the one that\n"
      "rejected them, and the sink. Delivered ones are removed; the others stay\n"
      "with their attempt count raised. Rows the source rejected (malformed input)\n"
-     "cannot be retried: fix the input and run again."},
+     "cannot be retried: fix the input and run again. For a pipeline with a\n"
+     "trigger, failed jobs are queued again and run now."},
     {"fanout", "sluice fanout [-c FILE] PIPELINE",
      "Distributed mode: source -> Kafka topic. (Not available in this version.)"},
     {"worker", "sluice worker [-c FILE] PIPELINE",
@@ -264,6 +269,18 @@ static int cmd_run(const cli *c, sl_run_mode mode)
                 continue;
             }
         }
+        if (mode == SL_RUN_RETRY && p->trigger_plugin) {
+            /* a triggered pipeline's loads are jobs: re-run the failed ones */
+            result = worse(result, retry_jobs(cfg, p, st));
+            continue;
+        }
+        if (p->trigger_plugin && mode == SL_RUN_NORMAL) {
+            fprintf(stderr, "sluice: %s has a trigger: its jobs run under `sluice serve` "
+                            "(or `sluice retry %s` for failed ones)\n",
+                    p->name, p->name);
+            result = worse(result, SL_EXIT_USAGE);
+            continue;
+        }
         sl_run_result res;
         int rc = sl_run_pipeline(cfg, p, st, &o, &res);
         if (rc == SL_EXIT_FAILED && res.error[0]) {
@@ -328,6 +345,20 @@ static int print_dl(void *ud, const sl_dead_letter *d)
     return 0;
 }
 
+static int print_job(void *ud, const sl_job *j)
+{
+    (void)ud;
+    char when[32];
+    fmt_time(j->created_at, when, sizeof(when));
+    double dur = j->finished_at > 0 && j->started_at > 0 ? j->finished_at - j->started_at : 0;
+    printf("    #%-5" PRId64 " %-8s %-12s %-11s %s  attempts %d  rows %" PRId64 "  %.1fs\n", j->id,
+           j->status, j->order_key, j->kind, when, j->attempts, j->rows, dur);
+    if (j->error[0]) {
+        printf("           error: %s\n", j->error);
+    }
+    return 0;
+}
+
 static int cmd_status(const cli *c)
 {
     int code = 0;
@@ -369,6 +400,15 @@ static int cmd_status(const cli *c)
             json_decref(j);
         }
         sl_buf_free(&cp);
+        if (p->trigger_plugin) {
+            int64_t jc[5] = {0};
+            sl_state_job_counts(st, p->name, jc, &err);
+            printf("  jobs: %" PRId64 " queued, %" PRId64 " running, %" PRId64 " retrying, %" PRId64
+                   " done, %" PRId64 " failed (newest first):\n",
+                   jc[0], jc[1], jc[2], jc[3], jc[4]);
+            printf("    id     status   table        kind        received             \n");
+            sl_state_jobs(st, p->name, 20, print_job, NULL, &err);
+        }
         int64_t n = sl_state_dl_count(st, p->name, &err);
         printf("  dead letters: %" PRId64 "%s\n", n < 0 ? 0 : n,
                n > 0 ? " (oldest first; re-send with sluice retry)" : "");
@@ -386,6 +426,40 @@ static int cmd_status(const cli *c)
     sl_state_close(st);
     sl_config_free(cfg);
     return code;
+}
+
+static int cmd_serve(const cli *c)
+{
+    int code = 0;
+    sl_config *cfg = load_config(c, &code);
+    if (!cfg) {
+        return code;
+    }
+    sl_state *st = open_state(cfg, &code);
+    if (st) {
+        code = sl_serve(cfg, st, c->listen, &g_stop);
+    }
+    sl_state_close(st);
+    sl_config_free(cfg);
+    return code;
+}
+
+/* sluice retry on a triggered pipeline: failed jobs run again, now. */
+static int retry_jobs(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st)
+{
+    sl_error err = {0};
+    int n = sl_state_job_requeue_failed(st, p->name, &err);
+    if (n < 0) {
+        fprintf(stderr, "sluice: %s\n", err.msg);
+        return SL_EXIT_FAILED;
+    }
+    printf("%s: %d failed job(s) queued again\n", p->name, n);
+    sl_jobs_run_pending(cfg, p, st, &g_stop);
+    int64_t jc[5] = {0};
+    sl_state_job_counts(st, p->name, jc, &err);
+    printf("%s: %" PRId64 " job(s) still failed, %" PRId64 " waiting to retry\n", p->name, jc[4],
+           jc[2]);
+    return jc[4] || jc[2] ? SL_EXIT_FAILED : SL_EXIT_OK;
 }
 
 int main(int argc, char **argv)
@@ -478,8 +552,9 @@ int main(int argc, char **argv)
         } else {
             rc = cmd_run(&c, SL_RUN_RETRY);
         }
-    } else if (strcmp(cmd, "serve") == 0 || strcmp(cmd, "fanout") == 0 ||
-               strcmp(cmd, "worker") == 0) {
+    } else if (strcmp(cmd, "serve") == 0) {
+        rc = cmd_serve(&c);
+    } else if (strcmp(cmd, "fanout") == 0 || strcmp(cmd, "worker") == 0) {
         fprintf(stderr, "sluice: '%s' is not available in this version yet\n", cmd);
         rc = SL_EXIT_USAGE;
     } else {

@@ -319,7 +319,7 @@ static void *reader_main(void *arg)
                 s->b.bytes += approx_bytes(rec);
             }
         }
-        if (r->srcp && r->srcp->progress && r->o->mode == SL_RUN_NORMAL) {
+        if (r->srcp && r->srcp->progress && r->o->mode != SL_RUN_RETRY) {
             int64_t done = 0, total = -1;
             r->srcp->progress(r->src, &done, &total);
             atomic_store(&r->prog_done, done);
@@ -616,6 +616,20 @@ static int finalize(runner *r, slot *s, sl_error *err)
         }
     }
     r->counts.retries += s->attempts > 1 ? (uint64_t)(s->attempts - 1) : 0;
+    if (r->p->max_failed >= 0 && r->counts.failed > (uint64_t)r->p->max_failed && !r->fatal) {
+        const char *why = "";
+        for (size_t i = 0; i < s->b.n; i++) {
+            if (s->b.recs[i].status == SL_REC_REJECTED || s->b.recs[i].status == SL_REC_FAILED) {
+                why = sl_buf_cstr(&s->b.recs[i].reason);
+                break;
+            }
+        }
+        sl_error e;
+        sl_error_set(&e, SL_ERR_INPUT,
+                     "%" PRIu64 " record(s) dead-lettered, more than max_failed (%d); %s", 
+                     r->counts.failed, r->p->max_failed, why);
+        set_fatal(r, &e);
+    }
     /* The first record not yet acknowledged is the one just past this batch. */
     r->ck_pos = s->b.end_pos;
     r->ck_line = s->b.end_line;
@@ -837,7 +851,7 @@ static int init_plugins(runner *r, sl_error *err)
     if (!r->src_ctx || !r->sink_ctx || !r->steps || !r->step_ctx) {
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
-    if (r->o->mode == SL_RUN_NORMAL) {
+    if (r->o->mode != SL_RUN_RETRY) {
         if (r->srcp->init(&r->src, p->source.opts, r->src_ctx, err) < 0) {
             return sl_error_prefix(err, "%s", sl_ctx_name(r->src_ctx));
         }
@@ -860,7 +874,7 @@ static int init_plugins(runner *r, sl_error *err)
 
 static int check_columns(runner *r, sl_error *err)
 {
-    if (r->o->mode != SL_RUN_NORMAL || !r->srcp->columns) {
+    if (r->o->mode == SL_RUN_RETRY || !r->srcp->columns) {
         return 0;
     }
     size_t n = 0;
@@ -1163,7 +1177,7 @@ out:
         for (size_t k = 0; k < 8 && r->actions[k]; k++) {
             printf("    %s: %" PRIu64 "\n", r->actions[k], r->actions_n[k]);
         }
-    } else if (o->mode == SL_RUN_NORMAL) {
+    } else if (o->mode != SL_RUN_RETRY) {
         sl_buf sj = {0};
         summary_json(r, res, &sj);
         sl_notify_run(p, res, sl_buf_cstr(&sj));

@@ -22,6 +22,8 @@ enum {
 typedef enum sl_run_mode {
     SL_RUN_NORMAL = 0, /* read the configured source */
     SL_RUN_RETRY,      /* re-deliver the pipeline's dead letters */
+    SL_RUN_JOB,        /* one job of a triggered pipeline: no checkpoint, the
+                          sink's finish() makes the load atomic instead */
 } sl_run_mode;
 
 typedef struct sl_run_opts {
