@@ -116,3 +116,49 @@ json_get() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv
 
 # Run sluice from inside the test dir (state goes to $T_DIR/.sluice).
 sluice() { (cd "$T_DIR" && "$SLUICE_BIN" "$@"); }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_serve NAME CFG: sluice serve in the background on a free port; sets
+# SERVE_URL and SERVE_<NAME>_PID; waits for /healthz.
+start_serve() {
+    local name=$1 cfg=$2 port i
+    port=$(free_port)
+    (cd "$T_DIR" && exec "$SLUICE_BIN" serve -c "$cfg" --listen "127.0.0.1:$port" \
+        >>"$T_DIR/serve-$name.log" 2>&1) &
+    local pid=$!
+    T_PIDS+=("$pid")
+    eval "SERVE_${name}_PID=$pid"
+    SERVE_URL=http://127.0.0.1:$port
+    for i in $(seq 1 100); do
+        if curl -fsS "$SERVE_URL/healthz" >/dev/null 2>&1; then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "sluice serve exited:"; cat "$T_DIR/serve-$name.log"; return 1
+        fi
+        sleep 0.1
+    done
+    echo "sluice serve did not become healthy"; cat "$T_DIR/serve-$name.log"; return 1
+}
+
+# job_counts CFG PIPELINE: "queued running retry done failed"
+job_counts() {
+    sluice status -c "$1" "$2" 2>/dev/null |
+        sed -n 's/.*jobs: \([0-9]*\) queued, \([0-9]*\) running, \([0-9]*\) retrying, \([0-9]*\) done, \([0-9]*\) failed.*/\1 \2 \3 \4 \5/p'
+}
+
+# wait_jobs CFG PIPELINE DONE+FAILED [TIMEOUT_S]: until that many jobs ended
+# and none is queued or running.
+wait_jobs() {
+    local cfg=$1 p=$2 want=$3 t=${4:-60} i c
+    for i in $(seq 1 $((t * 5))); do
+        c=$(job_counts "$cfg" "$p")
+        set -- $c
+        if [ -n "$c" ] && [ "$1" = 0 ] && [ "$2" = 0 ] && [ $(($4 + $5)) -ge "$want" ]; then
+            echo "$c"
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "timeout waiting for $want finished jobs (queued running retry done failed: $c)" >&2
+    return 1
+}
