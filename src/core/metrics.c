@@ -200,42 +200,33 @@ void sl_metrics_add_collector(sl_metrics_collect_fn fn, void *ud)
     pthread_mutex_unlock(&R.mu);
 }
 
-int sl_metric_label_escape(sl_buf *b, const char *s)
+/* Append s with the bytes in `special` replaced by their escapes (`\\`,
+ * `\"`, `\n`). Plain runs are appended whole. (sl_buf_append, unlike
+ * sl_buf_putc, always enforces the buffer's maximum.) */
+static int escape(sl_buf *b, const char *s, const char *special)
 {
     int rc = 0;
-    for (const char *p = s; *p && rc == 0; p++) {
-        switch (*p) {
-        case '\\':
-            rc = sl_buf_append(b, "\\\\", 2);
-            break;
-        case '"':
-            rc = sl_buf_append(b, "\\\"", 2);
-            break;
-        case '\n':
-            rc = sl_buf_append(b, "\\n", 2);
-            break;
-        default:
-            rc = sl_buf_putc(b, *p);
-            break;
+    while (*s && rc == 0) {
+        size_t run = strcspn(s, special);
+        rc = sl_buf_append(b, s, run);
+        s += run;
+        if (*s && rc == 0) {
+            rc = sl_buf_append(b, *s == '\n' ? "\\n" : *s == '"' ? "\\\"" : "\\\\", 2);
+            s++;
         }
     }
     return rc;
 }
 
+int sl_metric_label_escape(sl_buf *b, const char *s)
+{
+    return escape(b, s, "\\\"\n");
+}
+
 /* HELP text escapes only backslash and newline (format 0.0.4). */
 static int help_escape(sl_buf *b, const char *s)
 {
-    int rc = 0;
-    for (const char *p = s; *p && rc == 0; p++) {
-        if (*p == '\\') {
-            rc = sl_buf_append(b, "\\\\", 2);
-        } else if (*p == '\n') {
-            rc = sl_buf_append(b, "\\n", 2);
-        } else {
-            rc = sl_buf_putc(b, *p);
-        }
-    }
-    return rc;
+    return escape(b, s, "\\\n");
 }
 
 /* Whole numbers print as integers (no exponent, no ".0"); others with the
@@ -283,7 +274,7 @@ int sl_metrics_render(sl_buf *out)
         if (f->help && f->help[0]) {
             rc = sl_buf_printf(out, "# HELP %s ", f->name);
             rc = rc ? rc : help_escape(out, f->help);
-            rc = rc ? rc : sl_buf_putc(out, '\n');
+            rc = rc ? rc : sl_buf_append(out, "\n", 1);
         }
         rc = rc ? rc
                 : sl_buf_printf(out, "# TYPE %s %s\n", f->name,
@@ -296,7 +287,7 @@ int sl_metrics_render(sl_buf *out)
                 rc = sl_buf_printf(out, "%s ", f->name);
             }
             rc = rc ? rc : put_value(out, s->value);
-            rc = rc ? rc : sl_buf_putc(out, '\n');
+            rc = rc ? rc : sl_buf_append(out, "\n", 1);
         }
     }
     pthread_mutex_unlock(&R.mu);

@@ -1156,6 +1156,7 @@ out:
     }
     if (exit_code == SL_EXIT_FAILED) {
         snprintf(res->error, sizeof(res->error), "%s", err.msg);
+        res->error_code = err.code;
         if (r->sink && p->sink_plugin->finish && !o->dry_run) {
             sl_error e2;
             p->sink_plugin->finish(r->sink, 0, &e2);

@@ -43,6 +43,7 @@ typedef struct sl_run_result {
     double duration_s;
     int peak_inflight;
     char error[SL_ERRMSG_MAX];
+    int error_code; /* SL_ERR_* of error: INPUT/CONFIG/LIMIT are not worth retrying */
 } sl_run_result;
 
 /* Run one pipeline to completion. state may be NULL only for dry runs.

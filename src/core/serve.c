@@ -155,12 +155,14 @@ static void run_job(worker *w, sl_job *job)
         if (wait > JOB_BACKOFF_MAX_S) {
             wait = JOB_BACKOFF_MAX_S;
         }
-        int data_error = res.counts.failed > 0;
+        /* bad data, a refused URL or a config problem: retrying cannot help */
+        int data_error = res.counts.failed > 0 || res.error_code == SL_ERR_INPUT ||
+                         res.error_code == SL_ERR_CONFIG || res.error_code == SL_ERR_LIMIT;
         if (data_error || (job->expires_at > 0 && now + wait >= job->expires_at)) {
             outcome = "failed";
             sl_state_job_finish(w->st, job->id, "failed", 0, 0, res.error, &e);
             sl_error_log(pn, "job %" PRId64 " failed%s: %s", job->id,
-                         data_error ? " (bad rows: not retried)" : " (its URL has expired)",
+                         data_error ? " (not retried: retrying cannot fix it)" : " (its URL has expired)",
                          res.error);
         } else {
             outcome = "retry";
