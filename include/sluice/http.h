@@ -28,6 +28,16 @@ typedef struct sl_http_opts {
     int insecure;             /* 1 = do not verify TLS (never default; explicit option only) */
     const char *ca_file;      /* optional CA bundle */
     const char *log_prefix;   /* e.g. "sink:braze:users" */
+    /* Optional download guard (sluice/guard.h), borrowed: it must outlive the
+     * clients and streams made with these options. When set, every URL must
+     * pass sl_guard_check_url (refused at submit/open) and every connection
+     * sl_guard_check_peer on the address actually connected to (refused,
+     * never retried); proxies are not used. NULL = no restriction. */
+    const struct sl_guard *guard;
+    /* Streams only: the largest resource accepted, in bytes as transferred
+     * (compressed). A larger Content-Length fails the open, more bytes fail
+     * the read (SL_ERR_LIMIT); 0 = unlimited. */
+    uint64_t max_download;
 } sl_http_opts;
 
 /* Fill opts with the defaults above. */

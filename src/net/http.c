@@ -24,10 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "net/http_internal.h"
+#include "sluice/guard.h"
 #include "sluice/http.h"
 #include "sluice/log.h"
 
@@ -483,6 +485,64 @@ static int easy_common(CURL *e, const http_conf *c, char *errbuf, sl_error *err)
     return 0;
 }
 
+/* Peer check of one easy handle when a guard is set: the target of the
+ * transfer running on it, and why the last refused address was refused
+ * (empty when none was). */
+typedef struct guard_conn {
+    int active;
+    sl_guard_target tgt;
+    char why[256];
+} guard_conn;
+
+/* Every socket libcurl opens goes through here, after name resolution and
+ * for every address it tries, so the check sees the address actually
+ * connected to: a name that resolves to 127.0.0.1 is caught, whatever DNS
+ * said when the URL was checked. Refusing makes libcurl try the next address
+ * or fail with CURLE_COULDNT_CONNECT. */
+static curl_socket_t guard_opensocket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    guard_conn *gc = ud;
+    (void)purpose;
+    if (gc->active) {
+        char why[sizeof(gc->why)];
+        if (sl_guard_check_peer(&gc->tgt, &a->addr, (size_t)a->addrlen, why, sizeof(why)) != 0) {
+            if (!gc->why[0]) {
+                memcpy(gc->why, why, sizeof(why));
+            }
+            return CURL_SOCKET_BAD;
+        }
+    }
+    return socket(a->family, a->socktype, a->protocol);
+}
+
+/* Install the peer check on a handle when the client has a guard. A proxy
+ * would connect on our behalf to an address we never see: none is used. */
+static int guard_setup(CURL *e, const http_conf *c, guard_conn *gc, sl_error *err)
+{
+    memset(gc, 0, sizeof(*gc));
+    if (!c->o.guard) {
+        return 0;
+    }
+    CURLcode rc = curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, guard_opensocket);
+    if (rc == CURLE_OK) {
+        rc = curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, gc);
+    }
+    if (rc == CURLE_OK) {
+        rc = curl_easy_setopt(e, CURLOPT_PROXY, "");
+    }
+    if (rc != CURLE_OK) {
+        return sl_error_set(err, SL_ERR, "[%s] http: cannot configure libcurl: %s", c->prefix,
+                            curl_easy_strerror(rc));
+    }
+    return 0;
+}
+
+/* A transfer that failed to connect because the guard refused every address. */
+static int guard_refused(const guard_conn *gc, CURLcode rc)
+{
+    return gc->active && gc->why[0] && rc == CURLE_COULDNT_CONNECT;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                  */
 
@@ -585,6 +645,7 @@ typedef struct xfer {
     sl_http_done_fn done;
     void *ud;
     struct curl_slist *hdrs; /* owned; built once, reused by every attempt */
+    sl_guard_target tgt;     /* when the client has a guard */
     double t_submit;
     double not_before;
     int attempts;
@@ -595,6 +656,7 @@ typedef struct slot {
     xfer *x; /* running transfer or NULL */
     struct slot *next_free;
     sl_buf body; /* max = max_response */
+    guard_conn gc;
     char errbuf[CURL_ERROR_SIZE];
 } slot;
 
@@ -769,6 +831,9 @@ static int slot_easy(sl_http *h, slot *s, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "http: curl_easy_init failed");
     }
     int rc = easy_common(e, &h->conf, s->errbuf, err);
+    if (rc == 0) {
+        rc = guard_setup(e, &h->conf, &s->gc, err);
+    }
     CURLcode cc = CURLE_OK;
     if (rc == 0) {
         cc = curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, h->conf.o.timeout_ms);
@@ -868,9 +933,15 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
     if (rc == CURLE_OK) {
         curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     }
-    /* a cut-off answer is not an answer: report it as a transport error */
-    sl_http_class cls = rc != CURLE_OK ? (curl_permanent(rc) ? SL_HTTP_CLIENT : SL_HTTP_RETRY)
-                                       : sl_http_classify(status);
+    /* a cut-off answer is not an answer: report it as a transport error; a
+     * refused address stays refused, so it is not retried */
+    int refused = guard_refused(&s->gc, rc);
+    if (refused) {
+        snprintf(s->errbuf, sizeof(s->errbuf), "%s", s->gc.why);
+    }
+    sl_http_class cls = rc != CURLE_OK
+                            ? (refused || curl_permanent(rc) ? SL_HTTP_CLIENT : SL_HTTP_RETRY)
+                            : sl_http_classify(status);
     double retry_after = -1;
     if (status > 0) {
         struct curl_header *hh = NULL;
@@ -960,6 +1031,9 @@ static int attempt_start(sl_http *h, slot *s, xfer *x)
     }
     sl_buf_reset(&s->body);
     s->errbuf[0] = '\0';
+    s->gc.active = h->conf.o.guard != NULL;
+    s->gc.tgt = x->tgt;
+    s->gc.why[0] = '\0';
     s->x = x;
     if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
         s->x = NULL;
@@ -1139,6 +1213,11 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
                             "POST, PUT)",
                             h->conf.prefix, u);
     }
+    sl_guard_target tgt;
+    memset(&tgt, 0, sizeof(tgt));
+    if (h->conf.o.guard && sl_guard_check_url(h->conf.o.guard, url, &tgt, err) != 0) {
+        return err ? err->code : SL_ERR_INPUT;
+    }
     if (!url_scheme_ok(url)) {
         sl_http_url_for_log(url, u, sizeof(u));
         return sl_error_set(err, SL_ERR_INPUT,
@@ -1166,6 +1245,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
         return err ? err->code : SL_ERR;
     }
     x->req = req;
+    x->tgt = tgt;
     x->done = done;
     x->ud = ud;
     x->t_submit = mono_now();
@@ -1339,7 +1419,10 @@ struct sl_http_stream {
     int64_t size;
     int ranged;
     uint64_t range_from, received;
+    int too_big;    /* more than max_download arrived: the transfer was aborted */
     double last_rx; /* monotonic time of the last header or body byte */
+    guard_conn gc;
+    sl_guard_target tgt;
     char url_log[URL_LOG_MAX];
     char errbuf[CURL_ERROR_SIZE];
 };
@@ -1348,6 +1431,13 @@ static size_t stream_write(char *p, size_t sz, size_t nm, void *ud)
 {
     sl_http_stream *s = ud;
     size_t n = sz * nm;
+    uint64_t max = s->conf.o.max_download;
+    /* position in the whole resource: a 206 answer starts at range_from */
+    uint64_t at = (s->hdr_code == 206 ? s->range_from : 0) + s->received;
+    if (max && at + n > max) {
+        s->too_big = 1;
+        return 0; /* aborts the transfer (CURLE_WRITE_ERROR) */
+    }
     if (s->off + s->len + n > s->cap) {
         if (s->off) {
             memmove(s->buf, s->buf + s->off, s->len);
@@ -1451,6 +1541,7 @@ static int stream_attempt_setup(sl_http_stream *s, const char *url, sl_error *er
     s->hdr_code = 0;
     s->result = CURLE_OK;
     s->received = 0;
+    s->too_big = 0;
     s->last_rx = 0;
     s->errbuf[0] = '\0';
     CURL *e = curl_easy_init();
@@ -1458,9 +1549,12 @@ static int stream_attempt_setup(sl_http_stream *s, const char *url, sl_error *er
         return sl_error_set(err, SL_ERR_NOMEM, "http: curl_easy_init failed");
     }
     s->easy = e;
-    if (easy_common(e, &s->conf, s->errbuf, err) != 0) {
+    if (easy_common(e, &s->conf, s->errbuf, err) != 0 ||
+        guard_setup(e, &s->conf, &s->gc, err) != 0) {
         return err ? err->code : SL_ERR;
     }
+    s->gc.active = s->conf.o.guard != NULL;
+    s->gc.tgt = s->tgt;
     CURLcode cc = curl_easy_setopt(e, CURLOPT_URL, url);
     if (cc == CURLE_OK) {
         cc = curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, stream_write);
@@ -1546,6 +1640,9 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
     sl_http_url_for_log(url, s->url_log, sizeof(s->url_log));
     s->range_from = range_from;
     s->size = -1;
+    if (o->guard && sl_guard_check_url(o->guard, url, &s->tgt, err) != 0) {
+        goto fail;
+    }
     if (!url_scheme_ok(url)) {
         sl_error_set(err, SL_ERR_INPUT, "[%s] GET %s: only http:// and https:// URLs are allowed",
                      s->conf.prefix, s->url_log);
@@ -1585,6 +1682,10 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
             curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
             cls = sl_http_classify(status);
         }
+        if (!s->hdr_done && s->result != CURLE_OK && guard_refused(&s->gc, s->result)) {
+            sl_error_set(err, SL_ERR_INPUT, "download refused: %s: %s", s->url_log, s->gc.why);
+            goto fail;
+        }
         if (cls == SL_HTTP_OK) {
             s->status = status;
             s->ranged = status == 206;
@@ -1597,6 +1698,13 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
                     cl >= 0) {
                     s->size = (int64_t)cl;
                 }
+            }
+            if (o->max_download && s->size >= 0 && (uint64_t)s->size > o->max_download) {
+                sl_error_set(err, SL_ERR_LIMIT,
+                             "download of %s exceeded max_download (%llu bytes): the server "
+                             "announced %lld bytes",
+                             s->url_log, (unsigned long long)o->max_download, (long long)s->size);
+                goto fail;
             }
             return s;
         }
@@ -1691,6 +1799,11 @@ long sl_http_stream_read(sl_http_stream *s, void *buf, size_t n, sl_error *err)
         if (s->done) {
             if (s->result == CURLE_OK) {
                 return 0;
+            }
+            if (s->too_big) {
+                sl_error_set(err, SL_ERR_LIMIT, "download of %s exceeded max_download (%llu bytes)",
+                             s->url_log, (unsigned long long)s->conf.o.max_download);
+                return -1;
             }
             const char *why = s->errbuf[0] ? s->errbuf : curl_easy_strerror(s->result);
             /* position in the whole resource, so the caller can resume */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "sluice/guard.h"
 #include "sluice/reader.h"
 
 #define RD_BUF ((size_t)256 * 1024)
@@ -136,7 +137,8 @@ static long src_read(sl_reader *r, void *buf, size_t n, sl_error *e)
 {
     if (r->hs) {
         long k = sl_http_stream_read(r->hs, buf, n, e);
-        if (k < 0) {
+        /* a max_download refusal already names the URL and is not an I/O error */
+        if (k < 0 && e->code != SL_ERR_LIMIT) {
             sl_error_prefix(e, "%s: download failed at byte %llu", r->name,
                             (unsigned long long)(r->raw_off + (r->in_len - r->in_pos)));
             e->code = SL_ERR_IO;
@@ -534,6 +536,17 @@ sl_reader *sl_reader_open(const char *spec, const sl_reader_opts *o, sl_error *e
     }
     if (!spec || !*spec) {
         sl_error_set(err, SL_ERR_USAGE, "input path is empty (expected a file, \"-\" or a URL)");
+        return NULL;
+    }
+    if (o->http && o->http->guard && !is_url(spec)) {
+        /* the path came from outside: a local file or stdin is exactly what
+         * the guard is there to refuse */
+        if (strcmp(spec, "-") == 0) {
+            sl_error_set(err, SL_ERR_INPUT, "download refused: stdin: only https URLs are allowed");
+        } else if (sl_guard_check_url(o->http->guard, spec, NULL, err) == 0) {
+            /* cannot happen: the guard accepts only http(s) */
+            sl_error_set(err, SL_ERR_INPUT, "download refused: not an http(s) URL");
+        }
         return NULL;
     }
     sl_reader *r = calloc(1, sizeof(*r));

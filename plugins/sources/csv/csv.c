@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sluice/guard.h"
 #include "sluice/plugin.h"
 #include "sluice/reader.h"
 
@@ -49,6 +50,12 @@ static const sl_option csv_options[] = {
     {"trim", SL_OPT_BOOL, "false", 0, NULL, "strip spaces and tabs around unquoted fields"},
     {"skip_blank_lines", SL_OPT_BOOL, "true", 0, NULL,
      "skip empty lines (they still count for line numbers)"},
+    {"allow_hosts", SL_OPT_LIST, NULL, 0, NULL,
+     "when set, path must be an https URL on one of these hosts (*.example.com or exact "
+     "names; comma/space separated); for paths that come from outside, e.g. a webhook"},
+    {"max_download", SL_OPT_SIZE, NULL, 0, NULL,
+     "largest accepted download when path is a URL, in bytes as transferred (default: "
+     "unlimited)"},
     SL_OPTIONS_END,
 };
 
@@ -75,6 +82,8 @@ typedef struct csv_src {
     sl_reader *r;
     char *path;
     char *http_headers;
+    sl_guard *guard; /* allow_hosts, or NULL */
+    sl_http_opts http;
     unsigned char delim, quote;
     int trim, skip_blank, has_header;
     size_t max_row;
@@ -819,6 +828,45 @@ static int build_http_headers(csv_src *s, const sl_opts *o, sl_error *err)
     return 0;
 }
 
+/* allow_hosts and max_download -> s->http (with s->guard). */
+static int build_download_limits(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    sl_http_opts_default(&s->http);
+    if (sl_opt_isset(o, "max_download")) {
+        int64_t max = sl_opt_size(o, "max_download");
+        if (max <= 0) {
+            return sl_error_set(err, SL_ERR_CONFIG,
+                                "%s: max_download: must be more than 0 bytes (leave it out for "
+                                "no limit)",
+                                sl_opt_where(o, "max_download"));
+        }
+        s->http.max_download = (uint64_t)max;
+    }
+    if (!sl_opt_isset(o, "allow_hosts")) {
+        return 0;
+    }
+    s->guard = sl_guard_new("allow_hosts");
+    if (!s->guard) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    size_t n = sl_opt_count(o, "allow_hosts");
+    for (size_t i = 0; i < n; i++) {
+        if (sl_guard_add(s->guard, sl_opt_item(o, "allow_hosts", i), err) != 0) {
+            return sl_error_prefix(err, "%s", sl_opt_where(o, "allow_hosts"));
+        }
+    }
+    if (sl_guard_count(s->guard) == 0) {
+        /* e.g. allow_hosts: ${EXPORT_HOSTS} with the variable empty: refusing
+         * everything would hide the mistake until the first download */
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: allow_hosts: lists no host (expected e.g. *.amazonaws.com; is "
+                            "the environment variable empty?)",
+                            sl_opt_where(o, "allow_hosts"));
+    }
+    s->http.guard = s->guard;
+    return 0;
+}
+
 static void src_destroy(void *self)
 {
     csv_src *s = self;
@@ -843,6 +891,7 @@ static void src_destroy(void *self)
     free(s->extra);
     free(s->buf);
     free(s->http_headers);
+    sl_guard_free(s->guard); /* after the reader: its streams borrow it */
     free(s->path);
     free(s);
 }
@@ -881,7 +930,7 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
                           sl_opt_where(o, "columns"));
         goto fail;
     }
-    if ((rc = build_http_headers(s, o, err)) != 0) {
+    if ((rc = build_http_headers(s, o, err)) != 0 || (rc = build_download_limits(s, o, err)) != 0) {
         goto fail;
     }
     const char *comp = sl_opt_str(o, "compression");
@@ -913,6 +962,7 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     sl_reader_opts ro = {0};
     ro.compression = (sl_compression)c;
     ro.http_headers = s->http_headers;
+    ro.http = &s->http;
     s->r = sl_reader_open(s->path, &ro, err);
     if (!s->r) {
         rc = err && err->code ? err->code : SL_ERR_IO;
