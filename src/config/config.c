@@ -20,6 +20,7 @@
 #define PIPELINE_NAME_MAX 100
 
 #define DEFAULT_STATE ".sluice/state.db"
+#define DEFAULT_LISTEN "127.0.0.1:8080"
 
 static const sl_option top_options[] = {
     {"version", SL_OPT_INT, NULL, 0, NULL, "configuration format version (1)"},
@@ -27,18 +28,28 @@ static const sl_option top_options[] = {
      "state store: a SQLite file path or a postgres:// URL"},
     SL_OPTIONS_END,
 };
-static const char *const top_handled[] = {"pipelines", NULL};
+static const char *const top_handled[] = {"pipelines", "serve", NULL};
+
+static const sl_option serve_options[] = {
+    {"listen", SL_OPT_STRING, DEFAULT_LISTEN, 0, NULL,
+     "address of the webhook/health/metrics server: ADDR:PORT (`sluice serve --listen` wins)"},
+    {"threads", SL_OPT_INT, "4", 0, NULL, "HTTP server threads (1..64)"},
+    SL_OPTIONS_END,
+};
 
 static const sl_option pipeline_options[] = {
     {"concurrency", SL_OPT_INT, NULL, 0, NULL, "simultaneous sink requests (1..1024)"},
     {"rate_limit", SL_OPT_STRING, NULL, 0, NULL,
      "sink requests allowed: \"3000/3s\", \"10/s\", \"90/m\" or a number per second"},
+    {"max_failed", SL_OPT_INT, "-1", 0, NULL,
+     "dead-lettered records allowed before the run fails (-1: no limit)"},
+    {"workers", SL_OPT_INT, "2", 0, NULL, "with a trigger: jobs that may run at once (1..64)"},
     {"schedule", SL_OPT_STRING, NULL, 0, NULL, "serve mode: \"every 90m\" or a cron line"},
     {"description", SL_OPT_STRING, NULL, 0, NULL, "free text"},
     SL_OPTIONS_END,
 };
-static const char *const pipeline_handled[] = {"source", "steps",  "sink", "batch",
-                                               "retry",  "notify", NULL};
+static const char *const pipeline_handled[] = {"source", "steps", "sink",   "trigger",
+                                               "batch",  "retry", "notify", NULL};
 
 static const sl_option batch_options[] = {
     {"records", SL_OPT_INT, NULL, 0, NULL, "records per sink batch (>= 1)"},
@@ -96,6 +107,8 @@ static void names_list(char *out, size_t cap, const char *kind)
             name = sl_sources[i] ? sl_sources[i]->name : NULL;
         } else if (strcmp(kind, "step") == 0) {
             name = sl_steps[i] ? sl_steps[i]->name : NULL;
+        } else if (strcmp(kind, "trigger") == 0) {
+            name = sl_triggers[i] ? sl_triggers[i]->name : NULL;
         } else {
             name = sl_sinks[i] ? sl_sinks[i]->name : NULL;
         }
@@ -222,8 +235,9 @@ static void plugin_cfg_free(sl_plugin_cfg *pc)
     pc->opts = NULL;
 }
 
-/* Validate one plugin block. kind: "source", "step", "sink". Returns the
- * plugin found (or NULL, problems reported). */
+/* Validate one plugin block. kind: "source", "step", "sink", "trigger".
+ * Returns the plugin found (or NULL, problems reported). Values that are
+ * job-variable templates are only checked per job (sl_config_instantiate). */
 static const void *load_plugin(const char *file, const char *kind, const sl_node *block, int kline,
                                int kcol, const char *path, sl_plugin_cfg *pc, sl_buf *errors)
 {
@@ -268,6 +282,10 @@ static const void *load_plugin(const char *file, const char *kind, const sl_node
         const sl_step_plugin *p = sl_find_step(type->value);
         plugin = p;
         table = p ? p->options : NULL;
+    } else if (strcmp(kind, "trigger") == 0) {
+        const sl_trigger_plugin *p = sl_find_trigger(type->value);
+        plugin = p;
+        table = p ? p->options : NULL;
     } else {
         const sl_sink_plugin *p = sl_find_sink(type->value);
         plugin = p;
@@ -284,7 +302,12 @@ static const void *load_plugin(const char *file, const char *kind, const sl_node
         cfg_err(errors, file, 0, 0, NULL, "out of memory");
         return NULL;
     }
-    pc->opts = sl_opts_from_node(table, block, file, path, handled, errors);
+    int bad = 0;
+    pc->opts = cfg_opts_build(table, block, file, path, handled, errors, &bad, CFG_TMPL_DEFER);
+    if (bad) {
+        sl_opts_free(pc->opts);
+        pc->opts = NULL;
+    }
     return pc->opts ? plugin : NULL;
 }
 
@@ -303,7 +326,7 @@ static void load_batch(const char *file, const sl_node *n, const char *path, sl_
                        sl_buf *errors)
 {
     int bad = 0;
-    sl_opts *o = cfg_opts_build(batch_options, n, file, path, NULL, errors, &bad);
+    sl_opts *o = cfg_opts_build(batch_options, n, file, path, NULL, errors, &bad, CFG_TMPL_CHECK);
     if (!o) {
         return;
     }
@@ -340,7 +363,7 @@ static void load_retry(const char *file, const sl_node *n, const char *path, sl_
                        sl_buf *errors)
 {
     int bad = 0;
-    sl_opts *o = cfg_opts_build(retry_options, n, file, path, NULL, errors, &bad);
+    sl_opts *o = cfg_opts_build(retry_options, n, file, path, NULL, errors, &bad, CFG_TMPL_CHECK);
     if (!o) {
         return;
     }
@@ -473,6 +496,7 @@ static void pipeline_free(sl_pipeline_cfg *p)
     free(p->steps);
     free(p->step_plugins);
     plugin_cfg_free(&p->sink);
+    plugin_cfg_free(&p->trigger);
     free(p->schedule);
     for (size_t i = 0; i < p->nnotify; i++) {
         free(p->notify[i].url);
@@ -496,6 +520,8 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
     p->backoff_max_ms = 60000;
     p->timeout_ms = 120000;
     p->checkpoint_every_ms = 0;
+    p->max_failed = -1;
+    p->workers = 2;
     cfg_where(p->where, sizeof(p->where), file, nline, ncol);
     p->name = strdup(name);
     if (!p->name) {
@@ -503,8 +529,14 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
         return;
     }
 
+    /* Job variables are allowed when a trigger block is written, even an
+     * invalid one (reported below): otherwise one typo there would also flag
+     * every `{{name}}` of the pipeline. Decided before interpolation, so only
+     * a mapping counts (`trigger: ${X:-}` could turn out empty). */
+    long ti = cfg_map_find(body, "trigger");
+    int has_trigger = ti >= 0 && body->kids[ti]->kind == SL_NODE_MAP;
     /* only now: the environment of pipelines not selected is not needed */
-    cfg_interpolate_tree(body, file, path, errors);
+    cfg_prepare_pipeline(body, file, path, has_trigger, &p->templated, errors);
 
     if (body->kind == SL_NODE_SCALAR && !body->value) {
         return;
@@ -517,9 +549,22 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
     }
 
     int pbad = 0;
-    sl_opts *po =
-        cfg_opts_build(pipeline_options, body, file, path, pipeline_handled, errors, &pbad);
+    sl_opts *po = cfg_opts_build(pipeline_options, body, file, path, pipeline_handled, errors,
+                                 &pbad, CFG_TMPL_CHECK);
     if (po) {
+        int64_t mf = sl_opt_int(po, "max_failed");
+        if (mf < -1 || mf > 2000000000) {
+            report_range(errors, po, path, "max_failed", mf,
+                         "-1 for no limit, or a number of records from 0 to 2000000000");
+        } else {
+            p->max_failed = (int)mf;
+        }
+        int64_t w = sl_opt_int(po, "workers");
+        if (w < 1 || w > 64) {
+            report_range(errors, po, path, "workers", w, "an integer from 1 to 64");
+        } else {
+            p->workers = (int)w;
+        }
         if (sl_opt_isset(po, "concurrency")) {
             int64_t c = sl_opt_int(po, "concurrency");
             if (c < 1 || c > 1024) {
@@ -599,6 +644,12 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
         p->sink_plugin = load_plugin(file, "sink", sink, kl, kc, kpath, &p->sink, errors);
     }
 
+    const sl_node *trig = map_get(body, "trigger", &kl, &kc);
+    cfg_path_key(kpath, sizeof(kpath), path, "trigger");
+    if (!is_empty(trig)) {
+        p->trigger_plugin = load_plugin(file, "trigger", trig, kl, kc, kpath, &p->trigger, errors);
+    }
+
     const sl_node *batch = map_get(body, "batch", NULL, NULL);
     if (batch) {
         cfg_path_key(kpath, sizeof(kpath), path, "batch");
@@ -616,6 +667,229 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
     }
 }
 
+/* ------------------------------------------------------------- serve */
+
+/* "ADDR:PORT" as the HTTP server takes it: "0.0.0.0:8080", "[::1]:0". */
+static int valid_listen(const char *s)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s) {
+        return 0;
+    }
+    if (s[0] == '[' && colon[-1] != ']') {
+        return 0;
+    }
+    if (s[0] != '[' && memchr(s, ':', (size_t)(colon - s))) {
+        return 0; /* a bare IPv6 address: the port would be ambiguous */
+    }
+    int64_t port;
+    if (cfg_parse_int(colon + 1, &port) < 0 || port < 0 || port > 65535 || colon[1] == '+' ||
+        colon[1] == '-') {
+        return 0;
+    }
+    for (const char *q = s; q < colon; q++) {
+        if ((unsigned char)*q <= ' ' || *q == '/') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* `serve:`. c->serve_listen is always set (the default when invalid) unless
+ * out of memory. */
+static void load_serve(const char *file, const sl_node *n, sl_config *c, sl_buf *errors)
+{
+    c->serve_threads = 4;
+    int bad = 0;
+    sl_opts *o =
+        n ? cfg_opts_build(serve_options, n, file, "serve", NULL, errors, &bad, CFG_TMPL_CHECK)
+          : NULL;
+    const char *listen = o ? sl_opt_str(o, "listen") : DEFAULT_LISTEN;
+    if (o && !valid_listen(listen)) {
+        char q[64];
+        cfg_errw(errors, sl_opt_where(o, "listen"), "serve.listen",
+                 "invalid address %s (expected ADDR:PORT such as 127.0.0.1:8080, 0.0.0.0:80 or "
+                 "[::1]:8080)",
+                 cfg_quote(listen, q, sizeof(q)));
+        listen = DEFAULT_LISTEN;
+    }
+    if (o) {
+        int64_t t = sl_opt_int(o, "threads");
+        if (t < 1 || t > 64) {
+            report_range(errors, o, "serve", "threads", t, "an integer from 1 to 64");
+        } else {
+            c->serve_threads = (int)t;
+        }
+    }
+    c->serve_listen = strdup(listen);
+    sl_opts_free(o);
+}
+
+/* ------------------------------------------------------------- jobs */
+
+void sl_pipeline_cfg_free(sl_pipeline_cfg *p)
+{
+    if (!p) {
+        return;
+    }
+    pipeline_free(p);
+    free(p);
+}
+
+/* Rebuild one plugin block of an instantiated copy from its node. */
+static int instantiate_plugin(const char *file, const sl_node *block, const sl_option *table,
+                              const cfg_vars *vars, const char *path, const sl_plugin_cfg *from,
+                              sl_plugin_cfg *to, sl_buf *errors)
+{
+    static const char *const handled[] = {"type", NULL};
+    int bad = 0, obad = 0;
+    if (!block || !from->type) {
+        cfg_err(errors, file, 0, 0, path, "not a loaded pipeline of this configuration");
+        return -1;
+    }
+    memcpy(to->where, from->where, sizeof(to->where));
+    to->type = strdup(from->type);
+    if (!to->type) {
+        cfg_err(errors, file, 0, 0, path, "out of memory");
+        return -1;
+    }
+    sl_node *copy = cfg_subst_block(block, table, vars, file, path, errors, &bad);
+    if (!copy) {
+        return -1;
+    }
+    to->opts = cfg_opts_build(table, copy, file, path, handled, errors, &obad, CFG_TMPL_CHECK);
+    sl_node_free(copy);
+    if (bad || obad) {
+        sl_opts_free(to->opts);
+        to->opts = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+sl_pipeline_cfg *sl_config_instantiate(const sl_config *c, const sl_pipeline_cfg *p,
+                                       const char *vars_json, sl_buf *errors)
+{
+    sl_buf local = {0};
+    sl_buf *errs = errors ? errors : &local;
+    size_t start = errs->len;
+    sl_pipeline_cfg *q = NULL;
+    cfg_vars *vars = NULL;
+    const char *file = c && c->path ? c->path : "";
+    char path[CFG_PATH_MAX], kpath[CFG_PATH_MAX];
+
+    if (!c || !p || !p->name) {
+        cfg_err(errs, NULL, 0, 0, NULL, "no pipeline to instantiate");
+        goto fail;
+    }
+    cfg_path_key(path, sizeof(path), "pipelines", p->name);
+    /* the pipeline's nodes, as sl_config_load prepared them (read only) */
+    const sl_node *pl = map_get(c->root, "pipelines", NULL, NULL);
+    long bi = pl ? cfg_map_find(pl, p->name) : -1;
+    const sl_node *body = bi >= 0 ? pl->kids[bi] : NULL;
+    if (!body || body->kind != SL_NODE_MAP || !p->source_plugin || !p->sink_plugin) {
+        cfg_err(errs, file, 0, 0, path, "not a loaded pipeline of this configuration");
+        goto fail;
+    }
+    vars = cfg_vars_parse(vars_json, errs);
+    if (!vars) {
+        goto fail;
+    }
+    q = calloc(1, sizeof(*q));
+    if (!q) {
+        cfg_err(errs, file, 0, 0, path, "out of memory");
+        goto fail;
+    }
+    /* Every scalar setting and the plugin pointers; what p owns is copied
+     * below (a pointer added to sl_pipeline_cfg must be added there). */
+    *q = *p;
+    q->name = NULL;
+    memset(&q->source, 0, sizeof(q->source));
+    q->steps = NULL;
+    q->step_plugins = NULL;
+    q->nsteps = 0;
+    memset(&q->sink, 0, sizeof(q->sink));
+    memset(&q->trigger, 0, sizeof(q->trigger));
+    q->schedule = NULL;
+    q->notify = NULL;
+    q->nnotify = 0;
+
+    q->name = strdup(p->name);
+    if (!q->name || (p->schedule && !(q->schedule = strdup(p->schedule)))) {
+        cfg_err(errs, file, 0, 0, path, "out of memory");
+        goto fail;
+    }
+    if (p->nnotify) {
+        q->notify = calloc(p->nnotify, sizeof(*q->notify));
+        if (!q->notify) {
+            cfg_err(errs, file, 0, 0, path, "out of memory");
+            goto fail;
+        }
+        for (; q->nnotify < p->nnotify; q->nnotify++) {
+            q->notify[q->nnotify] = p->notify[q->nnotify];
+            q->notify[q->nnotify].url = strdup(p->notify[q->nnotify].url);
+            if (!q->notify[q->nnotify].url) {
+                cfg_err(errs, file, 0, 0, path, "out of memory");
+                goto fail;
+            }
+        }
+    }
+
+    /* every block is built, so one job reports all its problems at once */
+    int bad = 0;
+    cfg_path_key(kpath, sizeof(kpath), path, "source");
+    bad |= instantiate_plugin(file, map_get(body, "source", NULL, NULL), p->source_plugin->options,
+                              vars, kpath, &p->source, &q->source, errs) < 0;
+    const sl_node *steps = map_get(body, "steps", NULL, NULL);
+    if (p->nsteps) {
+        q->steps = calloc(p->nsteps, sizeof(*q->steps));
+        q->step_plugins = calloc(p->nsteps, sizeof(*q->step_plugins));
+        if (!q->steps || !q->step_plugins) {
+            cfg_err(errs, file, 0, 0, path, "out of memory");
+            goto fail;
+        }
+        if (!steps || steps->kind != SL_NODE_SEQ || steps->n != p->nsteps) {
+            cfg_err(errs, file, 0, 0, path, "not a loaded pipeline of this configuration");
+            goto fail;
+        }
+        q->nsteps = p->nsteps;
+        char spath[CFG_PATH_MAX];
+        cfg_path_key(kpath, sizeof(kpath), path, "steps");
+        for (size_t i = 0; i < p->nsteps; i++) {
+            q->step_plugins[i] = p->step_plugins[i];
+            cfg_path_index(spath, sizeof(spath), kpath, i);
+            bad |= instantiate_plugin(file, steps->kids[i], p->step_plugins[i]->options, vars,
+                                      spath, &p->steps[i], &q->steps[i], errs) < 0;
+        }
+    }
+    cfg_path_key(kpath, sizeof(kpath), path, "sink");
+    bad |= instantiate_plugin(file, map_get(body, "sink", NULL, NULL), p->sink_plugin->options,
+                              vars, kpath, &p->sink, &q->sink, errs) < 0;
+    if (p->trigger_plugin) {
+        cfg_path_key(kpath, sizeof(kpath), path, "trigger");
+        bad |= instantiate_plugin(file, map_get(body, "trigger", NULL, NULL),
+                                  p->trigger_plugin->options, vars, kpath, &p->trigger, &q->trigger,
+                                  errs) < 0;
+    }
+    if (bad || errs->len > start) {
+        goto fail;
+    }
+    cfg_vars_free(vars);
+    sl_buf_free(&local);
+    return q;
+
+fail:
+    cfg_redact_tail(errs, start);
+    cfg_sort_tail(errs, start, file);
+    if (errs->len == start) {
+        cfg_err(errs, file, 0, 0, path, "invalid job");
+    }
+    cfg_vars_free(vars);
+    sl_pipeline_cfg_free(q);
+    sl_buf_free(&local);
+    return NULL;
+}
+
 /* ------------------------------------------------------------- loading */
 
 void sl_config_free(sl_config *c)
@@ -629,6 +903,7 @@ void sl_config_free(sl_config *c)
     free(c->pipelines);
     free(c->path);
     free(c->state_url);
+    free(c->serve_listen);
     sl_node_free(c->root);
     free(c);
 }
@@ -725,12 +1000,13 @@ sl_config *sl_config_load(const char *path, const char *const *only, size_t nonl
 
     /* top level: `state:` is always needed, so always interpolated */
     for (size_t i = 0; i < root->n; i++) {
-        if (strcmp(root->keys[i], "state") == 0 || strcmp(root->keys[i], "version") == 0) {
+        if (strcmp(root->keys[i], "state") == 0 || strcmp(root->keys[i], "version") == 0 ||
+            strcmp(root->keys[i], "serve") == 0) {
             cfg_interpolate_tree(root->kids[i], path, root->keys[i], errs);
         }
     }
     int topbad = 0;
-    top = cfg_opts_build(top_options, root, path, "", top_handled, errs, &topbad);
+    top = cfg_opts_build(top_options, root, path, "", top_handled, errs, &topbad, CFG_TMPL_CHECK);
     if (top) {
         if (sl_opt_isset(top, "version") && sl_opt_int(top, "version") != 1) {
             cfg_errw(errs, sl_opt_where(top, "version"), "version",
@@ -743,6 +1019,11 @@ sl_config *sl_config_load(const char *path, const char *const *only, size_t nonl
         }
         c->state_url = strdup(*st ? st : DEFAULT_STATE);
         register_url_password(st);
+    }
+    load_serve(path, map_get(root, "serve", NULL, NULL), c, errs);
+    if (!c->serve_listen) {
+        cfg_err(errs, path, 0, 0, NULL, "out of memory");
+        goto fail;
     }
 
     int pl_line = 0, pl_col = 0;

@@ -24,6 +24,12 @@ typedef struct sl_node {
     struct sl_node **kids; /* MAP values / SEQ items */
     char **keys;           /* MAP keys */
     int *key_line, *key_col;
+    /* SCALAR using job variables (`{{name}}` in a pipeline with a trigger):
+     * ntmpl = 2k+1 parts, literal text (already interpolated, `{{{{`
+     * unescaped) and variable names alternating, literal first and last;
+     * value is then the template for display ("{{url}}"). NULL otherwise. */
+    char **tmpl;
+    size_t ntmpl;
 } sl_node;
 
 /* One plugin instance as configured. */
@@ -36,7 +42,7 @@ typedef struct sl_plugin_cfg {
 typedef enum sl_notify_format { SL_NOTIFY_JSON = 0, SL_NOTIFY_SLACK } sl_notify_format;
 
 typedef struct sl_notify_cfg {
-    char *url;              /* secret: registered with the redactor */
+    char *url;               /* secret: registered with the redactor */
     sl_notify_format format; /* "slack" (default when the URL is a Slack hook) or "json" */
     int on_success, on_failure;
     char where[160];
@@ -53,6 +59,13 @@ typedef struct sl_pipeline_cfg {
     size_t nsteps;
     sl_plugin_cfg sink;
     const sl_sink_plugin *sink_plugin;
+    /* `trigger:` (trigger.type NULL when absent). A triggered pipeline runs
+     * as jobs: its source/steps/sink options may hold `{{name}}` templates
+     * (their opts then hold the template text, unchecked); run an
+     * sl_config_instantiate copy, never these opts directly. */
+    sl_plugin_cfg trigger;
+    const sl_trigger_plugin *trigger_plugin;
+    int templated; /* some source/steps/sink option uses a job variable */
 
     /* Engine settings; a value < 0 means "not set: use the sink's default". */
     int concurrency;
@@ -60,12 +73,14 @@ typedef struct sl_pipeline_cfg {
     double rate_burst;
     int batch_records;
     int64_t batch_bytes;
-    int max_attempts;        /* retry.max_attempts, default 8 */
-    int64_t backoff_base_ms; /* retry.backoff, default 500ms */
-    int64_t backoff_max_ms;  /* retry.max_backoff, default 60s */
-    int64_t timeout_ms;      /* retry.timeout (per request), default 120s */
+    int max_attempts;            /* retry.max_attempts, default 8 */
+    int64_t backoff_base_ms;     /* retry.backoff, default 500ms */
+    int64_t backoff_max_ms;      /* retry.max_backoff, default 60s */
+    int64_t timeout_ms;          /* retry.timeout (per request), default 120s */
     int64_t checkpoint_every_ms; /* unused placeholder for serve mode; default 0 */
-    char *schedule;          /* "every 90m" or cron, or NULL */
+    char *schedule;              /* "every 90m" or cron, or NULL */
+    int max_failed; /* dead-lettered records allowed before the run fails; -1 unlimited */
+    int workers;    /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
 
     sl_notify_cfg *notify;
     size_t nnotify;
@@ -77,16 +92,35 @@ typedef struct sl_config {
     sl_pipeline_cfg *pipelines;
     size_t npipelines;
     sl_node *root;
+    char *serve_listen; /* serve.listen, default "127.0.0.1:8080" */
+    int serve_threads;  /* serve.threads (HTTP server threads), 1..64, default 4 */
 } sl_config;
 
 /* Load and validate path. `only`/`nonly` restrict validation (and environment
  * lookups) to the named pipelines; nonly == 0 means all, and naming one that
  * does not exist is an error. On any problem returns NULL with every message
  * appended to errors, one per line. */
-sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly,
-                          sl_buf *errors);
+sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly, sl_buf *errors);
 void sl_config_free(sl_config *c);
 sl_pipeline_cfg *sl_config_pipeline(sl_config *c, const char *name);
+
+/* One job's copy of pipeline p (a pipeline of c, or a copy from here): a
+ * new heap sl_pipeline_cfg with every setting and plugin pointer copied and
+ * its own source/steps/sink options rebuilt from c's nodes with `{{name}}`
+ * replaced by vars_json[name] (a JSON object; strings as they are, numbers
+ * and booleans as their JSON text, null as empty; NULL or "" = no
+ * variables), then validated like a loaded config. Substituted text is not
+ * interpolated for ${ENV}; in a secret option the result (and each
+ * variable's value) is registered with the redactor. On a problem (an
+ * unknown variable, a value invalid for the option) every message is
+ * appended to errors, one per line, and NULL is returned. Only reads c:
+ * threads may instantiate from the same config at once (not while it is
+ * freed). The caller owns the result: sl_pipeline_cfg_free. */
+sl_pipeline_cfg *sl_config_instantiate(const sl_config *c, const sl_pipeline_cfg *p,
+                                       const char *vars_json, sl_buf *errors);
+/* Free a copy from sl_config_instantiate (never one inside an sl_config).
+ * NULL is a no-op. */
+void sl_pipeline_cfg_free(sl_pipeline_cfg *p);
 
 /* Parse YAML text into a node tree (no validation). Used by tests and fuzzers. */
 sl_node *sl_yaml_parse(const char *text, size_t len, const char *file, sl_buf *errors);

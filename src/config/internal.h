@@ -51,12 +51,55 @@ long cfg_map_find(const sl_node *map, const char *key);
  * one missing variable gives one message. Returns the number of failures. */
 int cfg_interpolate_tree(sl_node *n, const char *file, const char *path, sl_buf *errors);
 
+/* How cfg_opts_build treats scalars that carry job variables (node->tmpl). */
+typedef enum cfg_tmpl_mode {
+    /* The value is final (substituted by sl_config_instantiate): checked
+     * like any other; its messages end "(value from job variable {{x}})". */
+    CFG_TMPL_CHECK = 0,
+    /* The value is still a template (loading a triggered pipeline): the key
+     * is checked and the option counts as present, the value is not. */
+    CFG_TMPL_DEFER,
+} cfg_tmpl_mode;
+
 /* sl_opts_from_node that also returns the options when some had problems
  * (those are left unset, *nbad is non-zero), so the engine's own checks can
  * go on and report everything at once. NULL only when the block itself is
  * unusable (not a mapping, out of memory). */
 sl_opts *cfg_opts_build(const sl_option *table, const sl_node *map, const char *file,
-                        const char *ctx_name, const char *const *ignore, sl_buf *errors, int *nbad);
+                        const char *ctx_name, const char *const *ignore, sl_buf *errors, int *nbad,
+                        cfg_tmpl_mode mode);
+
+/* Job variables (template.c). */
+
+/* Interpolate every scalar of a pipeline's body in place, as
+ * cfg_interpolate_tree does, and turn values using `{{name}}` into templates
+ * (node->tmpl). `{{{{` is a literal `{{` anywhere in the body. A `{{name}}`
+ * is allowed only in the options of source, steps and sink (not their
+ * `type:`) and only when has_trigger; elsewhere it is reported ("PATH:
+ * {{url}} is a job variable, available only in pipelines with a trigger"),
+ * as is a malformed reference, and the value becomes NULL (skipped by later
+ * validation). Only the text written in the file is scanned: `{{` coming
+ * from an environment variable is plain text. *templated is set to 1 when
+ * some value became a template. Returns the number of problems. */
+int cfg_prepare_pipeline(sl_node *body, const char *file, const char *path, int has_trigger,
+                         int *templated, sl_buf *errors);
+
+/* A job's variables, parsed from their JSON object. */
+typedef struct cfg_vars cfg_vars;
+/* NULL or "" is no variables. Returns NULL with a message on errors when
+ * json is not a JSON object. Free with cfg_vars_free. */
+cfg_vars *cfg_vars_parse(const char *json, sl_buf *errors);
+void cfg_vars_free(cfg_vars *v);
+
+/* Deep copy of a plugin block (the MAP node under source:, steps[i] or
+ * sink:) with every template replaced by its text with vars substituted.
+ * table is the plugin's: in a secret option, each substituted value is
+ * registered with the redactor. An unknown variable (or one holding an
+ * object or array) is reported at the value's position and that value
+ * becomes NULL; *nbad counts such problems. NULL only when out of memory
+ * (reported). The caller owns the copy (sl_node_free). */
+sl_node *cfg_subst_block(const sl_node *block, const sl_option *table, const cfg_vars *vars,
+                         const char *file, const char *path, sl_buf *errors, int *nbad);
 
 /* Strict number parsers: the whole string must be consumed. 0 ok, -1 invalid. */
 int cfg_parse_int(const char *s, int64_t *out);

@@ -141,7 +141,42 @@ typedef struct site {
     int line, col;
     const char *path; /* "pipelines.x.sink.url" */
     sl_buf *errors;
+    const char *note; /* appended to a value's message: "" or " (value from job variable...)" */
+    cfg_tmpl_mode mode;
 } site;
+
+/* " (value from job variable {{a}})" when n's text came from job variables,
+ * so a problem in a webhook's data is not mistaken for a config typo. */
+static const char *tmpl_note(const sl_node *n, char *buf, size_t cap)
+{
+    if (!n->tmpl || n->ntmpl < 3) {
+        return "";
+    }
+    size_t nvars = n->ntmpl / 2;
+    snprintf(buf, cap, " (value from job variable%s ", nvars > 1 ? "s" : "");
+    size_t o = strlen(buf);
+    for (size_t i = 1; i < n->ntmpl && o + 8 < cap; i += 2) {
+        int w = snprintf(buf + o, cap - o, "%s{{%s}}", i > 1 ? ", " : "", n->tmpl[i]);
+        if (w < 0 || (size_t)w >= cap - o) {
+            break;
+        }
+        o += (size_t)w;
+    }
+    if (o + 2 <= cap) {
+        buf[o++] = ')';
+        buf[o] = '\0';
+    }
+    return buf;
+}
+
+/* A secret written as a template: its literal parts (e.g. a token from the
+ * environment before "{{suffix}}") are secrets on their own. */
+static void register_tmpl_literals(const sl_node *n)
+{
+    for (size_t i = 0; n->tmpl && i < n->ntmpl; i += 2) {
+        sl_secret_register(n->tmpl[i]);
+    }
+}
 
 /* Parse scalar text s for v's type into v. 0 ok, -1 reported. */
 static int parse_scalar(opt_val *v, const char *s, const site *st, int is_default)
@@ -190,17 +225,18 @@ static int parse_scalar(opt_val *v, const char *s, const site *st, int is_defaul
         return 0;
     }
     const char *expect = cfg_type_expect(opt, exp, sizeof(exp));
+    const char *note = st->note ? st->note : "";
     if (is_default) {
         cfg_err(st->errors, st->file, st->line, st->col, st->path,
                 "invalid default %s in the plugin's option table, a plugin bug (expected %s)",
                 secret ? "value" : cfg_quote(s, q, sizeof(q)), expect);
     } else if (secret) {
         /* never echo a secret, even a malformed one */
-        cfg_err(st->errors, st->file, st->line, st->col, st->path, "invalid value (expected %s)",
-                expect);
+        cfg_err(st->errors, st->file, st->line, st->col, st->path, "invalid value (expected %s)%s",
+                expect, note);
     } else {
-        cfg_err(st->errors, st->file, st->line, st->col, st->path, "invalid %s %s (expected %s)",
-                what, cfg_quote(s, q, sizeof(q)), expect);
+        cfg_err(st->errors, st->file, st->line, st->col, st->path, "invalid %s %s (expected %s)%s",
+                what, cfg_quote(s, q, sizeof(q)), expect, note);
     }
     return -1;
 }
@@ -244,6 +280,9 @@ static int fill_from_node(opt_val *v, const sl_node *n, const site *st)
             if (!n->value) {
                 return -1;
             }
+            if (secret && st->mode == CFG_TMPL_DEFER) {
+                register_tmpl_literals(n);
+            }
             /* `key:` with nothing after it is an empty list */
             if (*n->value && push_item(v, NULL, n->value, 1) < 0) {
                 goto oom;
@@ -269,6 +308,9 @@ static int fill_from_node(opt_val *v, const sl_node *n, const site *st)
             if (!it->value) {
                 rc = -1;
                 continue;
+            }
+            if (secret && st->mode == CFG_TMPL_DEFER) {
+                register_tmpl_literals(it);
             }
             if (push_item(v, NULL, it->value, n->n) < 0) {
                 goto oom;
@@ -304,15 +346,21 @@ static int fill_from_node(opt_val *v, const sl_node *n, const site *st)
                 rc = -1;
                 continue;
             }
-            if (opt->choices && !choice_ok(opt->choices, it->value)) {
-                char q[64];
+            int deferred = it->tmpl && st->mode == CFG_TMPL_DEFER;
+            if (deferred && secret) {
+                register_tmpl_literals(it);
+            }
+            if (opt->choices && !deferred && !choice_ok(opt->choices, it->value)) {
+                char q[64], nb[256];
+                const char *note = tmpl_note(it, nb, sizeof(nb));
                 if (secret) {
                     cfg_err(st->errors, st->file, it->line, it->col, ipath,
-                            "invalid value (expected %s)", cfg_type_expect(opt, exp, sizeof(exp)));
+                            "invalid value (expected %s)%s", cfg_type_expect(opt, exp, sizeof(exp)),
+                            note);
                 } else {
                     cfg_err(st->errors, st->file, it->line, it->col, ipath,
-                            "invalid value %s (expected %s)", cfg_quote(it->value, q, sizeof(q)),
-                            cfg_type_expect(opt, exp, sizeof(exp)));
+                            "invalid value %s (expected %s)%s", cfg_quote(it->value, q, sizeof(q)),
+                            cfg_type_expect(opt, exp, sizeof(exp)), note);
                 }
                 rc = -1;
                 continue;
@@ -333,14 +381,28 @@ static int fill_from_node(opt_val *v, const sl_node *n, const site *st)
     if (!n->value) {
         return -1;
     }
+    if (n->tmpl && st->mode == CFG_TMPL_DEFER) {
+        /* checked once each job's variables are substituted; present now */
+        if (secret) {
+            register_tmpl_literals(n);
+        }
+        v->text = strdup(n->value);
+        if (!v->text) {
+            goto oom;
+        }
+        return 0;
+    }
+    char nb[256];
+    site vst = *st;
+    vst.note = tmpl_note(n, nb, sizeof(nb));
     if ((opt->flags & SL_OPT_REQUIRED) && !*n->value) {
         cfg_err(st->errors, st->file, n->line, n->col, st->path,
-                "empty value for a required option (expected %s)",
-                cfg_type_expect(opt, exp, sizeof(exp)));
+                "empty value for a required option (expected %s)%s",
+                cfg_type_expect(opt, exp, sizeof(exp)), vst.note);
         return -1;
     }
     if (opt->type == SL_OPT_STRING || *n->value) {
-        if (parse_scalar(v, n->value, st, 0) < 0) {
+        if (parse_scalar(v, n->value, &vst, 0) < 0) {
             return -1;
         }
     } else {
@@ -486,7 +548,8 @@ static long opt_index(const sl_opts *o, const char *name)
 }
 
 sl_opts *cfg_opts_build(const sl_option *table, const sl_node *map, const char *file,
-                        const char *ctx_name, const char *const *ignore, sl_buf *errors, int *nbad)
+                        const char *ctx_name, const char *const *ignore, sl_buf *errors, int *nbad,
+                        cfg_tmpl_mode mode)
 {
     sl_buf local = {0};
     sl_buf *errs = errors ? errors : &local;
@@ -524,7 +587,7 @@ sl_opts *cfg_opts_build(const sl_option *table, const sl_node *map, const char *
         }
         long idx = opt_index(o, key);
         if (idx < 0) {
-            site st = {file, map->key_line[k], map->key_col[k], kpath, errs};
+            site st = {file, map->key_line[k], map->key_col[k], kpath, errs, "", mode};
             report_unknown(table, ignore, key, &st);
             bad = 1;
             continue;
@@ -533,7 +596,7 @@ sl_opts *cfg_opts_build(const sl_option *table, const sl_node *map, const char *
         /* sl_opts_from_pairs may give a name twice: the last one wins */
         val_clear(v);
         const sl_node *n = map->kids[k];
-        site st = {file, n->line, n->col, kpath, errs};
+        site st = {file, n->line, n->col, kpath, errs, "", mode};
         int rc = fill_from_node(v, n, &st);
         if (rc < 0) {
             val_clear(v);
@@ -556,7 +619,7 @@ sl_opts *cfg_opts_build(const sl_option *table, const sl_node *map, const char *
         opt_val *v = &o->v[i];
         char kpath[CFG_PATH_MAX];
         cfg_path_key(kpath, sizeof(kpath), ctx_name, v->opt->name);
-        site st = {file, bline, bcol, kpath, errs};
+        site st = {file, bline, bcol, kpath, errs, "", mode};
         if (v->set) {
             /* even when the block has problems: redaction must know it */
             register_secret(v);
@@ -594,7 +657,7 @@ sl_opts *sl_opts_from_node(const sl_option *table, const sl_node *map, const cha
                            const char *ctx_name, const char *const *ignore, sl_buf *errors)
 {
     int bad = 0;
-    sl_opts *o = cfg_opts_build(table, map, file, ctx_name, ignore, errors, &bad);
+    sl_opts *o = cfg_opts_build(table, map, file, ctx_name, ignore, errors, &bad, CFG_TMPL_CHECK);
     if (bad) {
         sl_opts_free(o);
         return NULL;

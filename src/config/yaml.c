@@ -47,6 +47,10 @@ void sl_node_free(sl_node *n)
     free(n->keys);
     free(n->key_line);
     free(n->key_col);
+    for (size_t i = 0; i < n->ntmpl; i++) {
+        free(n->tmpl[i]);
+    }
+    free(n->tmpl);
     free(n);
 }
 

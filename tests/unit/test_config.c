@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -881,7 +882,7 @@ static void test_config_load_errors(void **state)
     const char *s = sl_buf_cstr(&e);
 
     snprintf(want, sizeof(want),
-             "%s:1:1: colour: unknown key (expected one of: pipelines, "
+             "%s:1:1: colour: unknown key (expected one of: pipelines, serve, "
              "version, state)\n",
              path);
     assert_contains(s, want);
@@ -903,8 +904,8 @@ static void test_config_load_errors(void **state)
     assert_contains(s, want);
     snprintf(want, sizeof(want),
              "%s:10:5: pipelines.p1.sikn: unknown key, did you mean 'sink'? "
-             "(expected one of: source, steps, sink, batch, retry, notify, "
-             "concurrency, rate_limit, schedule, description)\n",
+             "(expected one of: source, steps, sink, trigger, batch, retry, notify, "
+             "concurrency, rate_limit, max_failed, workers, schedule, description)\n",
              path);
     assert_contains(s, want);
     snprintf(want, sizeof(want), "%s:11:3: pipelines: invalid pipeline name 'bad name'", path);
@@ -1061,6 +1062,539 @@ static void test_config_notify_off_and_state_password(void **state)
     sl_secrets_clear();
 }
 
+/* ------------------------------------------------------------- triggers and jobs */
+
+/* "  trigger:\n    type: controlshift\n" plus whatever the trigger requires,
+ * at the end of a pipeline so the lines above keep their numbers. */
+static void trigger_block(sl_buf *y, const char *indent)
+{
+    const sl_trigger_plugin *t = sl_find_trigger("controlshift");
+    assert_non_null(t);
+    sl_buf_printf(y, "%strigger:\n%s  type: controlshift\n", indent, indent);
+    char sub[32];
+    snprintf(sub, sizeof(sub), "%s  ", indent);
+    required_options(y, t->options, sub);
+}
+
+static sl_config *load_ok(const char *name, const char *text)
+{
+    sl_buf e = {0};
+    const char *path = write_config(name, text);
+    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    if (!c) {
+        fail_msg("%s\n---\n%s", sl_buf_cstr(&e), text);
+    }
+    sl_buf_free(&e);
+    return c;
+}
+
+static void trigger_list(char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; sl_triggers[i]; i++) {
+        o += (size_t)snprintf(out + o, cap - o, "%s%s", o ? ", " : "", sl_triggers[i]->name);
+    }
+}
+
+static void test_config_trigger_and_serve_keys(void **state)
+{
+    (void)state;
+    sl_buf y = {0}, e = {0};
+    sl_buf_puts(&y, "serve:\n"
+                    "  listen: 0.0.0.0:9090\n"
+                    "  threads: 8\n"
+                    "pipelines:\n"
+                    "  jobs:\n"
+                    "    source: {type: csv, path: /tmp/in.csv}\n"
+                    "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n"
+                    "    max_failed: 0\n"
+                    "    workers: 5\n");
+    trigger_block(&y, "    ");
+    sl_buf_puts(&y, "  plain:\n"
+                    "    source: {type: csv, path: /tmp/in.csv}\n"
+                    "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n");
+    sl_config *c = load_ok("trigger.yml", sl_buf_cstr(&y));
+    assert_string_equal(c->serve_listen, "0.0.0.0:9090");
+    assert_int_equal(c->serve_threads, 8);
+    sl_pipeline_cfg *p = sl_config_pipeline(c, "jobs");
+    assert_string_equal(p->trigger.type, "controlshift");
+    assert_ptr_equal(p->trigger_plugin, sl_find_trigger("controlshift"));
+    assert_non_null(p->trigger.opts);
+    assert_int_equal(p->max_failed, 0);
+    assert_int_equal(p->workers, 5);
+    assert_int_equal(p->templated, 0);
+    p = sl_config_pipeline(c, "plain");
+    assert_null(p->trigger.type);
+    assert_null(p->trigger_plugin);
+    assert_int_equal(p->max_failed, -1);
+    assert_int_equal(p->workers, 2);
+    sl_config_free(c);
+
+    /* defaults without `serve:` */
+    c = load_ok("noserve.yml", "pipelines:\n"
+                               "  plain:\n"
+                               "    source: {type: csv, path: /tmp/in.csv}\n"
+                               "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n");
+    assert_string_equal(c->serve_listen, "127.0.0.1:8080");
+    assert_int_equal(c->serve_threads, 4);
+    sl_config_free(c);
+
+    /* every problem at once */
+    char want[1024], triggers[256];
+    trigger_list(triggers, sizeof(triggers));
+    const char *path =
+        write_config("trigger-bad.yml", "serve:\n"
+                                        "  listen: nowhere\n"
+                                        "  threads: 65\n"
+                                        "  port: 80\n"
+                                        "pipelines:\n"
+                                        "  p:\n"
+                                        "    source: {type: csv, path: /tmp/in.csv}\n"
+                                        "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n"
+                                        "    trigger: {type: controlshfit}\n"
+                                        "    max_failed: -2\n"
+                                        "    workers: 0\n"
+                                        "  q:\n"
+                                        "    source: {type: csv, path: /tmp/in.csv}\n"
+                                        "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n"
+                                        "    trigger: {secret: x}\n"
+                                        "    workers: 65\n");
+    assert_null(sl_config_load(path, NULL, 0, &e));
+    const char *s = sl_buf_cstr(&e);
+    snprintf(want, sizeof(want),
+             "%s:2:11: serve.listen: invalid address 'nowhere' (expected ADDR:PORT such as "
+             "127.0.0.1:8080, 0.0.0.0:80 or [::1]:8080)\n",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:3:12: serve.threads: 65 is out of range (expected an integer from 1 to 64)\n",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:4:3: serve.port: unknown key (expected one of: listen, threads)\n", path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:9:21: pipelines.p.trigger.type: unknown trigger 'controlshfit' (expected one of: "
+             "%s)\n",
+             path, triggers);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:10:17: pipelines.p.max_failed: -2 is out of range (expected -1 for no limit, or "
+             "a number of records from 0 to 2000000000)\n",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:11:14: pipelines.p.workers: 0 is out of range (expected an integer from 1 to "
+             "64)\n",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:15:5: pipelines.q.trigger: missing required key 'type' (expected one of: %s)\n",
+             path, triggers);
+    assert_contains(s, want);
+    assert_contains(s, "pipelines.q.workers: 65 is out of range");
+    assert_int_equal(count_lines(s), 8);
+    sl_buf_free(&y);
+    sl_buf_free(&e);
+    sl_secrets_clear();
+}
+
+/* A triggered pipeline whose csv source, cast step and http sink take
+ * their values from job variables (line numbers are asserted below). */
+static const char *jobs_config(sl_buf *y)
+{
+    sl_buf_puts(y, "pipelines:\n"                                                          /* 1 */
+                   "  p:\n"                                                                /* 2 */
+                   "    source:\n"                                                         /* 3 */
+                   "      type: csv\n"                                                     /* 4 */
+                   "      path: \"{{url}}\"\n"                                             /* 5 */
+                   "      compression: \"{{compression}}\"\n"                              /* 6 */
+                   "      max_row_bytes: \"{{size}}\"\n"                                   /* 7 */
+                   "      columns: [\"{{col}}\", email]\n"                                 /* 8 */
+                   "    steps:\n"                                                          /* 9 */
+                   "      - type: cast\n"                                                  /* 10 */
+                   "        types: {zip: \"{{ztype}}\"}\n"                                 /* 11 */
+                   "    sink:\n"                                                           /* 12 */
+                   "      type: http\n"                                                    /* 13 */
+                   "      url: \"http://127.0.0.1:9/{{table}}?kind={{kind}}&x={{{{y}}\"\n" /* 14 */
+                   "      method: \"{{method}}\"\n"                                        /* 15 */
+                   "      bearer_token: \"${SLT_TOKEN}-{{tok}}\"\n"                        /* 16 */
+                   "    max_failed: 0\n"                                                   /* 17 */
+                   "    workers: 3\n"                                                      /* 18 */
+                   "    concurrency: 2\n"                                                  /* 19 */
+                   "    notify: {url: 'http://127.0.0.1:9/hook'}\n");                      /* 20 */
+    trigger_block(y, "    ");
+    return sl_buf_cstr(y);
+}
+
+#define GOOD_VARS                                                                                  \
+    "{\"url\": \"/data/${HOME}/{{x}}.csv\", \"compression\": \"gzip\", \"size\": \"2MB\", "        \
+    "\"col\": \"id\", \"ztype\": \"integer\", \"table\": \"users\", \"kind\": \"full\", "          \
+    "\"method\": \"PUT\", \"tok\": \"tok-5551234\", \"unused\": [1]}"
+
+static void test_config_job_variables(void **state)
+{
+    (void)state;
+    sl_secrets_clear();
+    setenv("SLT_TOKEN", "envtok-XYZ1", 1);
+    sl_buf y = {0}, e = {0};
+    sl_config *c = load_ok("jobs.yml", jobs_config(&y));
+    sl_pipeline_cfg *p = sl_config_pipeline(c, "p");
+    assert_int_equal(p->templated, 1);
+    /* at load a template is present but unchecked: a required option counts */
+    assert_string_equal(sl_opt_str(p->source.opts, "path"), "{{url}}");
+    assert_true(sl_opt_isset(p->source.opts, "compression"));
+    assert_string_equal(sl_opt_str(p->sink.opts, "url"),
+                        "http://127.0.0.1:9/{{table}}?kind={{kind}}&x={{y}}");
+
+    sl_pipeline_cfg *j = sl_config_instantiate(c, p, GOOD_VARS, &e);
+    if (!j) {
+        fail_msg("%s", sl_buf_cstr(&e));
+    }
+    assert_int_equal(e.len, 0);
+    /* substituted text is taken as it is: no ${ENV}, no second {{...}} pass */
+    assert_string_equal(sl_opt_str(j->source.opts, "path"), "/data/${HOME}/{{x}}.csv");
+    assert_string_equal(sl_opt_str(j->source.opts, "compression"), "gzip");
+    assert_int_equal(sl_opt_size(j->source.opts, "max_row_bytes"), 2 * 1024 * 1024);
+    assert_int_equal(sl_opt_count(j->source.opts, "columns"), 2);
+    assert_string_equal(sl_opt_item(j->source.opts, "columns", 0), "id");
+    assert_string_equal(sl_opt_item(j->source.opts, "columns", 1), "email");
+    assert_string_equal(sl_opt_key(j->steps[0].opts, "types", 0), "zip");
+    assert_string_equal(sl_opt_item(j->steps[0].opts, "types", 0), "integer");
+    assert_string_equal(sl_opt_str(j->sink.opts, "url"),
+                        "http://127.0.0.1:9/users?kind=full&x={{y}}");
+    assert_string_equal(sl_opt_str(j->sink.opts, "method"), "PUT");
+    assert_string_equal(sl_opt_str(j->sink.opts, "bearer_token"), "envtok-XYZ1-tok-5551234");
+    assert_string_equal(sl_opt_where(j->sink.opts, "method"), sl_opt_where(p->sink.opts, "method"));
+    /* every setting copied, everything owned anew */
+    assert_string_equal(j->name, "p");
+    assert_ptr_not_equal(j->name, p->name);
+    assert_ptr_equal(j->source_plugin, p->source_plugin);
+    assert_ptr_equal(j->sink_plugin, p->sink_plugin);
+    assert_ptr_equal(j->step_plugins[0], sl_find_step("cast"));
+    assert_ptr_equal(j->trigger_plugin, p->trigger_plugin);
+    assert_string_equal(j->trigger.type, "controlshift");
+    assert_non_null(j->trigger.opts);
+    assert_ptr_not_equal(j->trigger.opts, p->trigger.opts);
+    assert_int_equal(j->nsteps, 1);
+    assert_int_equal(j->max_failed, 0);
+    assert_int_equal(j->workers, 3);
+    assert_int_equal(j->concurrency, 2);
+    assert_int_equal(j->nnotify, 1);
+    assert_string_equal(j->notify[0].url, "http://127.0.0.1:9/hook");
+    assert_ptr_not_equal(j->notify[0].url, p->notify[0].url);
+    assert_string_equal(j->where, p->where);
+    assert_string_equal(j->sink.where, p->sink.where);
+    /* the config's own options are untouched */
+    assert_string_equal(sl_opt_str(p->source.opts, "path"), "{{url}}");
+
+    /* a secret option's result, and the variable alone, are redacted */
+    char line[200];
+    snprintf(line, sizeof(line), "a=%s b=tok-5551234 c=envtok-XYZ1- d=users",
+             sl_opt_str(j->sink.opts, "bearer_token"));
+    sl_redact(line, sizeof(line));
+    assert_not_contains(line, "XYZ1");
+    assert_not_contains(line, "5551234");
+    assert_contains(line, " b=[redacted] c=[redacted] d=users");
+
+    /* an instantiated copy instantiates again (e.g. a retried job) */
+    sl_pipeline_cfg *j2 = sl_config_instantiate(c, j, GOOD_VARS, &e);
+    assert_non_null(j2);
+    assert_string_equal(sl_opt_str(j2->sink.opts, "method"), "PUT");
+    sl_pipeline_cfg_free(j2);
+    sl_pipeline_cfg_free(j);
+    sl_pipeline_cfg_free(NULL);
+
+    /* numbers and booleans as their JSON text; null: the option's default */
+    j = sl_config_instantiate(c, p,
+                              "{\"url\": 0.1, \"compression\": null, \"size\": 2048, \"col\": "
+                              "true, \"ztype\": \"string\", \"table\": -7, \"kind\": 1e3, "
+                              "\"method\": \"POST\", \"tok\": \"t-000001\"}",
+                              &e);
+    if (!j) {
+        fail_msg("%s", sl_buf_cstr(&e));
+    }
+    assert_string_equal(sl_opt_str(j->source.opts, "path"), "0.1");
+    assert_false(sl_opt_isset(j->source.opts, "compression"));
+    assert_string_equal(sl_opt_str(j->source.opts, "compression"), "auto");
+    assert_int_equal(sl_opt_size(j->source.opts, "max_row_bytes"), 2048);
+    assert_string_equal(sl_opt_item(j->source.opts, "columns", 0), "true");
+    assert_string_equal(sl_opt_str(j->sink.opts, "url"), "http://127.0.0.1:9/-7?kind=1000&x={{y}}");
+    sl_pipeline_cfg_free(j);
+
+    sl_config_free(c);
+    sl_buf_free(&y);
+    sl_buf_free(&e);
+    sl_secrets_clear();
+}
+
+static void test_config_job_variable_errors(void **state)
+{
+    (void)state;
+    sl_buf y = {0}, e = {0};
+    char want[1024];
+    sl_buf_puts(&y, "pipelines:\n"
+                    "  cs:\n"
+                    "    source:\n"
+                    "      type: csv\n"
+                    "      path: \"{{url}}\"\n"
+                    "      compression: \"{{compression}}\"\n"
+                    "    sink:\n"
+                    "      type: http\n"
+                    "      url: \"http://127.0.0.1:9/{{tabel}}\"\n"
+                    "      expect_status: \"2{{kind}}\"\n");
+    trigger_block(&y, "    ");
+    sl_config *c = load_ok("job-errors.yml", sl_buf_cstr(&y));
+    const char *path = c->path;
+    sl_pipeline_cfg *p = sl_config_pipeline(c, "cs");
+
+    /* the example's variables: {{tabel}} is a typo */
+    const char *vars = "{\"url\": \"https://x.test/a.csv\", \"compression\": \"none\", "
+                       "\"kind\": \"01\", \"table\": \"t\"}";
+    assert_null(sl_config_instantiate(c, p, vars, &e));
+    snprintf(want, sizeof(want),
+             "%s:9:12: pipelines.cs.sink.url: {{tabel}}: no such job variable (available: "
+             "compression, kind, table, url)\n",
+             path);
+    assert_string_equal(sl_buf_cstr(&e), want);
+    sl_buf_reset(&e);
+
+    /* a value invalid for its option names the variable; all problems at once */
+    vars = "{\"url\": \"u\", \"compression\": \"zip\", \"kind\": \"x1\", \"tabel\": \"t\"}";
+    assert_null(sl_config_instantiate(c, p, vars, &e));
+    /* the choices as the csv source lists them today */
+    char choices[256] = "";
+    for (const sl_option *o = sl_find_source("csv")->options; o->name; o++) {
+        if (strcmp(o->name, "compression") == 0) {
+            for (const char *ch = o->choices; *ch; ch++) {
+                size_t l = strlen(choices);
+                snprintf(choices + l, sizeof(choices) - l, "%s", *ch == '|' ? ", " : "");
+                if (*ch != '|') {
+                    choices[l] = *ch;
+                    choices[l + 1] = '\0';
+                }
+            }
+        }
+    }
+    assert_non_null(strstr(choices, "gzip"));
+    snprintf(want, sizeof(want),
+             "%s:6:20: pipelines.cs.source.compression: invalid choice 'zip' (expected one of: "
+             "%s) (value from job variable {{compression}})\n"
+             "%s:10:22: pipelines.cs.sink.expect_status: invalid integer '2x1' (expected an "
+             "integer) (value from job variable {{kind}})\n",
+             path, choices, path);
+    assert_string_equal(sl_buf_cstr(&e), want);
+    sl_buf_reset(&e);
+
+    /* a required option substituted to nothing */
+    vars = "{\"url\": \"\", \"compression\": \"none\", \"kind\": \"01\", \"tabel\": \"t\"}";
+    assert_null(sl_config_instantiate(c, p, vars, &e));
+    assert_contains(sl_buf_cstr(&e),
+                    ":5:13: pipelines.cs.source.path: empty value for a required "
+                    "option (expected a string) (value from job variable {{url}})\n");
+    sl_buf_reset(&e);
+
+    /* variables that cannot be text, and JSON that is not an object */
+    vars = "{\"url\": {\"a\": 1}, \"compression\": [], \"kind\": \"01\", \"tabel\": \"t\"}";
+    assert_null(sl_config_instantiate(c, p, vars, &e));
+    assert_contains(sl_buf_cstr(&e), ":5:13: pipelines.cs.source.path: {{url}}: the job variable "
+                                     "is an object (expected a string, number, boolean or null)\n");
+    assert_contains(sl_buf_cstr(&e), "{{compression}}: the job variable is a list");
+    assert_int_equal(count_lines(sl_buf_cstr(&e)), 2);
+    sl_buf_reset(&e);
+    assert_null(sl_config_instantiate(c, p, "[1, 2]", &e));
+    assert_string_equal(sl_buf_cstr(&e), "job variables: found a list (expected a JSON object)\n");
+    sl_buf_reset(&e);
+    assert_null(sl_config_instantiate(c, p, "{\"url\": \"secret-in-json", &e));
+    assert_contains(sl_buf_cstr(&e), "job variables: invalid JSON at character ");
+    assert_not_contains(sl_buf_cstr(&e), "secret-in-json");
+    sl_buf_reset(&e);
+    assert_null(sl_config_instantiate(c, p, NULL, &e));
+    assert_contains(sl_buf_cstr(&e), "{{url}}: no such job variable (available: none)\n");
+    sl_buf_reset(&e);
+
+    sl_config_free(c);
+    sl_buf_free(&y);
+    sl_buf_free(&e);
+    sl_secrets_clear();
+}
+
+static void test_config_job_variables_misplaced(void **state)
+{
+    (void)state;
+    sl_buf y = {0}, e = {0};
+    char want[1024];
+    /* no trigger: a job variable has no value to come from */
+    const char *path =
+        write_config("notrigger.yml", "pipelines:\n"
+                                      "  p:\n"
+                                      "    source:\n"
+                                      "      type: csv\n"
+                                      "      path: \"{{url}}\"\n"
+                                      "    sink:\n"
+                                      "      type: http\n"
+                                      "      url: \"http://127.0.0.1:9/{{{{x}}\"\n"
+                                      "      wrap: \"{{ table }}\"\n"
+                                      "    notify: {url: \"http://127.0.0.1:9/{{hook}}\"}\n");
+    assert_null(sl_config_load(path, NULL, 0, &e));
+    snprintf(want, sizeof(want),
+             "%s:5:13: pipelines.p.source.path: {{url}} is a job variable, available only in "
+             "pipelines with a trigger\n"
+             "%s:9:13: pipelines.p.sink.wrap: invalid job variable reference '{{ table }}' "
+             "(expected {{name}}: a letter or _, then letters, digits or _; or {{{{ for a "
+             "literal {{)\n"
+             "%s:10:19: pipelines.p.notify.url: {{hook}} is a job variable, available only in "
+             "source, steps and sink options of pipelines with a trigger\n",
+             path, path, path);
+    /* one message per value: the required path is not also "missing" */
+    assert_string_equal(sl_buf_cstr(&e), want);
+    sl_buf_reset(&e);
+
+    /* with a trigger: still not in engine keys, notify or a plugin's type */
+    sl_buf_puts(&y, "pipelines:\n"
+                    "  p:\n"
+                    "    source:\n"
+                    "      type: csv\n"
+                    "      path: \"{{url}}\"\n"
+                    "    sink:\n"
+                    "      type: \"{{sink}}\"\n"
+                    "    rate_limit: \"{{rate}}/s\"\n"
+                    "    notify: {url: \"http://127.0.0.1:9/{{hook}}\"}\n"
+                    "    retry: {timeout: \"{{t}}\"}\n"
+                    "    extra: \"{{url\"\n");
+    trigger_block(&y, "    ");
+    path = write_config("trigger-misplaced.yml", sl_buf_cstr(&y));
+    assert_null(sl_config_load(path, NULL, 0, &e));
+    const char *s = sl_buf_cstr(&e);
+    snprintf(want, sizeof(want),
+             "%s:7:13: pipelines.p.sink.type: {{sink}} is a job variable, not allowed in `type:` "
+             "(expected a plugin name)\n",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:8:17: pipelines.p.rate_limit: {{rate}} is a job variable, available only in "
+             "source, steps and sink options\n",
+             path);
+    assert_contains(s, want);
+    assert_contains(s, ":9:19: pipelines.p.notify.url: {{hook}} is a job variable, available "
+                       "only in source, steps and sink options\n");
+    assert_contains(s, ":10:22: pipelines.p.retry.timeout: {{t}} is a job variable");
+    assert_contains(s, ":11:12: pipelines.p.extra: invalid job variable reference '{{url'");
+    assert_contains(s, ":11:5: pipelines.p.extra: unknown key");
+    assert_int_equal(count_lines(s), 6);
+    sl_buf_free(&y);
+    sl_buf_free(&e);
+}
+
+static void test_config_job_variable_escape(void **state)
+{
+    (void)state;
+    sl_buf e = {0};
+    /* `{{{{` is a literal `{{`; `{{` from the environment is plain text */
+    setenv("SLT_BRACES", "{{url}}", 1);
+    sl_config *c = load_ok("escape.yml", "pipelines:\n"
+                                         "  p:\n"
+                                         "    source:\n"
+                                         "      type: csv\n"
+                                         "      path: \"/in/{{{{a}}-$${X}{{{{{{{{\"\n"
+                                         "    sink:\n"
+                                         "      type: http\n"
+                                         "      url: http://127.0.0.1:9/x\n"
+                                         "      wrap: ${SLT_BRACES}\n");
+    sl_pipeline_cfg *p = &c->pipelines[0];
+    assert_int_equal(p->templated, 0);
+    assert_string_equal(sl_opt_str(p->source.opts, "path"), "/in/{{a}}-${X}{{{{");
+    assert_string_equal(sl_opt_str(p->sink.opts, "wrap"), "{{url}}");
+    /* a pipeline without a trigger instantiates as a plain copy */
+    sl_pipeline_cfg *j = sl_config_instantiate(c, p, NULL, &e);
+    if (!j) {
+        fail_msg("%s", sl_buf_cstr(&e));
+    }
+    assert_string_equal(sl_opt_str(j->source.opts, "path"), "/in/{{a}}-${X}{{{{");
+    assert_string_equal(sl_opt_str(j->sink.opts, "wrap"), "{{url}}");
+    assert_null(j->trigger.type);
+    sl_pipeline_cfg_free(j);
+    sl_config_free(c);
+
+    /* with a trigger: escapes next to references */
+    sl_buf y = {0};
+    sl_buf_puts(&y, "pipelines:\n"
+                    "  p:\n"
+                    "    source:\n"
+                    "      type: csv\n"
+                    "      path: \"{{{{{{url}}}}-{{url}}$$\"\n"
+                    "    sink:\n"
+                    "      type: http\n"
+                    "      url: http://127.0.0.1:9/x\n"
+                    "      wrap: ${SLT_BRACES}{{url}}\n");
+    trigger_block(&y, "    ");
+    c = load_ok("escape2.yml", sl_buf_cstr(&y));
+    j = sl_config_instantiate(c, &c->pipelines[0], "{\"url\": \"U\"}", &e);
+    if (!j) {
+        fail_msg("%s", sl_buf_cstr(&e));
+    }
+    assert_string_equal(sl_opt_str(j->source.opts, "path"), "{{U}}-U$");
+    assert_string_equal(sl_opt_str(j->sink.opts, "wrap"), "{{url}}U");
+    sl_pipeline_cfg_free(j);
+    sl_config_free(c);
+    sl_buf_free(&y);
+    sl_buf_free(&e);
+}
+
+typedef struct inst_arg {
+    sl_config *c;
+    int id;
+    int failures;
+} inst_arg;
+
+static void *instantiate_loop(void *arg)
+{
+    inst_arg *a = arg;
+    sl_buf e = {0};
+    for (int i = 0; i < 1000; i++) {
+        char vars[512], want[64];
+        snprintf(want, sizeof(want), "/in/%d/%d.csv", a->id, i);
+        snprintf(vars, sizeof(vars),
+                 "{\"url\": \"%s\", \"compression\": \"%s\", \"size\": \"%dKB\", \"col\": \"c%d\", "
+                 "\"ztype\": \"float\", \"table\": \"t%d\", \"kind\": \"k\", \"method\": "
+                 "\"PATCH\", \"tok\": \"tok-%d-%d\"}",
+                 want, i % 2 ? "gzip" : "none", i + 1, i, a->id, a->id, i);
+        sl_pipeline_cfg *j = sl_config_instantiate(a->c, &a->c->pipelines[0], vars, &e);
+        if (!j || strcmp(sl_opt_str(j->source.opts, "path"), want) != 0 ||
+            sl_opt_size(j->source.opts, "max_row_bytes") != (int64_t)(i + 1) * 1024 ||
+            strcmp(sl_opt_str(j->sink.opts, "method"), "PATCH") != 0) {
+            a->failures++;
+        }
+        sl_pipeline_cfg_free(j);
+    }
+    sl_buf_free(&e);
+    return NULL;
+}
+
+static void test_config_instantiate_threads(void **state)
+{
+    (void)state;
+    setenv("SLT_TOKEN", "envtok-XYZ1", 1);
+    sl_buf y = {0};
+    sl_config *c = load_ok("threads.yml", jobs_config(&y));
+    pthread_t th[4];
+    inst_arg args[4];
+    for (int t = 0; t < 4; t++) {
+        args[t] = (inst_arg){c, t, 0};
+        assert_int_equal(pthread_create(&th[t], NULL, instantiate_loop, &args[t]), 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        assert_int_equal(pthread_join(th[t], NULL), 0);
+        assert_int_equal(args[t].failures, 0);
+    }
+    /* the shared tree is as it was */
+    assert_string_equal(sl_opt_str(c->pipelines[0].source.opts, "path"), "{{url}}");
+    sl_config_free(c);
+    sl_buf_free(&y);
+    sl_secrets_clear();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1086,6 +1620,12 @@ int main(void)
         cmocka_unit_test(test_config_load_file_problems),
         cmocka_unit_test(test_config_batch_over_sink_max),
         cmocka_unit_test(test_config_notify_off_and_state_password),
+        cmocka_unit_test(test_config_trigger_and_serve_keys),
+        cmocka_unit_test(test_config_job_variables),
+        cmocka_unit_test(test_config_job_variable_errors),
+        cmocka_unit_test(test_config_job_variables_misplaced),
+        cmocka_unit_test(test_config_job_variable_escape),
+        cmocka_unit_test(test_config_instantiate_threads),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
