@@ -226,6 +226,8 @@ static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int
     fflush(stdout);
 }
 
+static int retry_jobs(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st);
+
 static int worse(int a, int b)
 {
     /* failed (1) beats partial (2) beats ok (0) */
