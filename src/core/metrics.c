@@ -117,8 +117,10 @@ static series *get_series(family *f, const char *labels)
     if (f->n >= MAX_SERIES) {
         if (!f->warned_full) {
             f->warned_full = 1;
-            sl_warn("metrics", "metric %s has more than %d label sets; new ones are dropped "
-                    "(a label probably carries an unbounded value)", f->name, MAX_SERIES);
+            sl_warn("metrics",
+                    "metric %s has more than %d label sets; new ones are dropped "
+                    "(a label probably carries an unbounded value)",
+                    f->name, MAX_SERIES);
         }
         return NULL;
     }
