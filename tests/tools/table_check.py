@@ -20,12 +20,50 @@ import subprocess
 import sys
 
 
+def parse_csv(text):
+    """RFC 4180 rows, with None for an empty unquoted cell (PostgreSQL's NULL)
+    and '' for a quoted empty one."""
+    rows, row, field, quoted, i, n = [], [], [], False, 0, len(text)
+    in_q = False
+    while i < n:
+        c = text[i]
+        if in_q:
+            if c == '"':
+                if i + 1 < n and text[i + 1] == '"':
+                    field.append('"')
+                    i += 1
+                else:
+                    in_q = False
+            else:
+                field.append(c)
+        elif c == '"':
+            in_q = quoted = True
+        elif c == ",":
+            row.append("".join(field) if (field or quoted) else None)
+            field, quoted = [], False
+        elif c == "\n" or c == "\r":
+            if c == "\r" and i + 1 < n and text[i + 1] == "\n":
+                i += 1
+            row.append("".join(field) if (field or quoted) else None)
+            rows.append(row)
+            row, field, quoted = [], [], False
+        else:
+            field.append(c)
+        i += 1
+    if field or quoted or row:
+        row.append("".join(field) if (field or quoted) else None)
+        rows.append(row)
+    return rows
+
+
 def read_csv(path):
     raw = bz2.open(path, "rb").read() if path.endswith(".bz2") else open(path, "rb").read()
     text = raw.decode("utf-8")
     if text.startswith("\ufeff"):
         text = text[1:]
-    return list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = parse_csv(text)
+    header = rows[0]
+    return [dict(zip(header, r)) for r in rows[1:]]
 
 
 def dump(db, table):

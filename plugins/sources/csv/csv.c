@@ -48,6 +48,9 @@ static const sl_option csv_options[] = {
     {"http_headers", SL_OPT_MAP, NULL, SL_OPT_SECRET, NULL,
      "request headers sent when path is a URL (values are secrets)"},
     {"trim", SL_OPT_BOOL, "false", 0, NULL, "strip spaces and tabs around unquoted fields"},
+    {"empty_is_null", SL_OPT_BOOL, "false", 0, NULL,
+     "an empty unquoted cell is NULL, a quoted \"\" is an empty string (PostgreSQL's CSV "
+     "convention, for warehouse loads)"},
     {"skip_blank_lines", SL_OPT_BOOL, "true", 0, NULL,
      "skip empty lines (they still count for line numbers)"},
     {"allow_hosts", SL_OPT_LIST, NULL, 0, NULL,
@@ -86,6 +89,7 @@ typedef struct csv_src {
     sl_http_opts http;
     unsigned char delim, quote;
     int trim, skip_blank, has_header;
+    int empty_null; /* empty unquoted cell -> NULL */
     size_t max_row;
 
     /* Window over the decompressed stream: buf[start, end) is unread. */
@@ -151,6 +155,9 @@ static int is_trim_space(const csv_src *s, unsigned char c)
 
 static int parser_init(csv_src *s, struct csv_parser *p, unsigned char opts)
 {
+    if (s->empty_null) {
+        opts |= CSV_EMPTY_IS_NULL;
+    }
     if (csv_init(p, opts) != 0) {
         return SL_ERR_NOMEM;
     }
@@ -209,7 +216,10 @@ static void add_field(csv_src *s, const char *v, size_t len)
             return;
         }
     }
-    int rc = sl_record_add_str(s->rec, name, nlen, v ? v : "", v ? len : 0);
+    /* v == NULL: an empty unquoted cell (libcsv's CSV_EMPTY_IS_NULL, or the
+     * fast splitters below), NULL only when empty_is_null asks for it */
+    int rc = !v && s->empty_null ? sl_record_add_null(s->rec, name, nlen)
+                                 : sl_record_add_str(s->rec, name, nlen, v ? v : "", v ? len : 0);
     if (rc && !s->add_err) {
         s->add_err = rc;
     }
@@ -248,7 +258,7 @@ static void split_plain(csv_src *s, const char *p, size_t len)
                 fe--;
             }
         }
-        add_field(s, fb, (size_t)(fe - fb));
+        add_field(s, fe > fb ? fb : NULL, (size_t)(fe - fb));
         if (!d) {
             return;
         }
@@ -286,6 +296,9 @@ static int split_simple_quoted(csv_src *s, const char *p, size_t len)
                 return 1;
             }
             next = fe;
+            if (fe == fb) {
+                fb = NULL; /* empty and unquoted */
+            }
         }
         add_field(s, fb, (size_t)(fe - fb));
         if (next == e) {
@@ -905,6 +918,7 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     }
     s->ctx = ctx;
     s->trim = sl_opt_bool(o, "trim");
+    s->empty_null = sl_opt_bool(o, "empty_is_null");
     s->skip_blank = sl_opt_bool(o, "skip_blank_lines");
     s->has_header = sl_opt_bool(o, "header");
     if ((rc = one_byte_opt(o, "delimiter", &s->delim, err)) != 0 ||
