@@ -66,7 +66,8 @@ int sl_buf_puts(sl_buf *b, const char *s)
 
 int sl_buf_putc(sl_buf *b, char c)
 {
-    if (b->len + 1 < b->cap) {
+    size_t max = b->max ? b->max : SL_BUF_DEFAULT_MAX;
+    if (b->len + 1 < b->cap && b->len < max) {
         b->data[b->len++] = c;
         b->data[b->len] = '\0';
         return 0;
