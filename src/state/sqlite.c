@@ -76,12 +76,43 @@ static const char *const migrations[] = {
     "  rows INTEGER,"
     "  error TEXT,"
     "  UNIQUE (pipeline, idem_key));",
+    /* 2: jobs get an order key (same key: one at a time, in arrival order)
+     * and the time after which retrying is pointless. The indexes keep a
+     * claim independent of how many finished jobs are kept: the partial
+     * ones list only runnable jobs in id order (a claim stops at the first
+     * one in line), the order-key one answers "is an older job of this key
+     * unfinished, or one running?" with a few seeks. */
+    "ALTER TABLE jobs ADD COLUMN order_key TEXT;"
+    "ALTER TABLE jobs ADD COLUMN expires_at REAL;"
+    "CREATE INDEX jobs_pipeline_status_id ON jobs(pipeline, status, id);"
+    "CREATE INDEX jobs_pipeline_order_key_status_id ON jobs(pipeline, order_key, status, id);"
+    "CREATE INDEX jobs_runnable_pipeline_id ON jobs(pipeline, id) "
+    "  WHERE status IN ('queued', 'retry');"
+    "CREATE INDEX jobs_runnable_id ON jobs(id) WHERE status IN ('queued', 'retry');",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
 #define RUN_COLS                                                                                   \
     "id, pipeline, input, status, started_at, finished_at, read, sent, failed, skipped, "          \
     "requests, retries, error"
+
+#define JOB_COLS                                                                                   \
+    "j.id, j.pipeline, j.kind, j.idem_key, j.order_key, j.payload, j.status, j.attempts, "         \
+    "j.created_at, j.started_at, j.finished_at, j.not_before, j.expires_at, j.rows, j.error"
+
+/* Runnable: queued, or retry whose time has come. The IN term is written
+ * as in the partial indexes' WHERE, so the planner can use them. */
+#define JOB_RUNNABLE                                                                               \
+    "j.status IN ('queued', 'retry') AND (j.status = 'queued' OR j.not_before <= ?2)"
+/* ...and first in line for its order key: no older unfinished job and no
+ * running job (a newer one may run when an older failed job was re-queued)
+ * of the same pipeline and key. */
+#define JOB_FIRST_IN_LINE                                                                          \
+    "(coalesce(j.order_key, '') = '' OR ("                                                         \
+    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.pipeline = j.pipeline AND "                       \
+    "o.order_key = j.order_key AND o.status IN ('queued', 'retry') AND o.id < j.id) AND "          \
+    "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.pipeline = j.pipeline AND "                       \
+    "o.order_key = j.order_key AND o.status = 'running')))"
 
 enum {
     ST_BEGIN,
@@ -107,6 +138,23 @@ enum {
     ST_DL_BUMP,
     ST_DL_COUNT,
     ST_DL_COUNT_ALL,
+    ST_JOB_SP_BEGIN,
+    ST_JOB_SP_RELEASE,
+    ST_JOB_SP_ROLLBACK,
+    ST_JOB_ADD,
+    ST_JOB_FIND_IDEM,
+    ST_JOB_PICK,
+    ST_JOB_PICK_ALL,
+    ST_JOB_START,
+    ST_JOB_FINISH,
+    ST_JOB_STATUS,
+    ST_JOB_REQUEUE_RUNNING,
+    ST_JOB_REQUEUE_FAILED,
+    ST_JOB_REQUEUE_FAILED_ALL,
+    ST_JOBS,
+    ST_JOBS_ALL,
+    ST_JOB_COUNTS,
+    ST_JOB_COUNTS_ALL,
     ST_N
 };
 
@@ -147,6 +195,42 @@ static const char *const sql_text[ST_N] = {
                    "response = coalesce(?3, response), updated_at = ?4 WHERE id = ?1",
     [ST_DL_COUNT] = "SELECT count(*) FROM dead_letters WHERE pipeline = ?1",
     [ST_DL_COUNT_ALL] = "SELECT count(*) FROM dead_letters",
+    [ST_JOB_SP_BEGIN] = "SAVEPOINT sl_job_claim",
+    [ST_JOB_SP_RELEASE] = "RELEASE sl_job_claim",
+    [ST_JOB_SP_ROLLBACK] = "ROLLBACK TO sl_job_claim",
+    [ST_JOB_ADD] = "INSERT INTO jobs(pipeline, kind, idem_key, order_key, payload, status, "
+                   "attempts, not_before, created_at, expires_at) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, 'queued', 0, 0, ?6, ?7) "
+                   "ON CONFLICT(pipeline, idem_key) DO NOTHING",
+    [ST_JOB_FIND_IDEM] = "SELECT id FROM jobs WHERE pipeline = ?1 AND idem_key = ?2",
+    [ST_JOB_PICK] = "SELECT " JOB_COLS " FROM jobs AS j WHERE j.pipeline = ?1 AND " JOB_RUNNABLE
+                    " AND " JOB_FIRST_IN_LINE " ORDER BY j.id LIMIT 1",
+    [ST_JOB_PICK_ALL] = "SELECT " JOB_COLS " FROM jobs AS j WHERE " JOB_RUNNABLE
+                        " AND " JOB_FIRST_IN_LINE " ORDER BY j.id LIMIT 1",
+    [ST_JOB_START] = "UPDATE jobs SET status = 'running', attempts = attempts + 1, "
+                     "started_at = ?2, finished_at = NULL WHERE id = ?1",
+    /* queued = handed back unstarted: the attempt does not count, and the
+     * previous attempt's error stays unless a new one is given. */
+    [ST_JOB_FINISH] = "UPDATE jobs SET status = ?2, not_before = ?3, rows = coalesce(?4, rows), "
+                      "error = CASE WHEN ?2 = 'queued' THEN coalesce(?5, error) ELSE ?5 END, "
+                      "finished_at = CASE WHEN ?2 IN ('done', 'failed') THEN ?6 END, "
+                      "attempts = CASE WHEN ?2 = 'queued' THEN max(attempts - 1, 0) "
+                      "ELSE attempts END "
+                      "WHERE id = ?1 AND status = 'running'",
+    [ST_JOB_STATUS] = "SELECT status FROM jobs WHERE id = ?1",
+    [ST_JOB_REQUEUE_RUNNING] = "UPDATE jobs SET status = 'queued', "
+                               "error = 'interrupted (process stopped while running)' "
+                               "WHERE status = 'running'",
+    [ST_JOB_REQUEUE_FAILED] = "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, "
+                              "not_before = 0, finished_at = NULL "
+                              "WHERE pipeline = ?1 AND status = 'failed'",
+    [ST_JOB_REQUEUE_FAILED_ALL] = "UPDATE jobs SET status = 'queued', attempts = 0, error = NULL, "
+                                  "not_before = 0, finished_at = NULL WHERE status = 'failed'",
+    [ST_JOBS] = "SELECT " JOB_COLS " FROM jobs AS j WHERE j.pipeline = ?1 "
+                "ORDER BY j.id DESC LIMIT ?2",
+    [ST_JOBS_ALL] = "SELECT " JOB_COLS " FROM jobs AS j ORDER BY j.id DESC LIMIT ?1",
+    [ST_JOB_COUNTS] = "SELECT status, count(*) FROM jobs WHERE pipeline = ?1 GROUP BY status",
+    [ST_JOB_COUNTS_ALL] = "SELECT status, count(*) FROM jobs GROUP BY status",
 };
 
 typedef struct sq {
@@ -979,6 +1063,333 @@ static int64_t sq_dl_count(void *impl, const char *pipeline, sl_error *err)
     return ret;
 }
 
+/* ---- jobs ------------------------------------------------------------------------ */
+
+/* Copy src into dst[cap], cut at a UTF-8 boundary when it does not fit. */
+static void copy_text(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80) {
+            n--;
+        }
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* One row of JOB_COLS into j. dup_vars: j->vars is a malloc'd copy (NULL
+ * and SL_ERR_NOMEM when that fails); else it points into the statement's
+ * row, valid until the next step. */
+static int read_job(sqlite3_stmt *st, sl_job *j, int dup_vars)
+{
+    memset(j, 0, sizeof(*j));
+    j->id = sqlite3_column_int64(st, 0);
+    copy_text(j->pipeline, sizeof(j->pipeline), col_text(st, 1));
+    copy_text(j->kind, sizeof(j->kind), col_text(st, 2));
+    copy_text(j->idem_key, sizeof(j->idem_key), col_text(st, 3));
+    copy_text(j->order_key, sizeof(j->order_key), col_text(st, 4));
+    copy_text(j->status, sizeof(j->status), col_text(st, 6));
+    j->attempts = sqlite3_column_int(st, 7);
+    /* NULL times read as 0 */
+    j->created_at = sqlite3_column_double(st, 8);
+    j->started_at = sqlite3_column_double(st, 9);
+    j->finished_at = sqlite3_column_double(st, 10);
+    j->not_before = sqlite3_column_double(st, 11);
+    j->expires_at = sqlite3_column_double(st, 12);
+    j->rows = sqlite3_column_int64(st, 13);
+    copy_text(j->error, sizeof(j->error), col_text(st, 14));
+    const char *vars = sqlite3_column_type(st, 5) == SQLITE_NULL ? "{}" : col_text(st, 5);
+    if (!dup_vars) {
+        j->vars = (char *)vars;
+        return 0;
+    }
+    j->vars = strdup(vars);
+    return j->vars ? 0 : SL_ERR_NOMEM;
+}
+
+static int sq_job_add(void *impl, const char *pipeline, const char *kind, const char *idem_key,
+                      const char *order_key, const char *vars, double expires_at, double now,
+                      int64_t *id, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    int ret = 1;
+    sqlite3_stmt *st = sq_get(q, ST_JOB_ADD, &rc);
+    if (st) {
+        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, kind, -1, SQLITE_STATIC);
+        /* No key: NULL, which UNIQUE never matches, so every such job is stored. */
+        if (*idem_key) {
+            sqlite3_bind_text(st, 3, idem_key, -1, SQLITE_STATIC);
+        }
+        if (*order_key) {
+            sqlite3_bind_text(st, 4, order_key, -1, SQLITE_STATIC);
+        }
+        sqlite3_bind_text(st, 5, vars, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 6, now);
+        if (expires_at > 0) {
+            sqlite3_bind_double(st, 7, expires_at);
+        }
+        rc = sqlite3_step(st);
+        sq_put(q, ST_JOB_ADD, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot store a job for pipeline '%s'", pipeline);
+    }
+    if (sqlite3_changes(q->db) > 0) {
+        *id = sqlite3_last_insert_rowid(q->db);
+        return 1;
+    }
+    /* The UNIQUE (pipeline, idem_key) conflict: a redelivery. Jobs are never
+     * deleted by sluice, so the first one is still there. */
+    st = sq_get(q, ST_JOB_FIND_IDEM, &rc);
+    if (st) {
+        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, idem_key, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *id = sqlite3_column_int64(st, 0);
+            ret = 0;
+        }
+        sq_put(q, ST_JOB_FIND_IDEM, st);
+    }
+    if (rc == SQLITE_DONE) {
+        return sl_error_set(err, SL_ERR_IO,
+                            "state %s: cannot store a job for pipeline '%s': idempotency key "
+                            "'%.60s' conflicts with a job that cannot be found",
+                            q->where, pipeline, idem_key);
+    }
+    if (rc != SQLITE_ROW) {
+        return sq_fail(q, err, rc,
+                       "cannot look up the job with idempotency key '%.60s' of "
+                       "pipeline '%s'",
+                       idem_key, pipeline);
+    }
+    return ret;
+}
+
+static int sq_job_claim(void *impl, const char *pipeline, double now, double wall, sl_job *out,
+                        sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    int ret = 0;
+    int i = pipeline ? ST_JOB_PICK : ST_JOB_PICK_ALL;
+    const char *what = pipeline ? pipeline : "*";
+    sqlite3_stmt *st = NULL;
+    /* The choice and the status change must be one write transaction, taken
+     * before reading (IMMEDIATE): otherwise two connections could read the
+     * same queued job and both take it. Inside the caller's transaction
+     * (always BEGIN IMMEDIATE) a savepoint suffices: the lock is held. */
+    int own = sqlite3_get_autocommit(q->db);
+    rc = sq_exec(q, own ? ST_BEGIN : ST_JOB_SP_BEGIN);
+    if (rc != SQLITE_OK) {
+        return sq_fail(q, err, rc, "cannot claim a job of pipeline '%s'", what);
+    }
+    st = sq_get(q, i, &rc);
+    if (!st) {
+        goto fail;
+    }
+    if (pipeline) {
+        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_double(st, 2, now);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        if (read_job(st, out, 1) < 0) {
+            sq_put(q, i, st);
+            ret = sl_error_set(err, SL_ERR_NOMEM,
+                               "state %s: cannot claim a job of pipeline '%s': out of memory",
+                               q->where, what);
+            goto undo;
+        }
+        ret = 1;
+    } else if (rc != SQLITE_DONE) {
+        sq_put(q, i, st);
+        goto fail;
+    }
+    sq_put(q, i, st);
+    if (ret == 1) {
+        st = sq_get(q, ST_JOB_START, &rc);
+        if (!st) {
+            goto fail;
+        }
+        sqlite3_bind_int64(st, 1, out->id);
+        sqlite3_bind_double(st, 2, wall);
+        rc = sqlite3_step(st);
+        sq_put(q, ST_JOB_START, st);
+        if (rc != SQLITE_DONE) {
+            goto fail;
+        }
+        snprintf(out->status, sizeof(out->status), "running");
+        out->attempts++;
+        out->started_at = wall;
+        out->finished_at = 0;
+    }
+    rc = sq_exec(q, own ? ST_COMMIT : ST_JOB_SP_RELEASE);
+    if (rc != SQLITE_OK) {
+        goto fail;
+    }
+    return ret;
+
+fail:
+    ret = sq_fail(q, err, rc, "cannot claim a job of pipeline '%s'", what);
+undo:
+    if (own) {
+        if (!sqlite3_get_autocommit(q->db)) {
+            sq_exec(q, ST_ROLLBACK);
+        }
+    } else {
+        sq_exec(q, ST_JOB_SP_ROLLBACK);
+        sq_exec(q, ST_JOB_SP_RELEASE);
+    }
+    free(out->vars);
+    memset(out, 0, sizeof(*out));
+    return ret;
+}
+
+static int sq_job_finish(void *impl, int64_t id, const char *status, double not_before,
+                         int64_t rows, const char *error, double now, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, ST_JOB_FINISH, &rc);
+    if (st) {
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, status, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 3, strcmp(status, "retry") == 0 ? not_before : 0);
+        if (rows >= 0) {
+            sqlite3_bind_int64(st, 4, rows); /* else NULL: coalesce keeps the count */
+        }
+        if (error && *error) {
+            sqlite3_bind_text(st, 5, error, -1, SQLITE_STATIC);
+        }
+        sqlite3_bind_double(st, 6, now);
+        rc = sqlite3_step(st);
+        sq_put(q, ST_JOB_FINISH, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot finish job %lld as %s", (long long)id, status);
+    }
+    if (sqlite3_changes(q->db) > 0) {
+        return 0;
+    }
+    /* Say why: a job that is not running was not claimed by this caller (or
+     * was re-queued under it), and finishing it would undo someone's work. */
+    char cur[16] = "";
+    st = sq_get(q, ST_JOB_STATUS, &rc);
+    if (st) {
+        sqlite3_bind_int64(st, 1, id);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            copy_text(cur, sizeof(cur), col_text(st, 0));
+        }
+        sq_put(q, ST_JOB_STATUS, st);
+    }
+    if (rc == SQLITE_ROW) {
+        return sl_error_set(err, SL_ERR_INPUT,
+                            "state %s: cannot finish job %lld as %s: it is %s, not running",
+                            q->where, (long long)id, status, cur);
+    }
+    if (rc == SQLITE_DONE) {
+        return sl_error_set(err, SL_ERR_INPUT,
+                            "state %s: cannot finish job %lld as %s: no such job", q->where,
+                            (long long)id, status);
+    }
+    return sq_fail(q, err, rc, "cannot finish job %lld as %s", (long long)id, status);
+}
+
+static int sq_job_requeue_running(void *impl, sl_error *err)
+{
+    sq *q = impl;
+    int rc = sq_exec(q, ST_JOB_REQUEUE_RUNNING);
+    if (rc != SQLITE_OK) {
+        return sq_fail(q, err, rc, "cannot re-queue interrupted jobs");
+    }
+    return sqlite3_changes(q->db);
+}
+
+static int sq_job_requeue_failed(void *impl, const char *pipeline, sl_error *err)
+{
+    sq *q = impl;
+    int i = pipeline ? ST_JOB_REQUEUE_FAILED : ST_JOB_REQUEUE_FAILED_ALL;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, i, &rc);
+    if (st) {
+        if (pipeline) {
+            sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+        }
+        rc = sqlite3_step(st);
+        sq_put(q, i, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot re-queue failed jobs of pipeline '%s'",
+                       pipeline ? pipeline : "*");
+    }
+    return sqlite3_changes(q->db);
+}
+
+static int sq_jobs(void *impl, const char *pipeline, int limit, sl_job_cb cb, void *ud,
+                   sl_error *err)
+{
+    sq *q = impl;
+    int i = pipeline ? ST_JOBS : ST_JOBS_ALL;
+    int rc;
+    int ret = 0;
+    sqlite3_stmt *st = sq_get(q, i, &rc);
+    if (!st) {
+        return sq_fail(q, err, rc, "cannot list jobs of pipeline '%s'", pipeline ? pipeline : "*");
+    }
+    if (pipeline) {
+        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+    }
+    sqlite3_bind_int(st, pipeline ? 2 : 1, limit > 0 ? limit : -1);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        sl_job j;
+        read_job(st, &j, 0);
+        int c = cb(ud, &j);
+        if (c != 0) {
+            ret = c < 0 ? c : 0;
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    if (rc != SQLITE_DONE) {
+        ret = sq_fail(q, err, rc, "cannot list jobs of pipeline '%s'", pipeline ? pipeline : "*");
+    }
+    sq_put(q, i, st);
+    return ret;
+}
+
+static int sq_job_counts(void *impl, const char *pipeline, int64_t counts[5], sl_error *err)
+{
+    static const char *const names[5] = {"queued", "running", "retry", "done", "failed"};
+    sq *q = impl;
+    int i = pipeline ? ST_JOB_COUNTS : ST_JOB_COUNTS_ALL;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, i, &rc);
+    if (st) {
+        if (pipeline) {
+            sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+        }
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            const char *status = col_text(st, 0);
+            for (int k = 0; k < 5; k++) {
+                if (strcmp(status, names[k]) == 0) {
+                    counts[k] = sqlite3_column_int64(st, 1);
+                }
+            }
+        }
+        sq_put(q, i, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot count jobs of pipeline '%s'", pipeline ? pipeline : "*");
+    }
+    return 0;
+}
+
 const struct sl_state_ops sl_state_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -1000,4 +1411,11 @@ const struct sl_state_ops sl_state_sqlite_ops = {
     .dl_delete = sq_dl_delete,
     .dl_bump = sq_dl_bump,
     .dl_count = sq_dl_count,
+    .job_add = sq_job_add,
+    .job_claim = sq_job_claim,
+    .job_finish = sq_job_finish,
+    .job_requeue_running = sq_job_requeue_running,
+    .job_requeue_failed = sq_job_requeue_failed,
+    .jobs = sq_jobs,
+    .job_counts = sq_job_counts,
 };

@@ -571,3 +571,167 @@ int64_t sl_state_dl_count(sl_state *s, const char *pipeline, sl_error *err)
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
+
+/* ---- jobs ----------------------------------------------------------------- */
+
+/* sl_job.kind is char[32], idem_key and order_key char[256]: longer texts
+ * could not be read back whole, and a cut key would break deduplication. */
+#define JOB_KIND_MAX 31
+#define JOB_KEY_MAX 255
+/* A trigger's variables: a few ids and a URL or two. */
+#define JOB_VARS_MAX ((size_t)1024 * 1024)
+#define JOB_ERROR_MAX 4096
+
+void sl_job_clear(sl_job *j)
+{
+    if (!j) {
+        return;
+    }
+    free(j->vars);
+    memset(j, 0, sizeof(*j));
+}
+
+static int job_text_check(sl_state *s, const char *pipeline, const char *what, const char *text,
+                          size_t max, sl_error *err)
+{
+    if (text && strlen(text) > max) {
+        return sl_error_set(err, SL_ERR_LIMIT,
+                            "state %s: cannot store a job for pipeline '%s': %s '%.40s...' is "
+                            "longer than %zu bytes",
+                            s->where, pipeline, what, text, max);
+    }
+    return 0;
+}
+
+int sl_state_job_add(sl_state *s, const char *pipeline, const char *kind, const char *idem_key,
+                     const char *order_key, const char *vars, double expires_at, int64_t *id,
+                     sl_error *err)
+{
+    int rc;
+    pthread_mutex_lock(&s->mu);
+    rc = check_pipeline(s, pipeline, "store a job", err);
+    if (rc < 0) {
+        goto out;
+    }
+    rc = job_text_check(s, pipeline, "kind", kind, JOB_KIND_MAX, err);
+    if (rc == 0) {
+        rc = job_text_check(s, pipeline, "idempotency key", idem_key, JOB_KEY_MAX, err);
+    }
+    if (rc == 0) {
+        rc = job_text_check(s, pipeline, "order key", order_key, JOB_KEY_MAX, err);
+    }
+    if (rc < 0) {
+        goto out;
+    }
+    size_t vlen = vars ? strnlen(vars, JOB_VARS_MAX + 1) : 0;
+    if (vlen > JOB_VARS_MAX) {
+        rc = sl_error_set(err, SL_ERR_LIMIT,
+                          "state %s: cannot store a job for pipeline '%s': its variables are "
+                          "larger than %zu bytes",
+                          s->where, pipeline, JOB_VARS_MAX);
+        goto out;
+    }
+    /* vars are stored as given, not redacted: they may hold a presigned
+     * download URL the job needs. Listings must not print them. */
+    int64_t jid = 0;
+    rc = s->ops->job_add(s->impl, pipeline, kind ? kind : "", idem_key ? idem_key : "",
+                         order_key ? order_key : "", vlen ? vars : "{}", expires_at, sl_state_now(),
+                         &jid, err);
+    if (rc >= 0 && id) {
+        *id = jid;
+    }
+out:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_job_claim(sl_state *s, const char *pipeline, double now, sl_job *out, sl_error *err)
+{
+    if (!out) {
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: cannot claim a job: no output given",
+                            s->where);
+    }
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&s->mu);
+    int rc = pipeline ? check_pipeline(s, pipeline, "claim a job", err) : 0;
+    if (rc == 0) {
+        rc = s->ops->job_claim(s->impl, pipeline, now, sl_state_now(), out, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_job_finish(sl_state *s, int64_t id, const char *status, double not_before,
+                        int64_t rows, const char *error, sl_error *err)
+{
+    if (!status || (strcmp(status, "done") != 0 && strcmp(status, "retry") != 0 &&
+                    strcmp(status, "failed") != 0 && strcmp(status, "queued") != 0)) {
+        return sl_error_set(err, SL_ERR_USAGE,
+                            "state %s: cannot finish job %lld with status '%s' (expected done, "
+                            "retry, failed or queued)",
+                            s->where, (long long)id, status ? status : "(null)");
+    }
+    int rc;
+    pthread_mutex_lock(&s->mu);
+    sl_buf *e = &s->scratch[SCRATCH_ERROR];
+    if (redact_into(e, error, REDACT_WINDOW, JOB_ERROR_MAX) < 0) {
+        rc = sl_error_set(err, SL_ERR_NOMEM, "state %s: cannot finish job %lld: out of memory",
+                          s->where, (long long)id);
+        goto out;
+    }
+    rc = s->ops->job_finish(s->impl, id, status, not_before, rows, sl_buf_cstr(e), sl_state_now(),
+                            err);
+out:
+    scratch_trim(s);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_job_requeue_running(sl_state *s, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = s->ops->job_requeue_running(s->impl, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_job_requeue_failed(sl_state *s, const char *pipeline, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = pipeline ? check_pipeline(s, pipeline, "re-queue failed jobs", err) : 0;
+    if (rc == 0) {
+        rc = s->ops->job_requeue_failed(s->impl, pipeline, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_jobs(sl_state *s, const char *pipeline, int limit, sl_job_cb cb, void *ud,
+                  sl_error *err)
+{
+    if (!cb) {
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: cannot list jobs: no callback given",
+                            s->where);
+    }
+    pthread_mutex_lock(&s->mu);
+    int rc = pipeline ? check_pipeline(s, pipeline, "list jobs", err) : 0;
+    if (rc == 0) {
+        rc = s->ops->jobs(s->impl, pipeline, limit, cb, ud, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl_error *err)
+{
+    for (int i = 0; i < 5; i++) {
+        counts[i] = 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    int rc = pipeline ? check_pipeline(s, pipeline, "count jobs", err) : 0;
+    if (rc == 0) {
+        rc = s->ops->job_counts(s->impl, pipeline, counts, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}

@@ -60,6 +60,28 @@ struct sl_state_ops {
                    sl_error *err);
     /* pipeline NULL = every pipeline. */
     int64_t (*dl_count)(void *impl, const char *pipeline, sl_error *err);
+
+    /* Jobs. idem_key "" = no idempotency key (stored as NULL); order_key ""
+     * = no ordering; expires_at <= 0 = never. 1 stored (*id set), 0 a job
+     * with the same (pipeline, idem_key) exists (*id set to it). */
+    int (*job_add)(void *impl, const char *pipeline, const char *kind, const char *idem_key,
+                   const char *order_key, const char *vars, double expires_at, double now,
+                   int64_t *id, sl_error *err);
+    /* Atomic against every other connection to the same database, whether or
+     * not a transaction is open. now: compared with not_before; wall: the
+     * started_at stored. out->vars is malloc'd. 1 claimed, 0 none. */
+    int (*job_claim)(void *impl, const char *pipeline, double now, double wall, sl_job *out,
+                     sl_error *err);
+    /* Only a running job can be finished. rows < 0 keeps the stored count;
+     * error "" stores NULL. */
+    int (*job_finish)(void *impl, int64_t id, const char *status, double not_before, int64_t rows,
+                      const char *error, double now, sl_error *err);
+    /* Return how many jobs changed, <0 error. pipeline NULL = every pipeline. */
+    int (*job_requeue_running)(void *impl, sl_error *err);
+    int (*job_requeue_failed)(void *impl, const char *pipeline, sl_error *err);
+    /* The sl_job given to cb (vars included) is valid during the call only. */
+    int (*jobs)(void *impl, const char *pipeline, int limit, sl_job_cb cb, void *ud, sl_error *err);
+    int (*job_counts)(void *impl, const char *pipeline, int64_t counts[5], sl_error *err);
 };
 
 struct sl_state {
