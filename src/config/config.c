@@ -44,6 +44,10 @@ static const sl_option pipeline_options[] = {
     {"max_failed", SL_OPT_INT, "-1", 0, NULL,
      "dead-lettered records allowed before the run fails (-1: no limit)"},
     {"workers", SL_OPT_INT, "2", 0, NULL, "with a trigger: jobs that may run at once (1..64)"},
+    {"job_backoff", SL_OPT_DURATION, "15s", 0, NULL,
+     "with a trigger: wait before retrying a failed job, doubled each attempt"},
+    {"job_max_backoff", SL_OPT_DURATION, "30m", 0, NULL,
+     "with a trigger: longest wait between job attempts"},
     {"schedule", SL_OPT_STRING, NULL, 0, NULL, "serve mode: \"every 90m\" or a cron line"},
     {"description", SL_OPT_STRING, NULL, 0, NULL, "free text"},
     SL_OPTIONS_END,
@@ -522,6 +526,8 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
     p->checkpoint_every_ms = 0;
     p->max_failed = -1;
     p->workers = 2;
+    p->job_backoff_ms = 15000;
+    p->job_max_backoff_ms = 1800000;
     cfg_where(p->where, sizeof(p->where), file, nline, ncol);
     p->name = strdup(name);
     if (!p->name) {
@@ -559,6 +565,8 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
         } else {
             p->max_failed = (int)mf;
         }
+        p->job_backoff_ms = sl_opt_duration_ms(po, "job_backoff");
+        p->job_max_backoff_ms = sl_opt_duration_ms(po, "job_max_backoff");
         int64_t w = sl_opt_int(po, "workers");
         if (w < 1 || w > 64) {
             report_range(errors, po, path, "workers", w, "an integer from 1 to 64");

@@ -81,6 +81,8 @@ typedef struct sl_pipeline_cfg {
     char *schedule;              /* "every 90m" or cron, or NULL */
     int max_failed; /* dead-lettered records allowed before the run fails; -1 unlimited */
     int workers;    /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
+    int64_t job_backoff_ms;     /* first wait before a failed job is retried (15s) */
+    int64_t job_max_backoff_ms; /* cap of that wait, doubled per attempt (30m) */
 
     sl_notify_cfg *notify;
     size_t nnotify;

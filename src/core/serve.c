@@ -22,8 +22,6 @@
 #include "net/server.h"
 #include "sluice/log.h"
 
-#define JOB_BACKOFF_BASE_S 15.0
-#define JOB_BACKOFF_MAX_S 1800.0
 
 typedef struct route_ctx {
     sl_config *cfg;
@@ -151,9 +149,10 @@ static void run_job(worker *w, sl_job *job)
         sl_info(pn, "job %" PRId64 " handed back to the queue (shutting down)", job->id);
     } else {
         double now = now_unix();
-        double wait = JOB_BACKOFF_BASE_S * pow(2.0, job->attempts > 0 ? job->attempts - 1 : 0);
-        if (wait > JOB_BACKOFF_MAX_S) {
-            wait = JOB_BACKOFF_MAX_S;
+        double wait = (double)w->p->job_backoff_ms / 1000.0 *
+                      pow(2.0, job->attempts > 0 ? job->attempts - 1 : 0);
+        if (wait > (double)w->p->job_max_backoff_ms / 1000.0) {
+            wait = (double)w->p->job_max_backoff_ms / 1000.0;
         }
         /* bad data, a refused URL or a config problem: retrying cannot help */
         int data_error = res.counts.failed > 0 || res.error_code == SL_ERR_INPUT ||
@@ -167,7 +166,7 @@ static void run_job(worker *w, sl_job *job)
         } else {
             outcome = "retry";
             sl_state_job_finish(w->st, job->id, "retry", now + wait, 0, res.error, &e);
-            sl_warn(pn, "job %" PRId64 " attempt %d failed, retry in %.0fs: %s", job->id,
+            sl_warn(pn, "job %" PRId64 " attempt %d failed, retry in %.1fs: %s", job->id,
                     job->attempts, wait, res.error);
         }
     }
