@@ -147,10 +147,17 @@ typedef struct sl_sink_defaults {
     double rate_burst;
 } sl_sink_defaults;
 
+/* Sink flags */
+/* Acknowledgements are provisional until finish() commits the whole load
+ * (one database transaction): the engine keeps no checkpoint for such a
+ * sink, and an interrupted run starts over instead of resuming. */
+#define SL_SINK_TRANSACTIONAL 0x01
+
 typedef struct sl_sink_plugin {
     const char *name;
     const char *summary;
     const sl_option *options;
+    unsigned flags; /* SL_SINK_* */
     sl_sink_defaults defaults;
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Check the columns records will carry (after steps). Optional. */

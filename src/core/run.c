@@ -637,9 +637,15 @@ static int finalize(runner *r, slot *s, sl_error *err)
     return 0;
 }
 
+static int transactional(const runner *r)
+{
+    return (r->p->sink_plugin->flags & SL_SINK_TRANSACTIONAL) != 0;
+}
+
 static int write_checkpoint(runner *r, sl_error *err)
 {
-    if (r->o->mode != SL_RUN_NORMAL || !r->srcp->checkpoint || !r->have_ckpt) {
+    if (r->o->mode != SL_RUN_NORMAL || !r->srcp->checkpoint || !r->have_ckpt ||
+        transactional(r)) {
         return 0;
     }
     sl_buf_reset(&r->ckpt);
@@ -899,7 +905,9 @@ static int resume_source(runner *r, sl_error *err)
     if (r->o->mode != SL_RUN_NORMAL || !r->st) {
         return 0;
     }
-    if (r->o->from_start) {
+    if (r->o->from_start || transactional(r)) {
+        /* a transactional sink rolled back whatever an interrupted run had
+         * loaded: there is nothing to resume from */
         if (!r->o->dry_run) {
             return sl_state_kv_del(r->st, r->p->name, CHECKPOINT_KEY, err);
         }

@@ -897,6 +897,7 @@ const sl_sink_plugin sl_sink_sql_table = {
     .summary = "load records into a Postgres (COPY) or SQLite table: replace, append or upsert, "
                "one transaction per load",
     .options = sqlt_options,
+    .flags = SL_SINK_TRANSACTIONAL,
     .defaults =
         {
             .batch_records = 5000,
