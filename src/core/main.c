@@ -94,6 +94,10 @@ static void usage(FILE *f)
     for (size_t i = 0; sl_sinks[i]; i++) {
         fprintf(f, " %s", sl_sinks[i]->name);
     }
+    fprintf(f, "\n  triggers:");
+    for (size_t i = 0; sl_triggers[i]; i++) {
+        fprintf(f, " %s", sl_triggers[i]->name);
+    }
     fprintf(f, "\n");
 }
 
@@ -151,6 +155,11 @@ static int cmd_help_topic(const char *topic)
     const sl_step_plugin *st = sl_find_step(topic);
     if (st) {
         print_options("step", st->name, st->summary, st->options);
+        return 0;
+    }
+    const sl_trigger_plugin *tr = sl_find_trigger(topic);
+    if (tr) {
+        print_options("trigger", tr->name, tr->summary, tr->options);
         return 0;
     }
     const sl_sink_plugin *si = sl_find_sink(topic);
