@@ -66,6 +66,12 @@ typedef struct sl_record {
     uint8_t status;     /* sl_rec_status */
     int8_t stage;       /* where it was rejected: -1 source, 0..n-1 step index, 127 sink */
     const char *action; /* borrowed static string ("upsert", "new", "lapsed"...), or NULL */
+    /* The record's input line as read, when a source offers it in the one
+     * dialect sinks may pass through unchanged: RFC 4180 CSV with ',' and
+     * '"', an empty unquoted cell meaning NULL, fields in header order, no
+     * line terminator. raw_len 0 = none. The engine drops it when the
+     * pipeline has steps (they may change the fields). */
+    uint32_t raw_off, raw_len;
     sl_buf reason;      /* why it was rejected/failed (human sentence), owned */
 } sl_record;
 

@@ -294,6 +294,9 @@ static void *reader_main(void *arg)
                 break;
             }
             s->nread++;
+            if (r->p->nsteps > 0) {
+                rec->raw_len = 0; /* steps may change the fields: the raw line is stale */
+            }
             if (first) {
                 s->b.start_pos = rec->pos;
                 s->b.start_line = rec->line;

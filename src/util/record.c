@@ -54,6 +54,7 @@ void sl_record_reset(sl_record *r)
     r->status = SL_REC_OK;
     r->stage = 0;
     r->action = NULL;
+    r->raw_off = r->raw_len = 0;
 }
 
 sl_field *sl_record_add(sl_record *r, const char *name, uint32_t name_len)
@@ -326,6 +327,8 @@ int sl_record_copy(sl_record *dst, const sl_record *src)
     dst->status = src->status;
     dst->stage = src->stage;
     dst->action = src->action;
+    dst->raw_off = src->raw_off;
+    dst->raw_len = src->raw_len;
     return 0;
 }
 

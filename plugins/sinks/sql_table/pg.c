@@ -602,6 +602,21 @@ enum { ROW_OK = 0, ROW_BAD = 1, ROW_TOO_BIG = 2 };
 static int put_row(pgb *p, sl_record *r, size_t ncols)
 {
     sl_buf *d = &p->data;
+    if (r->raw_len && sqlt_raw_ok(p->cfg->sink) &&
+        !(r->raw_len == 2 && r->data.data[r->raw_off] == '\\' &&
+          r->data.data[r->raw_off + 1] == '.')) {
+        /* The line as read is already COPY (FORMAT csv) input: the server
+         * parses and validates it (a bad row is isolated from its error's
+         * line number like any other). "\." alone would end the COPY. */
+        if (sl_buf_reserve(d, (size_t)r->raw_len + 1) < 0) {
+            return ROW_TOO_BIG;
+        }
+        memcpy(d->data + d->len, r->data.data + r->raw_off, r->raw_len);
+        d->len += r->raw_len;
+        d->data[d->len++] = '\n';
+        d->data[d->len] = '\0';
+        return ROW_OK;
+    }
     char num[SQLT_NUM_MAX];
     for (size_t j = 0; j < ncols; j++) {
         const char *v = NULL;

@@ -46,6 +46,7 @@ struct sqlt_sink {
     size_t nkey;
     int create;
     int empty_as_null;
+    int raw_ok; /* records' raw CSV lines may be sent as they are (see record.h) */
     newcols newcols;
     sqlt_cols cols;
     size_t *keycol; /* index in cols of each key column */
@@ -277,6 +278,11 @@ int sqlt_value_ok(const sqlt_sink *s, sl_record *r, size_t j, const char *v, siz
     sl_record_fail(r, "line %" PRIu64 ": column '%s': %s at byte %zu", r->line, s->cols.name[j],
                    v[bad] ? "invalid UTF-8" : "NUL byte", bad + 1);
     return 0;
+}
+
+int sqlt_raw_ok(const sqlt_sink *s)
+{
+    return s->raw_ok;
 }
 
 const sqlt_cols *sqlt_sink_cols(const sqlt_sink *s)
@@ -781,6 +787,13 @@ static int sqlt_columns(void *self, const char *const *cols, size_t n, sl_error 
         return sl_error_set(err, SL_ERR, "%s: columns given twice", s->label);
     }
     int rc = load_begin(s, cols, n, err);
+    /* Raw lines carry every header column in header order, with an empty
+     * unquoted cell as NULL: usable when the load takes exactly those
+     * columns in that order and keeps "" as an empty string. */
+    s->raw_ok = !s->empty_as_null && s->cols.n == n;
+    for (size_t j = 0; s->raw_ok && j < s->cols.n; j++) {
+        s->raw_ok = s->cols.hint[j] == j;
+    }
     if (rc == 0 && !s->cfg.dry_run) {
         return 0;
     }

@@ -113,6 +113,8 @@ int sqlt_value_ok(const sqlt_sink *s, sl_record *r, size_t j, const char *v, siz
                   size_t from);
 /* The load columns (valid from the call of stage on). */
 const sqlt_cols *sqlt_sink_cols(const sqlt_sink *s);
+/* 1 when records' raw CSV lines (sl_record.raw_*) can be sent unchanged. */
+int sqlt_raw_ok(const sqlt_sink *s);
 
 /* First line of a (library) message, trimmed, into dst. Returns dst. */
 char *sqlt_first_line(char *dst, size_t cap, const char *msg);

@@ -90,6 +90,7 @@ typedef struct csv_src {
     unsigned char delim, quote;
     int trim, skip_blank, has_header;
     int empty_null; /* empty unquoted cell -> NULL */
+    int raw;        /* offer each row's bytes as rec->raw (see record.h) */
     size_t max_row;
 
     /* Window over the decompressed stream: buf[start, end) is unread. */
@@ -607,6 +608,14 @@ static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *er
                                     sl_reader_name(s->r), (unsigned long long)rec->line,
                                     rc == SL_ERR_NOMEM ? "out of memory" : "record size limit");
             }
+            if (s->raw && rec->status == SL_REC_OK && row.len > 0 && row.len < UINT32_MAX) {
+                /* the row as read: a COPY-compatible sink can send it as is */
+                size_t off = rec->data.len;
+                if (sl_buf_append(&rec->data, s->buf + row.off, row.len) == 0) {
+                    rec->raw_off = (uint32_t)off;
+                    rec->raw_len = (uint32_t)row.len;
+                }
+            }
             s->start = row.next;
             s->line += 1 + row.lines;
             *next_pos = s->base + s->start;
@@ -930,6 +939,8 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
                           sl_opt_where(o, "quote"));
         goto fail;
     }
+    /* rows read with PostgreSQL's CSV rules can be passed through as read */
+    s->raw = s->empty_null && !s->trim && s->has_header && s->delim == ',' && s->quote == '"';
     int64_t max_row = sl_opt_size(o, "max_row_bytes");
     if (max_row < CSV_MIN_ROW || max_row > CSV_MAX_ROW) {
         rc = sl_error_set(err, SL_ERR_CONFIG,
@@ -1066,6 +1077,29 @@ static int seek_to(csv_src *s, uint64_t pos, sl_error *err)
     return 0;
 }
 
+/* Whether string j of a checkpoint is what src_checkpoint wrote for text.
+ * The JSON writer replaces bytes that are not UTF-8 (a Latin-1 header or
+ * file name) with U+FFFD, so such text compares by its escaped form. */
+static int same_as_written(const char *text, size_t len, const json_t *j)
+{
+    if (!json_is_string(j)) {
+        return 0;
+    }
+    const char *v = json_string_value(j);
+    size_t vlen = json_string_length(j);
+    if (vlen == len && memcmp(v, text, len) == 0) {
+        return 1;
+    }
+    sl_buf a, b;
+    sl_buf_init(&a, 0);
+    sl_buf_init(&b, 0);
+    int same = sl_json_escape(&a, text, len) == 0 && sl_json_escape(&b, v, vlen) == 0 &&
+               a.len == b.len && memcmp(sl_buf_cstr(&a), sl_buf_cstr(&b), a.len) == 0;
+    sl_buf_free(&a);
+    sl_buf_free(&b);
+    return same;
+}
+
 static int src_resume(void *self, const char *checkpoint, sl_error *err)
 {
     csv_src *s = self;
@@ -1091,7 +1125,7 @@ static int src_resume(void *self, const char *checkpoint, sl_error *err)
                           name);
         goto done;
     }
-    if (json_is_string(jin) && strcmp(json_string_value(jin), name) != 0) {
+    if (json_is_string(jin) && !same_as_written(name, strlen(name), jin)) {
         rc = sl_error_set(err, SL_ERR_INPUT,
                           "%s: the interrupted run was reading '%s', not this input; use "
                           "--from-start",
@@ -1100,9 +1134,7 @@ static int src_resume(void *self, const char *checkpoint, sl_error *err)
     }
     int same = json_array_size(jcols) == s->ncols;
     for (size_t i = 0; same && i < s->ncols; i++) {
-        json_t *c = json_array_get(jcols, i);
-        same = json_is_string(c) && json_string_length(c) == s->col_len[i] &&
-               memcmp(json_string_value(c), s->cols[i], s->col_len[i]) == 0;
+        same = same_as_written(s->cols[i], s->col_len[i], json_array_get(jcols, i));
     }
     if (!same) {
         rc = sl_error_set(err, SL_ERR_INPUT,
