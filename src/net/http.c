@@ -166,9 +166,9 @@ size_t sl_http_url_for_log(const char *url, char *out, size_t cap)
         }
     }
     if (!ok) {
-        const char *m = "[malformed URL]";
-        while (*m) {
-            PUT(*m++);
+        /* PUT skips its argument once out is full: never advance inside it */
+        for (const char *m = "[malformed URL]"; *m; m++) {
+            PUT(*m);
         }
         out[n] = '\0';
         return n;

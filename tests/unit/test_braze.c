@@ -275,7 +275,7 @@ static void test_encode_nothing_to_send(void **state)
 static void test_encode_options(void **state)
 {
     sink s;
-    const char *pairs[] = {"url=http://127.0.0.1:9/users/track", "api_key=" KEY, "bulk=false",
+    const char *pairs[] = {"url=http://127.0.0.1:9/users/track", ("api_key=" KEY), "bulk=false",
                            "skip_empty=false", "key=user_id"};
     sink_open(&s, &sl_sink_braze, pairs, 5);
     sl_batch b;
@@ -642,7 +642,7 @@ static void test_http_decode(void **state)
     sl_batch_free(&b);
     sink_close(&s);
 
-    const char *both[] = {"url=" BASE, "bearer_token=abcdef", "basic_user=u"};
+    const char *both[] = {("url=" BASE), "bearer_token=abcdef", "basic_user=u"};
     sl_buf errs;
     sl_buf_init(&errs, 0);
     sl_opts *o = sl_opts_from_pairs(sl_sink_http.options, both, 3, &errs);

@@ -516,6 +516,16 @@ static void test_url_for_log(void **state)
     char small[8];
     assert_int_equal(sl_http_url_for_log("https://example.com/", small, sizeof(small)), 7);
     assert_string_equal(small, "https:/");
+    /* a malformed URL whose scheme fills the output: this looped forever
+     * (found by fuzz_guard) */
+    char big[700];
+    memset(big, 'a', 600);
+    snprintf(big + 600, sizeof(big) - 600, "://u:x/y@host:t/");
+    char out[512];
+    assert_int_equal(sl_http_url_for_log(big, out, sizeof(out)), 511);
+    assert_memory_equal(out, big, 511);
+    assert_int_equal(sl_http_url_for_log(big, small, sizeof(small)), 7);
+    assert_string_equal(small, "aaaaaaa");
 }
 
 static void test_retry_after_parse(void **state)
