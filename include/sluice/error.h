@@ -7,11 +7,11 @@
 
 enum sl_errcode {
     SL_OK = 0,
-    SL_ERR = -1,         /* generic failure */
-    SL_ERR_CONFIG = -2,  /* configuration is invalid */
-    SL_ERR_IO = -3,      /* file / network / database I/O */
-    SL_ERR_INPUT = -4,   /* input data is not what was expected */
-    SL_ERR_LIMIT = -5,   /* a hard size limit was hit */
+    SL_ERR = -1,        /* generic failure */
+    SL_ERR_CONFIG = -2, /* configuration is invalid */
+    SL_ERR_IO = -3,     /* file / network / database I/O */
+    SL_ERR_INPUT = -4,  /* input data is not what was expected */
+    SL_ERR_LIMIT = -5,  /* a hard size limit was hit */
     SL_ERR_NOMEM = -6,
     SL_ERR_USAGE = -7,
     SL_ERR_INTERRUPTED = -8,

@@ -16,18 +16,18 @@
 #include "sluice/error.h"
 
 typedef struct sl_http_opts {
-    int concurrency;          /* max simultaneous requests (connections); default 8 */
-    double rate_per_sec;      /* token bucket refill; 0 = unlimited */
-    double rate_burst;        /* bucket size; 0 = max(1, rate_per_sec) */
-    long connect_timeout_ms;  /* default 10000 */
-    long timeout_ms;          /* whole request; default 120000 */
-    int max_attempts;         /* default 8; 1 = no retry */
-    long backoff_base_ms;     /* default 500 */
-    long backoff_max_ms;      /* default 60000; also caps an honoured Retry-After */
-    size_t max_response;      /* response bytes kept; default 1 MiB (rest discarded, not an error) */
-    int insecure;             /* 1 = do not verify TLS (never default; explicit option only) */
-    const char *ca_file;      /* optional CA bundle */
-    const char *log_prefix;   /* e.g. "sink:braze:users" */
+    int concurrency;         /* max simultaneous requests (connections); default 8 */
+    double rate_per_sec;     /* token bucket refill; 0 = unlimited */
+    double rate_burst;       /* bucket size; 0 = max(1, rate_per_sec) */
+    long connect_timeout_ms; /* default 10000 */
+    long timeout_ms;         /* whole request; default 120000 */
+    int max_attempts;        /* default 8; 1 = no retry */
+    long backoff_base_ms;    /* default 500 */
+    long backoff_max_ms;     /* default 60000; also caps an honoured Retry-After */
+    size_t max_response;     /* response bytes kept; default 1 MiB (rest discarded, not an error) */
+    int insecure;            /* 1 = do not verify TLS (never default; explicit option only) */
+    const char *ca_file;     /* optional CA bundle */
+    const char *log_prefix;  /* e.g. "sink:braze:users" */
     /* Optional download guard (sluice/guard.h), borrowed: it must outlive the
      * clients and streams made with these options. When set, every URL must
      * pass sl_guard_check_url (refused at submit/open) and every connection
@@ -57,23 +57,23 @@ void sl_http_req_reset(sl_http_req *r);
 int sl_http_req_header(sl_http_req *r, const char *name, const char *fmt, ...) SL_PRINTF(3, 4);
 
 typedef enum sl_http_class {
-    SL_HTTP_OK = 0,    /* 2xx */
-    SL_HTTP_RETRY,     /* transport error, 408, 429, 5xx */
-    SL_HTTP_CLIENT,    /* other 4xx (and 1xx/3xx left over): do not retry */
+    SL_HTTP_OK = 0, /* 2xx */
+    SL_HTTP_RETRY,  /* transport error, 408, 429, 5xx */
+    SL_HTTP_CLIENT, /* other 4xx (and 1xx/3xx left over): do not retry */
 } sl_http_class;
 
 sl_http_class sl_http_classify(long status);
 
 typedef struct sl_http_resp {
-    long status;          /* 0 when no HTTP answer (transport error) */
-    const char *body;     /* NUL-terminated, at most max_response bytes; never NULL */
+    long status;      /* 0 when no HTTP answer (transport error) */
+    const char *body; /* NUL-terminated, at most max_response bytes; never NULL */
     size_t body_len;
     const char *content_type; /* or "" */
-    double retry_after_s; /* < 0 when absent */
-    int attempts;         /* attempts made */
-    int gave_up;          /* 1 when the last answer was retryable but attempts ran out */
-    double elapsed_s;     /* over all attempts */
-    char error[256];      /* transport error text when status == 0 */
+    double retry_after_s;     /* < 0 when absent */
+    int attempts;             /* attempts made */
+    int gave_up;              /* 1 when the last answer was retryable but attempts ran out */
+    double elapsed_s;         /* over all attempts */
+    char error[256];          /* transport error text when status == 0 */
 } sl_http_resp;
 
 typedef struct sl_http sl_http;

@@ -22,7 +22,7 @@
 
 typedef enum sl_opt_type {
     SL_OPT_STRING = 0,
-    SL_OPT_INT,      /* 64-bit integer */
+    SL_OPT_INT, /* 64-bit integer */
     SL_OPT_FLOAT,
     SL_OPT_BOOL,     /* true/false/yes/no/on/off */
     SL_OPT_DURATION, /* "250ms", "3s", "90m", "6h", "1d" or a bare number of seconds */
@@ -44,7 +44,10 @@ typedef struct sl_option {
     const char *help;    /* one line, shown by `sluice help` and docs */
 } sl_option;
 
-#define SL_OPTIONS_END {NULL, 0, NULL, 0, NULL, NULL}
+#define SL_OPTIONS_END                                                                             \
+    {                                                                                              \
+        NULL, 0, NULL, 0, NULL, NULL                                                               \
+    }
 
 /* Validated option values of one plugin instance. Accessors return the
  * configured value, else the table default, else 0/NULL. They may only be
@@ -59,9 +62,9 @@ double sl_opt_float(const sl_opts *o, const char *name);
 int sl_opt_bool(const sl_opts *o, const char *name);
 int64_t sl_opt_duration_ms(const sl_opts *o, const char *name);
 int64_t sl_opt_size(const sl_opts *o, const char *name);
-size_t sl_opt_count(const sl_opts *o, const char *name); /* LIST/MAP entries */
-const char *sl_opt_item(const sl_opts *o, const char *name, size_t i);   /* LIST item / MAP value */
-const char *sl_opt_key(const sl_opts *o, const char *name, size_t i);    /* MAP key */
+size_t sl_opt_count(const sl_opts *o, const char *name);               /* LIST/MAP entries */
+const char *sl_opt_item(const sl_opts *o, const char *name, size_t i); /* LIST item / MAP value */
+const char *sl_opt_key(const sl_opts *o, const char *name, size_t i);  /* MAP key */
 /* "file:line:col" of the option (or of the plugin block when unset), for messages. */
 const char *sl_opt_where(const sl_opts *o, const char *name);
 
@@ -167,11 +170,11 @@ typedef struct sl_sink_plugin {
      * pool, rate limit and retries. encode fills req from the batch's OK
      * records; it may set a record's status to SL_REC_SKIP (nothing to send
      * for it) and, when no record is left, leave req->body empty: the batch
-     * is then acknowledged without a request. decode sees the final answer (2xx or a non-retryable status, or
-     * a retryable one whose attempts ran out, resp->gave_up) and returns the
-     * verdict, marking individual records with sl_record_reject(rec,
-     * SL_STAGE_SINK, ...) + status FAILED for per-record errors. Without
-     * decode: 2xx OK, 401/403 FATAL, gave_up FATAL, other statuses FAIL. */
+     * is then acknowledged without a request. decode sees the final answer (2xx or a non-retryable
+     * status, or a retryable one whose attempts ran out, resp->gave_up) and returns the verdict,
+     * marking individual records with sl_record_reject(rec, SL_STAGE_SINK, ...) + status FAILED for
+     * per-record errors. Without decode: 2xx OK, 401/403 FATAL, gave_up FATAL, other statuses FAIL.
+     */
     int (*encode)(void *self, sl_batch *b, sl_http_req *req, sl_error *err);
     sl_verdict (*decode)(void *self, sl_batch *b, const sl_http_resp *resp, sl_error *err);
 

@@ -29,8 +29,9 @@ const char *sl_type_name(sl_type t);
 /* Field flags */
 #define SL_FIELD_OMIT 0x01  /* present in the input but not to be sent (e.g. empty cell) */
 #define SL_FIELD_FIXED 0x02 /* type decided (e.g. by a cast): later inference leaves it alone */
-#define SL_FIELD_NUMTEXT 0x04 /* INT/FLOAT whose input text (toff/tlen) is a valid JSON
-                                 number: writers copy it instead of formatting the double */
+#define SL_FIELD_NUMTEXT                                                                           \
+    0x04 /* INT/FLOAT whose input text (toff/tlen) is a valid JSON                                 \
+            number: writers copy it instead of formatting the double */
 
 typedef struct sl_field {
     const char *name; /* borrowed, see above */
@@ -72,7 +73,7 @@ typedef struct sl_record {
      * line terminator. raw_len 0 = none. The engine drops it when the
      * pipeline has steps (they may change the fields). */
     uint32_t raw_off, raw_len;
-    sl_buf reason;      /* why it was rejected/failed (human sentence), owned */
+    sl_buf reason; /* why it was rejected/failed (human sentence), owned */
 } sl_record;
 
 #define SL_STAGE_SOURCE (-1)
@@ -131,11 +132,11 @@ typedef struct sl_batch {
     uint64_t seq;       /* engine-assigned, increases by one per batch */
     uint64_t start_pos; /* position of the first record */
     uint64_t start_line;
-    uint64_t end_pos;   /* position just past the last record */
+    uint64_t end_pos; /* position just past the last record */
     uint64_t end_line;
-    size_t nsend;       /* records with status OK */
-    size_t bytes;       /* approximate payload size of OK records */
-    int attempts;       /* delivery attempts so far */
+    size_t nsend; /* records with status OK */
+    size_t bytes; /* approximate payload size of OK records */
+    int attempts; /* delivery attempts so far */
 } sl_batch;
 
 void sl_batch_init(sl_batch *b);

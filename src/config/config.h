@@ -79,9 +79,9 @@ typedef struct sl_pipeline_cfg {
     int64_t timeout_ms;          /* retry.timeout (per request), default 120s */
     int64_t checkpoint_every_ms; /* unused placeholder for serve mode; default 0 */
     char *schedule;              /* "every 90m" or cron, or NULL */
-    int max_failed; /* dead-lettered records allowed before the run fails; -1 unlimited */
-    int workers;    /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
-    int64_t job_backoff_ms;     /* first wait before a failed job is retried (15s) */
+    int max_failed;         /* dead-lettered records allowed before the run fails; -1 unlimited */
+    int workers;            /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
+    int64_t job_backoff_ms; /* first wait before a failed job is retried (15s) */
     int64_t job_max_backoff_ms; /* cap of that wait, doubled per attempt (30m) */
 
     sl_notify_cfg *notify;

@@ -47,8 +47,7 @@ int sl_ctx_stopping(const sl_ctx *c)
 int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err)
 {
     if (!c->state) {
-        return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name,
-                            key);
+        return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name, key);
     }
     return sl_state_kv_get(c->state, c->pipeline, key, out, err);
 }
@@ -56,8 +55,7 @@ int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err)
 int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, sl_error *err)
 {
     if (!c->state) {
-        return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name,
-                            key);
+        return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name, key);
     }
     return sl_state_kv_set(c->state, c->pipeline, key, value, len, err);
 }

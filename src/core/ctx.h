@@ -8,10 +8,10 @@
 #include "state/state.h"
 
 struct sl_ctx {
-    char name[192];     /* "sink:braze:users" */
+    char name[192]; /* "sink:braze:users" */
     char pipeline[128];
     int dry_run;
-    sl_state *state;    /* borrowed; may be NULL (tests, dry runs) */
+    sl_state *state;             /* borrowed; may be NULL (tests, dry runs) */
     volatile sig_atomic_t *stop; /* borrowed; may be NULL */
 };
 

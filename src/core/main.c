@@ -70,8 +70,9 @@ static const cmd_help commands[] = {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "sluice %s: move people data between files, warehouses and APIs, correctly.\n\n"
-               "Usage:\n",
+    fprintf(f,
+            "sluice %s: move people data between files, warehouses and APIs, correctly.\n\n"
+            "Usage:\n",
             SLUICE_VERSION);
     for (const cmd_help *c = commands; c->name; c++) {
         fprintf(f, "  %s\n", c->usage);
@@ -104,15 +105,24 @@ static void usage(FILE *f)
 static const char *opt_type_name(sl_opt_type t)
 {
     switch (t) {
-    case SL_OPT_STRING: return "string";
-    case SL_OPT_INT: return "integer";
-    case SL_OPT_FLOAT: return "number";
-    case SL_OPT_BOOL: return "boolean";
-    case SL_OPT_DURATION: return "duration";
-    case SL_OPT_SIZE: return "size";
-    case SL_OPT_ENUM: return "enum";
-    case SL_OPT_LIST: return "list";
-    case SL_OPT_MAP: return "map";
+    case SL_OPT_STRING:
+        return "string";
+    case SL_OPT_INT:
+        return "integer";
+    case SL_OPT_FLOAT:
+        return "number";
+    case SL_OPT_BOOL:
+        return "boolean";
+    case SL_OPT_DURATION:
+        return "duration";
+    case SL_OPT_SIZE:
+        return "size";
+    case SL_OPT_ENUM:
+        return "enum";
+    case SL_OPT_LIST:
+        return "list";
+    case SL_OPT_MAP:
+        return "map";
     }
     return "?";
 }
@@ -174,8 +184,9 @@ static int cmd_help_topic(const char *topic)
         printf("\n");
         return 0;
     }
-    fprintf(stderr, "sluice: no help for '%s' (expected a command or a plugin name; see "
-                    "sluice --help)\n",
+    fprintf(stderr,
+            "sluice: no help for '%s' (expected a command or a plugin name; see "
+            "sluice --help)\n",
             topic);
     return SL_EXIT_USAGE;
 }
@@ -221,8 +232,7 @@ static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int
     }
     double rate = res->duration_s > 0 ? (double)res->counts.read / res->duration_s : 0;
     printf("%s: %s (%s)\n", p->name, res->status, res->input);
-    printf("  read %" PRIu64 "  sent %" PRIu64 "  dead-lettered %" PRIu64 "  skipped %" PRIu64
-           "\n",
+    printf("  read %" PRIu64 "  sent %" PRIu64 "  dead-lettered %" PRIu64 "  skipped %" PRIu64 "\n",
            res->counts.read, res->counts.sent, res->counts.failed, res->counts.skipped);
     printf("  requests %" PRIu64 "  retries %" PRIu64 "  %.2fs  %.0f records/s\n",
            res->counts.requests, res->counts.retries, res->duration_s, rate);
@@ -286,8 +296,9 @@ static int cmd_run(const cli *c, sl_run_mode mode)
             continue;
         }
         if (p->trigger_plugin && mode == SL_RUN_NORMAL) {
-            fprintf(stderr, "sluice: %s has a trigger: its jobs run under `sluice serve` "
-                            "(or `sluice retry %s` for failed ones)\n",
+            fprintf(stderr,
+                    "sluice: %s has a trigger: its jobs run under `sluice serve` "
+                    "(or `sluice retry %s` for failed ones)\n",
                     p->name, p->name);
             result = worse(result, SL_EXIT_USAGE);
             continue;
@@ -312,8 +323,7 @@ static int cmd_check(const cli *c)
     if (!cfg) {
         return code;
     }
-    printf("%s: OK, %zu pipeline%s:", c->config, cfg->npipelines,
-           cfg->npipelines == 1 ? "" : "s");
+    printf("%s: OK, %zu pipeline%s:", c->config, cfg->npipelines, cfg->npipelines == 1 ? "" : "s");
     for (size_t i = 0; i < cfg->npipelines; i++) {
         printf(" %s", cfg->pipelines[i].name);
     }
@@ -552,9 +562,9 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "check") == 0) {
         rc = cmd_check(&c);
     } else if (strcmp(cmd, "status") == 0) {
-        rc = c.nnames > 1 ? (fprintf(stderr, "sluice: status takes at most one pipeline\n"),
-                             SL_EXIT_USAGE)
-                          : cmd_status(&c);
+        rc = c.nnames > 1
+                 ? (fprintf(stderr, "sluice: status takes at most one pipeline\n"), SL_EXIT_USAGE)
+                 : cmd_status(&c);
     } else if (strcmp(cmd, "retry") == 0) {
         if (c.nnames != 1) {
             fprintf(stderr, "sluice: retry needs exactly one PIPELINE (usage: %s)\n",
@@ -569,8 +579,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "sluice: '%s' is not available in this version yet\n", cmd);
         rc = SL_EXIT_USAGE;
     } else {
-        fprintf(stderr, "sluice: unknown command '%s' (expected run, serve, check, status, "
-                        "retry, fanout, worker or help)\n",
+        fprintf(stderr,
+                "sluice: unknown command '%s' (expected run, serve, check, status, "
+                "retry, fanout, worker or help)\n",
                 cmd);
         rc = SL_EXIT_USAGE;
     }

@@ -64,8 +64,8 @@ void sl_notify_run(const sl_pipeline_cfg *p, const sl_run_result *res, const cha
         if (sl_http_do(&o, &req, &resp, &store, &err) < 0) {
             sl_warn("notify", "summary of %s not delivered: %s", p->name, err.msg);
         } else if (resp.status < 200 || resp.status >= 300) {
-            sl_warn("notify", "summary of %s not delivered: HTTP %ld: %.200s", p->name,
-                    resp.status, resp.body);
+            sl_warn("notify", "summary of %s not delivered: HTTP %ld: %.200s", p->name, resp.status,
+                    resp.body);
         } else {
             sl_debug("notify", "summary of %s delivered (HTTP %ld)", p->name, resp.status);
         }

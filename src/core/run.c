@@ -578,8 +578,9 @@ static int finalize(runner *r, slot *s, sl_error *err)
             }
         }
         r->consecutive_fail++;
-        sl_warn(sl_ctx_name(r->sink_ctx), "batch of %zu records (lines %" PRIu64 "-%" PRIu64
-                ") dead-lettered: %s", s->b.nsend, s->b.start_line, s->b.end_line - 1, s->err.msg);
+        sl_warn(sl_ctx_name(r->sink_ctx),
+                "batch of %zu records (lines %" PRIu64 "-%" PRIu64 ") dead-lettered: %s",
+                s->b.nsend, s->b.start_line, s->b.end_line - 1, s->err.msg);
         if (r->consecutive_fail >= MAX_CONSECUTIVE_FAILED_BATCHES) {
             sl_error e;
             sl_error_set(&e, SL_ERR_IO,
@@ -601,7 +602,9 @@ static int finalize(runner *r, slot *s, sl_error *err)
                 return SL_ERR;
             }
             break;
-        case SL_REC_SKIP: r->counts.skipped++; break;
+        case SL_REC_SKIP:
+            r->counts.skipped++;
+            break;
         case SL_REC_REJECTED:
         case SL_REC_FAILED:
             r->counts.failed++;
@@ -629,7 +632,7 @@ static int finalize(runner *r, slot *s, sl_error *err)
         }
         sl_error e;
         sl_error_set(&e, SL_ERR_INPUT,
-                     "%" PRIu64 " record(s) dead-lettered, more than max_failed (%d); %s", 
+                     "%" PRIu64 " record(s) dead-lettered, more than max_failed (%d); %s",
                      r->counts.failed, r->p->max_failed, why);
         set_fatal(r, &e);
     }
@@ -647,8 +650,7 @@ static int transactional(const runner *r)
 
 static int write_checkpoint(runner *r, sl_error *err)
 {
-    if (r->o->mode != SL_RUN_NORMAL || !r->srcp->checkpoint || !r->have_ckpt ||
-        transactional(r)) {
+    if (r->o->mode != SL_RUN_NORMAL || !r->srcp->checkpoint || !r->have_ckpt || transactional(r)) {
         return 0;
     }
     sl_buf_reset(&r->ckpt);
@@ -715,7 +717,8 @@ static void show_progress(runner *r, double t0, int final)
                  left);
     }
     if (r->o->progress) {
-        fprintf(stderr, "\r%s: %" PRId64 " read, %" PRIu64 " sent, %" PRIu64
+        fprintf(stderr,
+                "\r%s: %" PRId64 " read, %" PRIu64 " sent, %" PRIu64
                 " failed, %.0f rec/s%s\033[K%s",
                 r->p->name, nread, r->counts.sent, r->counts.failed, rate, eta, final ? "\n" : "");
         fflush(stderr);
@@ -994,7 +997,7 @@ static void resolve_settings(runner *r)
 {
     const sl_pipeline_cfg *p = r->p;
     const sl_sink_defaults *d = &p->sink_plugin->defaults;
-    r->batch_records = p->batch_records > 0 ? p->batch_records
+    r->batch_records = p->batch_records > 0   ? p->batch_records
                        : d->batch_records > 0 ? d->batch_records
                                               : 500;
     if (d->max_batch_records > 0 && r->batch_records > d->max_batch_records) {
@@ -1003,7 +1006,7 @@ static void resolve_settings(runner *r)
         r->batch_records = d->max_batch_records;
     }
     r->max_batch_n = r->batch_records * 2 + 64;
-    r->batch_bytes = p->batch_bytes > 0 ? p->batch_bytes
+    r->batch_bytes = p->batch_bytes > 0   ? p->batch_bytes
                      : d->batch_bytes > 0 ? d->batch_bytes
                                           : (int64_t)4 << 20;
     r->concurrency = p->concurrency > 0 ? p->concurrency : d->concurrency > 0 ? d->concurrency : 4;
@@ -1074,7 +1077,8 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
         sl_http_opts ho;
         sl_http_opts_default(&ho);
         ho.concurrency = r->concurrency;
-        double rate = p->rate_per_sec >= 0 ? p->rate_per_sec : p->sink_plugin->defaults.rate_per_sec;
+        double rate =
+            p->rate_per_sec >= 0 ? p->rate_per_sec : p->sink_plugin->defaults.rate_per_sec;
         double burst = p->rate_per_sec >= 0 ? p->rate_burst : p->sink_plugin->defaults.rate_burst;
         ho.rate_per_sec = rate > 0 ? rate : 0;
         ho.rate_burst = burst > 0 ? burst : 0;
@@ -1141,8 +1145,7 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
                      "interrupted; progress is saved, run again to resume");
     } else {
         /* end of input and everything finalized: let the sink commit */
-        if (p->sink_plugin->finish && !o->dry_run &&
-            p->sink_plugin->finish(r->sink, 1, &err) < 0) {
+        if (p->sink_plugin->finish && !o->dry_run && p->sink_plugin->finish(r->sink, 1, &err) < 0) {
             goto out;
         }
         exit_code = r->counts.failed ? SL_EXIT_PARTIAL : SL_EXIT_OK;

@@ -22,7 +22,6 @@
 #include "net/server.h"
 #include "sluice/log.h"
 
-
 typedef struct route_ctx {
     sl_config *cfg;
     sl_pipeline_cfg *p;
@@ -78,8 +77,9 @@ static void on_webhook(void *ud, const sl_webhook_req *req, sl_server_resp *resp
         } else if (rc_add == 0) {
             status = 200;
             sl_buf_printf(&answer, "{\"status\":\"duplicate\",\"job\":%" PRId64 "}", id);
-            sl_info(sl_ctx_name(rc->ctx), "webhook %s for %s redelivered: job %" PRId64
-                    " already stored", job.idem_key, job.order_key, id);
+            sl_info(sl_ctx_name(rc->ctx),
+                    "webhook %s for %s redelivered: job %" PRId64 " already stored", job.idem_key,
+                    job.order_key, id);
             result = "duplicate";
         } else {
             sl_buf_printf(&answer, "{\"status\":\"queued\",\"job\":%" PRId64 "}", id);
@@ -161,7 +161,8 @@ static void run_job(worker *w, sl_job *job)
             outcome = "failed";
             sl_state_job_finish(w->st, job->id, "failed", 0, 0, res.error, &e);
             sl_error_log(pn, "job %" PRId64 " failed%s: %s", job->id,
-                         data_error ? " (not retried: retrying cannot fix it)" : " (its URL has expired)",
+                         data_error ? " (not retried: retrying cannot fix it)"
+                                    : " (its URL has expired)",
                          res.error);
         } else {
             outcome = "retry";

@@ -10,8 +10,8 @@
 typedef struct sl_server sl_server;
 
 typedef struct sl_server_resp {
-    int status;               /* default 200 */
-    char content_type[64];    /* default "text/plain; charset=utf-8" */
+    int status;            /* default 200 */
+    char content_type[64]; /* default "text/plain; charset=utf-8" */
     sl_buf body;
 } sl_server_resp;
 

@@ -336,8 +336,8 @@ int sl_state_run_begin(sl_state *s, const char *pipeline, const char *input, int
     /* The input name may be a URL with a token in its query string. */
     if (redact_into(in, input, REDACT_WINDOW, RUN_INPUT_MAX) < 0) {
         rc = sl_error_set(err, SL_ERR_NOMEM,
-                          "state %s: cannot start a run of pipeline '%s': out of memory",
-                          s->where, pipeline);
+                          "state %s: cannot start a run of pipeline '%s': out of memory", s->where,
+                          pipeline);
         goto out;
     }
     int64_t id = 0;
@@ -354,8 +354,7 @@ out:
 int sl_state_run_update(sl_state *s, int64_t run_id, const sl_counts *c, sl_error *err)
 {
     if (!c) {
-        return sl_error_set(err, SL_ERR_USAGE,
-                            "state %s: cannot update run %lld: no counts given",
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: cannot update run %lld: no counts given",
                             s->where, (long long)run_id);
     }
     pthread_mutex_lock(&s->mu);

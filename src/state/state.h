@@ -26,7 +26,7 @@ typedef struct sl_run_info {
     int64_t id;
     char pipeline[128];
     char input[512];
-    char status[16]; /* running, ok, partial, failed, interrupted */
+    char status[16];                /* running, ok, partial, failed, interrupted */
     double started_at, finished_at; /* unix seconds */
     sl_counts counts;
     char error[512];
@@ -41,7 +41,7 @@ typedef struct sl_dead_letter {
     const char *response; /* response body excerpt, or "" */
     int stage;            /* SL_STAGE_* or step index */
     int attempts;
-    uint64_t line;        /* input line, 0 if none */
+    uint64_t line; /* input line, 0 if none */
     double created_at;
 } sl_dead_letter;
 
@@ -69,8 +69,7 @@ int sl_state_runs(sl_state *s, const char *pipeline, int limit, sl_run_cb cb, vo
 
 /* Key/value per pipeline: checkpoints ("checkpoint"), cursors, ...
  * get: 1 found (value in out), 0 not found, <0 error. */
-int sl_state_kv_get(sl_state *s, const char *pipeline, const char *key, sl_buf *out,
-                    sl_error *err);
+int sl_state_kv_get(sl_state *s, const char *pipeline, const char *key, sl_buf *out, sl_error *err);
 int sl_state_kv_set(sl_state *s, const char *pipeline, const char *key, const char *value,
                     size_t len, sl_error *err);
 int sl_state_kv_del(sl_state *s, const char *pipeline, const char *key, sl_error *err);

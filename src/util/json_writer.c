@@ -143,12 +143,23 @@ int sl_json_escape(sl_buf *b, const char *str, size_t len)
         } else if (c < 0x20) {
             const char *short_esc = NULL;
             switch (c) {
-            case '\n': short_esc = "\\n"; break;
-            case '\r': short_esc = "\\r"; break;
-            case '\t': short_esc = "\\t"; break;
-            case '\b': short_esc = "\\b"; break;
-            case '\f': short_esc = "\\f"; break;
-            default: break;
+            case '\n':
+                short_esc = "\\n";
+                break;
+            case '\r':
+                short_esc = "\\r";
+                break;
+            case '\t':
+                short_esc = "\\t";
+                break;
+            case '\b':
+                short_esc = "\\b";
+                break;
+            case '\f':
+                short_esc = "\\f";
+                break;
+            default:
+                break;
             }
             if (short_esc) {
                 rc = sl_buf_append(b, short_esc, 2);

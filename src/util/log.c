@@ -43,8 +43,10 @@ void sl_secret_register(const char *value)
         /* never drop a secret silently: replace the oldest non-config one
          * is not knowable here, so refuse loudly instead */
         pthread_mutex_unlock(&secrets_mu);
-        fprintf(stderr, "sluice: too many distinct secret values (%d); not logging further "
-                        "details\n", MAX_SECRETS);
+        fprintf(stderr,
+                "sluice: too many distinct secret values (%d); not logging further "
+                "details\n",
+                MAX_SECRETS);
         sl_log_level = SL_LOG_ERROR;
         return;
     }
@@ -118,7 +120,8 @@ void sl_log_vwrite(int level, const char *prefix, const char *fmt, va_list ap)
     gmtime_r(&ts.tv_sec, &tm);
     char when[64];
     snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000) % 1000);
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (long)(ts.tv_nsec / 1000000) % 1000);
     const char *lv = level_names[level < 0 ? 0 : level > 3 ? 3 : level];
 
     if (log_json) {

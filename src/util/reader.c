@@ -71,10 +71,14 @@ int sl_compression_parse(const char *s)
 const char *sl_compression_name(sl_compression c)
 {
     switch (c) {
-    case SL_COMPRESS_AUTO: return "auto";
-    case SL_COMPRESS_NONE: return "none";
-    case SL_COMPRESS_GZIP: return "gzip";
-    case SL_COMPRESS_BZIP2: return "bzip2";
+    case SL_COMPRESS_AUTO:
+        return "auto";
+    case SL_COMPRESS_NONE:
+        return "none";
+    case SL_COMPRESS_GZIP:
+        return "gzip";
+    case SL_COMPRESS_BZIP2:
+        return "bzip2";
     }
     return "?";
 }
@@ -296,10 +300,14 @@ static long read_gzip(sl_reader *r, unsigned char *buf, size_t n, sl_error *e)
 static const char *bz_reason(int ret)
 {
     switch (ret) {
-    case BZ_DATA_ERROR: return "data integrity error (bad checksum or block)";
-    case BZ_DATA_ERROR_MAGIC: return "not bzip2 data (bad magic bytes)";
-    case BZ_MEM_ERROR: return "out of memory";
-    default: return "decoder error";
+    case BZ_DATA_ERROR:
+        return "data integrity error (bad checksum or block)";
+    case BZ_DATA_ERROR_MAGIC:
+        return "not bzip2 data (bad magic bytes)";
+    case BZ_MEM_ERROR:
+        return "out of memory";
+    default:
+        return "decoder error";
     }
 }
 
@@ -354,9 +362,12 @@ static long read_bzip2(sl_reader *r, unsigned char *buf, size_t n, sl_error *e)
 static long read_any(sl_reader *r, unsigned char *buf, size_t n, sl_error *e)
 {
     switch (r->comp) {
-    case SL_COMPRESS_GZIP: return read_gzip(r, buf, n, e);
-    case SL_COMPRESS_BZIP2: return read_bzip2(r, buf, n, e);
-    default: return read_plain(r, buf, n, e);
+    case SL_COMPRESS_GZIP:
+        return read_gzip(r, buf, n, e);
+    case SL_COMPRESS_BZIP2:
+        return read_bzip2(r, buf, n, e);
+    default:
+        return read_plain(r, buf, n, e);
     }
 }
 
@@ -422,10 +433,9 @@ static int discard(sl_reader *r, uint64_t n, sl_error *err)
             return err && err->code ? err->code : SL_ERR_IO;
         }
         if (k == 0) {
-            return sl_error_set(err, SL_ERR_INPUT,
-                                "%s: cannot skip to byte %llu: the input ends at byte %llu",
-                                r->name, (unsigned long long)target,
-                                (unsigned long long)r->out_off);
+            return sl_error_set(
+                err, SL_ERR_INPUT, "%s: cannot skip to byte %llu: the input ends at byte %llu",
+                r->name, (unsigned long long)target, (unsigned long long)r->out_off);
         }
     }
     return 0;

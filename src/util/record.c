@@ -15,12 +15,18 @@
 const char *sl_type_name(sl_type t)
 {
     switch (t) {
-    case SL_T_NULL: return "null";
-    case SL_T_STRING: return "string";
-    case SL_T_INT: return "integer";
-    case SL_T_FLOAT: return "float";
-    case SL_T_BOOL: return "boolean";
-    case SL_T_JSON: return "json";
+    case SL_T_NULL:
+        return "null";
+    case SL_T_STRING:
+        return "string";
+    case SL_T_INT:
+        return "integer";
+    case SL_T_FLOAT:
+        return "float";
+    case SL_T_BOOL:
+        return "boolean";
+    case SL_T_JSON:
+        return "json";
     }
     return "?";
 }
@@ -220,9 +226,15 @@ void sl_record_fail(sl_record *r, const char *fmt, ...)
 void sl_jw_field(sl_jw *w, const sl_record *r, const sl_field *f)
 {
     switch ((sl_type)f->type) {
-    case SL_T_NULL: sl_jw_null(w); break;
-    case SL_T_STRING: sl_jw_str(w, sl_field_str(r, f), f->v.s.len); break;
-    case SL_T_INT: sl_jw_int(w, f->v.i); break;
+    case SL_T_NULL:
+        sl_jw_null(w);
+        break;
+    case SL_T_STRING:
+        sl_jw_str(w, sl_field_str(r, f), f->v.s.len);
+        break;
+    case SL_T_INT:
+        sl_jw_int(w, f->v.i);
+        break;
     case SL_T_FLOAT:
         if (f->flags & SL_FIELD_NUMTEXT) {
             sl_jw_raw(w, r->data.data + f->toff, f->tlen);
@@ -230,8 +242,12 @@ void sl_jw_field(sl_jw *w, const sl_record *r, const sl_field *f)
             sl_jw_double(w, f->v.f);
         }
         break;
-    case SL_T_BOOL: sl_jw_bool(w, f->v.b); break;
-    case SL_T_JSON: sl_jw_raw(w, sl_field_str(r, f), f->v.s.len); break;
+    case SL_T_BOOL:
+        sl_jw_bool(w, f->v.b);
+        break;
+    case SL_T_JSON:
+        sl_jw_raw(w, sl_field_str(r, f), f->v.s.len);
+        break;
     }
 }
 
@@ -277,11 +293,21 @@ int sl_record_from_json(sl_record *r, const char *json, sl_intern_fn intern, voi
         case JSON_STRING:
             rc = sl_record_add_str(r, nm, nl, json_string_value(val), json_string_length(val));
             break;
-        case JSON_INTEGER: rc = sl_record_add_int(r, nm, nl, json_integer_value(val)); break;
-        case JSON_REAL: rc = sl_record_add_float(r, nm, nl, json_real_value(val)); break;
-        case JSON_TRUE: rc = sl_record_add_bool(r, nm, nl, 1); break;
-        case JSON_FALSE: rc = sl_record_add_bool(r, nm, nl, 0); break;
-        case JSON_NULL: rc = sl_record_add_null(r, nm, nl); break;
+        case JSON_INTEGER:
+            rc = sl_record_add_int(r, nm, nl, json_integer_value(val));
+            break;
+        case JSON_REAL:
+            rc = sl_record_add_float(r, nm, nl, json_real_value(val));
+            break;
+        case JSON_TRUE:
+            rc = sl_record_add_bool(r, nm, nl, 1);
+            break;
+        case JSON_FALSE:
+            rc = sl_record_add_bool(r, nm, nl, 0);
+            break;
+        case JSON_NULL:
+            rc = sl_record_add_null(r, nm, nl);
+            break;
         default: {
             char *txt = json_dumps(val, JSON_COMPACT | JSON_ENCODE_ANY);
             rc = txt ? sl_record_add_json(r, nm, nl, txt, strlen(txt)) : SL_ERR_NOMEM;

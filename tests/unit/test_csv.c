@@ -998,8 +998,12 @@ static void test_bench(void **state)
 static void test_resume_latin1_header(void **state)
 {
     (void)state;
-    const char *path = tmp_path("stra\xdf" "e.csv");
-    write_file(path, "id,stra\xdf" "e\n1,a\n2,b\n3,c\n", 22);
+    const char *path = tmp_path("stra\xdf"
+                                "e.csv");
+    write_file(path,
+               "id,stra\xdf"
+               "e\n1,a\n2,b\n3,c\n",
+               22);
     src s;
     sl_error err;
     assert_int_equal(src_open(&s, path, NULL, 0, &err), 0);
@@ -1007,7 +1011,8 @@ static void test_resume_latin1_header(void **state)
     sl_buf_init(&cp, 0);
     assert_int_equal(sl_source_csv.checkpoint(s.self, 14, 3, &cp, &err), 0);
     src_close(&s);
-    assert_non_null(strstr(sl_buf_cstr(&cp), "\"stra\xef\xbf\xbd" "e\""));
+    assert_non_null(strstr(sl_buf_cstr(&cp), "\"stra\xef\xbf\xbd"
+                                             "e\""));
 
     assert_int_equal(src_open(&s, path, NULL, 0, &err), 0);
     if (sl_source_csv.resume(s.self, sl_buf_cstr(&cp), &err) != 0) {
@@ -1018,19 +1023,22 @@ static void test_resume_latin1_header(void **state)
     assert_int_equal(r.n, 2);
     assert_int_equal(r.v[0].pos, 14);
     assert_int_equal(r.v[0].line, 3);
-    assert_string_equal(r.v[0].json, "{\"id\":\"2\",\"stra\xef\xbf\xbd" "e\":\"b\"}");
+    assert_string_equal(r.v[0].json, "{\"id\":\"2\",\"stra\xef\xbf\xbd"
+                                     "e\":\"b\"}");
     rows_free(&r);
     src_close(&s);
 
     /* another header of the same size is still seen as changed */
-    write_file(path, "id,stra\xdf" "f\n1,a\n2,b\n3,c\n", 22);
+    write_file(path,
+               "id,stra\xdf"
+               "f\n1,a\n2,b\n3,c\n",
+               22);
     assert_int_equal(src_open(&s, path, NULL, 0, &err), 0);
     assert_true(sl_source_csv.resume(s.self, sl_buf_cstr(&cp), &err) < 0);
     assert_non_null(strstr(err.msg, "header changed since the interrupted run"));
     src_close(&s);
     sl_buf_free(&cp);
 }
-
 
 int main(void)
 {

@@ -187,7 +187,6 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
     sl_jw_str(w, tmp, n);
 }
 
-
 /* Validity of the key, decided before anything of the record is written. */
 static int key_usable(const sl_record *rec, const sl_field *f)
 {

@@ -56,8 +56,9 @@ static int cs_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     const char *secret = sl_opt_str(o, "secret");
     if (!secret || !*secret) {
         free(t);
-        return sl_error_set(err, SL_ERR_CONFIG, "%s: secret is empty (expected the webhook "
-                                                "secret from ControlShift's settings)",
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: secret is empty (expected the webhook "
+                            "secret from ControlShift's settings)",
                             sl_opt_where(o, "secret"));
     }
     t->secret = strdup(secret);
