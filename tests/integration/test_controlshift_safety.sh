@@ -82,6 +82,7 @@ expect_eq "all three failed" 7 "$(job_counts "$CFG" controlshift | cut -d' ' -f5
 sluice status -c "$CFG" controlshift >"$T_DIR/status2.txt"
 expect_match "ragged row: reason with line number" "$T_DIR/status2.txt" "ragged.csv:4: row has 1 fields?, expected 2"
 expect_match "truncated bzip2: reason" "$T_DIR/status2.txt" "(bzip2|truncated|corrupt)"
+expect_match "invalid UTF-8: the database's reason, naming the row" "$T_DIR/status2.txt" "refused row 2 of the load.*(UTF8|encoding)"
 check "petitions still hold the good export" python3 "$TOOLS/table_check.py" --db "$PG_URL" --table petitions replace:"$EX/good.csv"
 
 # --- a column the table lacks is added

@@ -51,6 +51,8 @@ typedef struct pgb {
     size_t sent_cap;
     int in_tx;
     int sp_open;      /* the last batch's savepoint is still to be released */
+    int copy_open;    /* on_bad_row fail: the load's one COPY is streaming */
+    long long streamed; /* rows sent into that COPY */
     long long copied; /* rows committed by this load's COPYs so far */
 } pgb;
 
@@ -277,6 +279,7 @@ static void pg_rollback(void *be)
         return;
     }
     p->in_tx = 0;
+    p->copy_open = 0;
     if (PQtransactionStatus(p->conn) == PQTRANS_ACTIVE) {
         /* a COPY still open (an error mid-batch): end it first */
         PQputCopyEnd(p->conn, "load abandoned");
@@ -776,9 +779,93 @@ static copy_rc copy_batch(pgb *p, sl_batch *b, int first, size_t *bad, PGresult 
     return out;
 }
 
+/* on_bad_row: fail. All batches go into one COPY that stays open until the
+ * load commits, so the server never waits for a round trip between
+ * batches; a row it refuses fails the whole load at commit, named by its
+ * position in the load. */
+static sl_verdict stream_batch(pgb *p, sl_batch *b, sl_error *err)
+{
+    if (!p->copy_open) {
+        PGresult *res = PQexec(p->conn, sl_buf_cstr(&p->copy_sql));
+        if (PQresultStatus(res) != PGRES_COPY_IN) {
+            char m[1024];
+            describe(m, sizeof(m), res, p->conn);
+            PQclear(res);
+            sl_error_set(err, SL_ERR_IO, "%s: cannot start COPY: %s", p->cfg->label, m);
+            return SL_SEND_FATAL;
+        }
+        PQclear(res);
+        p->copy_open = 1;
+    }
+    const sqlt_cols *cols = sqlt_sink_cols(p->cfg->sink);
+    sl_buf_reset(&p->data);
+    for (size_t i = 0; i < b->n; i++) {
+        sl_record *r = &b->recs[i];
+        if (r->status != SL_REC_OK) {
+            continue;
+        }
+        size_t mark = p->data.len;
+        int rr = put_row(p, r, cols->n);
+        if (rr != ROW_OK) {
+            p->data.len = mark;
+            if (rr == ROW_TOO_BIG) {
+                sl_record_fail(r, "line %" PRIu64 ": row larger than %zu MB", r->line,
+                               COPY_BUF_MAX >> 20);
+            }
+            continue;
+        }
+        p->streamed++;
+        if (p->data.len >= COPY_CHUNK && flush_data(p) < 0) {
+            break;
+        }
+    }
+    if (flush_data(p) < 0) {
+        sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
+                     p->where, PQerrorMessage(p->conn));
+        return SL_SEND_FATAL;
+    }
+    return SL_SEND_OK;
+}
+
+/* End the streamed COPY: 0, or the server's verdict on the whole load. */
+static int end_stream(pgb *p, sl_error *err)
+{
+    if (!p->copy_open) {
+        return 0;
+    }
+    p->copy_open = 0;
+    int rc = 0;
+    if (PQputCopyEnd(p->conn, NULL) != 1) {
+        rc = sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s",
+                          p->cfg->label, p->where, PQerrorMessage(p->conn));
+    }
+    PGresult *res;
+    while ((res = PQgetResult(p->conn))) {
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            p->copied += strtoll(PQcmdTuples(res), NULL, 10);
+        } else if (rc == 0) {
+            char m[1024], col[128];
+            describe(m, sizeof(m), res, p->conn);
+            uint64_t line = copy_line(res, col, sizeof(col));
+            if (line) {
+                rc = sl_error_set(err, SL_ERR_INPUT, "%s refused row %" PRIu64
+                                  " of the load%s%s: %s", p->cfg->label, line,
+                                  col[0] ? ", " : "", col, m);
+            } else {
+                rc = sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s", p->cfg->label, m);
+            }
+        }
+        PQclear(res);
+    }
+    return rc;
+}
+
 static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
 {
     pgb *p = be;
+    if (p->cfg->fail_load) {
+        return stream_batch(p, b, err);
+    }
     if (b->n > p->sent_cap) {
         size_t *s = realloc(p->sent, b->n * sizeof(*s));
         if (!s) {
@@ -980,6 +1067,11 @@ static int pg_commit(void *be, sl_error *err)
     pgb *p = be;
     int rc;
     long long rows = 0, deleted = 0;
+    if ((rc = end_stream(p, err)) != 0) {
+        pg_rollback(p);
+        err_append(err, "; the load was rolled back, the table is unchanged");
+        return rc;
+    }
     if (p->cfg->mode == SQLT_REPLACE) {
         rows = p->copied;
         rc = commit_replace(p, err);

@@ -71,6 +71,10 @@ static const sl_option sqlt_options[] = {
      "create a missing table (from schema_file, else every header column as text)"},
     {"schema_file", SL_OPT_STRING, NULL, 0, NULL,
      "SQL file run when the table is missing (CREATE TABLE IF NOT EXISTS ...)"},
+    {"on_bad_row", SL_OPT_ENUM, "dead_letter", 0, "dead_letter|fail",
+     "a row the database refuses: dead_letter (each batch in its own COPY and savepoint, so "
+     "the row fails alone) or fail (Postgres: one COPY streamed for the whole load, fastest; "
+     "the load fails naming the row)"},
     {"new_columns", SL_OPT_ENUM, "add", 0, "add|error|ignore",
      "a header column the table lacks: add it (text), fail the load, or drop it with a warning"},
     {"empty_as_null", SL_OPT_BOOL, "true", 0, NULL,
@@ -483,6 +487,7 @@ static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
              s->schema ? s->schema : "", s->schema ? "." : "", s->table);
     s->cfg.sink = s;
     s->cfg.table = s->table;
+    s->cfg.fail_load = strcmp(sl_opt_str(opts, "on_bad_row"), "fail") == 0;
     s->cfg.schema = s->schema;
     s->cfg.key = s->key;
     s->cfg.nkey = s->nkey;

@@ -50,6 +50,7 @@ typedef struct sqlt_cfg {
     const char *prefix; /* log prefix ("sink:sql_table:users") */
     const char *label;  /* 'postgres table "petitions"', for messages */
     int dry_run;
+    int fail_load; /* on_bad_row: fail: one streamed COPY, no per-row isolation (Postgres) */
 } sqlt_cfg;
 
 /* A list of names (owned). */
