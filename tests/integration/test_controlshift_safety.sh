@@ -65,20 +65,39 @@ for url in "https://evil.example/exports/good.csv" "http://localhost:$CSPORT/exp
         "$(send --type data.full_table_exported --table petitions --url "$url" --jid "refused$n")"
     n=$((n + 1))
 done
-check "the four refused downloads failed" wait_jobs "$CFG" controlshift 5 60
+# a redirect (to the metadata address) is never followed
+RPORT=$(free_port)
+python3 - "$RPORT" >/dev/null 2>&1 <<'PY' &
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+PY
+T_PIDS+=($!)
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://127.0.0.1:$RPORT/" && break; sleep 0.1; done
+expect_eq "webhook naming a redirecting URL is accepted" 202 \
+    "$(send --type data.full_table_exported --table petitions --url "http://127.0.0.1:$RPORT/exports/good.csv" --jid redirect)"
+check "the four refused downloads and the redirect failed" wait_jobs "$CFG" controlshift 6 60
 sluice status -c "$CFG" controlshift >"$T_DIR/status1.txt"
 expect_match "disallowed host: refused with the rule" "$T_DIR/status1.txt" "evil.example.*(not in allow_hosts|not allowed)"
 expect_match "loopback via a name: refused" "$T_DIR/status1.txt" "localhost.*(not in allow_hosts|not allowed|refused)"
 expect_match "metadata address: refused" "$T_DIR/status1.txt" "169.254.169.254.*(not in allow_hosts|not allowed|refused)"
 expect_match "file:// refused" "$T_DIR/status1.txt" "file:.*(only https|not allowed|refused)"
+expect_match "the redirect was not followed" "$T_DIR/status1.txt" "exports/good.csv.*HTTP 302"
 check "petitions untouched by refused downloads" python3 "$TOOLS/table_check.py" --db "$PG_URL" --table petitions replace:"$EX/good.csv"
 
 # --- bad exports: the job fails, the table keeps its rows
 expect_eq "ragged export accepted" 202 "$(send --type data.full_table_exported --table petitions --url "$CS/exports/ragged.csv" --jid ragged)"
 expect_eq "invalid UTF-8 export accepted" 202 "$(send --type data.full_table_exported --table petitions --url "$CS/exports/badutf8.csv" --jid badutf8)"
 expect_eq "truncated bzip2 export accepted" 202 "$(send --type data.full_table_exported --table petitions --url "$CS/exports/truncated.csv.bz2" --jid trunc --compression bzip2)"
-check "the three bad loads ended" wait_jobs "$CFG" controlshift 8 90
-expect_eq "all three failed" 7 "$(job_counts "$CFG" controlshift | cut -d' ' -f5)"
+check "the three bad loads ended" wait_jobs "$CFG" controlshift 9 90
+expect_eq "all three failed" 8 "$(job_counts "$CFG" controlshift | cut -d' ' -f5)"
 sluice status -c "$CFG" controlshift >"$T_DIR/status2.txt"
 expect_match "ragged row: reason with line number" "$T_DIR/status2.txt" "ragged.csv:4: row has 1 fields?, expected 2"
 expect_match "truncated bzip2: reason" "$T_DIR/status2.txt" "(bzip2|truncated|corrupt)"
@@ -87,7 +106,7 @@ check "petitions still hold the good export" python3 "$TOOLS/table_check.py" --d
 
 # --- a column the table lacks is added
 expect_eq "export with a new column accepted" 202 "$(send --type data.incremental_table_exported --table petitions --url "$CS/exports/newcol.csv" --jid newcol)"
-check "new-column load done" wait_jobs "$CFG" controlshift 9 60
+check "new-column load done" wait_jobs "$CFG" controlshift 10 60
 expect_eq "the new column exists and holds the values" 5 \
     "$(psql "$PG_URL" -XAtq -c "select count(*) from petitions where brand_new_column = 'extra'")"
 
@@ -95,7 +114,7 @@ expect_eq "the new column exists and holds the values" 5 \
 psql "$PG_URL" -Xq -c 'create table x (a int); insert into x values (1)'
 evil='evil"; DROP TABLE x; --'
 expect_eq "hostile table name accepted" 202 "$(send --type data.full_table_exported --table "$evil" --url "$CS/exports/good.csv" --jid evil)"
-check "hostile-name load done" wait_jobs "$CFG" controlshift 10 60
+check "hostile-name load done" wait_jobs "$CFG" controlshift 11 60
 expect_eq "table x still exists with its row" 1 "$(psql "$PG_URL" -XAtq -c 'select count(*) from x')"
 check "the rows went into exactly the table named $evil" \
     python3 "$TOOLS/table_check.py" --db "$PG_URL" --table "$evil" replace:"$EX/good.csv"
