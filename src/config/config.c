@@ -523,7 +523,6 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
     p->backoff_base_ms = 500;
     p->backoff_max_ms = 60000;
     p->timeout_ms = 120000;
-    p->checkpoint_every_ms = 0;
     p->max_failed = -1;
     p->workers = 2;
     p->job_backoff_ms = 15000;

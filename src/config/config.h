@@ -73,15 +73,14 @@ typedef struct sl_pipeline_cfg {
     double rate_burst;
     int batch_records;
     int64_t batch_bytes;
-    int max_attempts;            /* retry.max_attempts, default 8 */
-    int64_t backoff_base_ms;     /* retry.backoff, default 500ms */
-    int64_t backoff_max_ms;      /* retry.max_backoff, default 60s */
-    int64_t timeout_ms;          /* retry.timeout (per request), default 120s */
-    int64_t checkpoint_every_ms; /* unused placeholder for serve mode; default 0 */
-    char *schedule;              /* "every 90m" or cron, or NULL */
-    int max_failed;         /* dead-lettered records allowed before the run fails; -1 unlimited */
-    int workers;            /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
-    int64_t job_backoff_ms; /* first wait before a failed job is retried (15s) */
+    int max_attempts;        /* retry.max_attempts, default 8 */
+    int64_t backoff_base_ms; /* retry.backoff, default 500ms */
+    int64_t backoff_max_ms;  /* retry.max_backoff, default 60s */
+    int64_t timeout_ms;      /* retry.timeout (per request), default 120s */
+    char *schedule;          /* "every 90m" or cron, or NULL */
+    int max_failed;          /* dead-lettered records allowed before the run fails; -1 unlimited */
+    int workers;             /* jobs of this (triggered) pipeline run at once, 1..64, default 2 */
+    int64_t job_backoff_ms;  /* first wait before a failed job is retried (15s) */
     int64_t job_max_backoff_ms; /* cap of that wait, doubled per attempt (30m) */
 
     sl_notify_cfg *notify;

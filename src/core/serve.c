@@ -23,7 +23,6 @@
 #include "sluice/log.h"
 
 typedef struct route_ctx {
-    sl_config *cfg;
     sl_pipeline_cfg *p;
     sl_state *st;
     void *trigger;
@@ -293,7 +292,6 @@ int sl_serve(sl_config *cfg, sl_state *st, const char *listen, volatile sig_atom
             continue;
         }
         route_ctx *rc = &routes[nroutes];
-        rc->cfg = cfg;
         rc->p = p;
         rc->st = st;
         rc->wake_mu = &wake_mu;

@@ -364,4 +364,48 @@ static inline int fk_wait_signal(const sigset_t *set)
     return sig;
 }
 
+/* The life of every fake's server: listen on 127.0.0.1:port (0 = any free
+ * port), write the bound port to port_file (if given), announce it on
+ * stdout, wait for SIGTERM/SIGINT, call on_stop (may be NULL), stop the
+ * daemon, then print the final stats that stats_fn writes. Returns 0, or 1
+ * when the server could not start. */
+static inline int fk_serve(const char *prog, long port, const char *port_file,
+                           MHD_AccessHandlerCallback handler, MHD_RequestCompletedCallback done,
+                           void (*on_stop)(void), void (*stats_fn)(sl_buf *))
+{
+    sigset_t sigs;
+    fk_block_signals(&sigs);
+    struct MHD_Daemon *d = fk_start((uint16_t)port, handler, done);
+    if (!d) {
+        fprintf(stderr, "%s: cannot listen on 127.0.0.1:%ld: %s\n", prog, port, strerror(errno));
+        return 1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    unsigned bound = info ? info->port : (unsigned)port;
+    if (bound == 0) {
+        fprintf(stderr, "%s: cannot tell which port the daemon bound\n", prog);
+        MHD_stop_daemon(d);
+        return 1;
+    }
+    if (port_file && fk_write_port_file(prog, port_file, bound) != 0) {
+        MHD_stop_daemon(d);
+        return 1;
+    }
+    printf("%s listening on 127.0.0.1:%u\n", prog, bound);
+    fflush(stdout);
+
+    fk_wait_signal(&sigs);
+    if (on_stop) {
+        on_stop();
+    }
+    MHD_stop_daemon(d);
+    sl_buf b;
+    sl_buf_init(&b, 64 * 1024);
+    stats_fn(&b);
+    printf("%s\n", sl_buf_cstr(&b));
+    fflush(stdout);
+    sl_buf_free(&b);
+    return 0;
+}
+
 #endif

@@ -727,49 +727,18 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     *con_cls = NULL;
 }
 
-/* Shared life of the two server modes: listen, announce, wait for a signal,
- * print the final stats. Returns the exit status. */
+static void mark_stopping(void)
+{
+    atomic_store(&g_stopping, 1);
+}
+
+/* Shared life of the two server modes (fk_serve), then closing their files.
+ * Returns the exit status. */
 static int run_server(long port, const char *port_file, MHD_AccessHandlerCallback handler,
                       int receive_mode)
 {
-    int rc = 1;
-    sl_buf b;
-    sl_buf_init(&b, 64 * 1024);
-    sigset_t sigs;
-    fk_block_signals(&sigs);
-    struct MHD_Daemon *d = fk_start((uint16_t)port, handler, on_completed);
-    if (!d) {
-        fprintf(stderr, PROG ": cannot listen on 127.0.0.1:%ld: %s\n", port, strerror(errno));
-        goto fail;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned bound = info ? info->port : (unsigned)port;
-    if (bound == 0) {
-        fprintf(stderr, PROG ": cannot tell which port the daemon bound\n");
-        goto fail;
-    }
-    if (port_file && fk_write_port_file(PROG, port_file, bound) != 0) {
-        goto fail;
-    }
-    printf(PROG " listening on 127.0.0.1:%u\n", bound);
-    fflush(stdout);
-
-    fk_wait_signal(&sigs);
-    atomic_store(&g_stopping, 1);
-    MHD_stop_daemon(d);
-    d = NULL;
-    if (receive_mode) {
-        receive_stats_json(&b);
-    } else {
-        serve_stats_json(&b);
-    }
-    printf("%s\n", sl_buf_cstr(&b));
-    fflush(stdout);
-    rc = 0;
-fail:
-    if (d) {
-        MHD_stop_daemon(d);
-    }
+    int rc = fk_serve(PROG, port, port_file, handler, on_completed, mark_stopping,
+                      receive_mode ? receive_stats_json : serve_stats_json);
     if (g_opt.record_fd >= 0 && close(g_opt.record_fd) != 0) {
         fprintf(stderr, PROG ": closing the record file failed: %s\n", strerror(errno));
         rc = 1;
@@ -778,7 +747,6 @@ fail:
         close(g_opt.dirfd);
     }
     reset_stats();
-    sl_buf_free(&b);
     return rc;
 }
 

@@ -221,9 +221,6 @@ int main(int argc, char **argv)
     long port = 0;
     const char *port_file = NULL, *record = NULL;
     int rc = 1;
-    struct MHD_Daemon *d = NULL;
-    sl_buf b;
-    sl_buf_init(&b, 64 * 1024);
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -268,40 +265,11 @@ int main(int argc, char **argv)
         }
     }
 
-    sigset_t sigs;
-    fk_block_signals(&sigs);
-    d = fk_start((uint16_t)port, on_request, on_completed);
-    if (!d) {
-        fprintf(stderr, PROG ": cannot listen on 127.0.0.1:%ld: %s\n", port, strerror(errno));
-        goto fail;
-    }
-    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
-    unsigned bound = info ? info->port : (unsigned)port;
-    if (bound == 0) {
-        fprintf(stderr, PROG ": cannot tell which port the daemon bound\n");
-        goto fail;
-    }
-    if (port_file && fk_write_port_file(PROG, port_file, bound) != 0) {
-        goto fail;
-    }
-    printf(PROG " listening on 127.0.0.1:%u\n", bound);
-    fflush(stdout);
-
-    fk_wait_signal(&sigs);
-    MHD_stop_daemon(d);
-    d = NULL;
-    stats_json(&b);
-    printf("%s\n", sl_buf_cstr(&b));
-    fflush(stdout);
-    rc = 0;
+    rc = fk_serve(PROG, port, port_file, on_request, on_completed, NULL, stats_json);
 fail:
-    if (d) {
-        MHD_stop_daemon(d);
-    }
     if (g_opt.record_fd >= 0 && close(g_opt.record_fd) != 0) {
         fprintf(stderr, PROG ": closing the --record file failed: %s\n", strerror(errno));
         rc = 1;
     }
-    sl_buf_free(&b);
     return rc;
 }
