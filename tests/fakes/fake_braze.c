@@ -200,6 +200,7 @@ fail:
     if (resp) {
         MHD_destroy_response(resp);
     }
+    sl_buf_free(&b);
     return rc;
 }
 
@@ -271,6 +272,7 @@ static enum MHD_Result answer_stats(struct MHD_Connection *c)
     sl_buf_init(&b, 64 * 1024);
     stats_json(&b);
     enum MHD_Result rc = fk_respond(c, 200, "application/json", sl_buf_cstr(&b), b.len);
+    sl_buf_free(&b);
     return rc;
 }
 
