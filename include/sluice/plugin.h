@@ -68,6 +68,13 @@ const char *sl_opt_key(const sl_opts *o, const char *name, size_t i);  /* MAP ke
 /* "file:line:col" of the option (or of the plugin block when unset), for messages. */
 const char *sl_opt_where(const sl_opts *o, const char *name);
 
+/* Validate option values beyond their types. Report every problem found
+ * (not only the first) by calling report(ud, option_name, message) with a
+ * sentence that says what was found and what is expected; the caller adds
+ * file:line:col and the key path. Return the number of problems. */
+typedef void (*sl_report_fn)(void *ud, const char *option, const char *fmt, ...) SL_PRINTF(3, 4);
+typedef int (*sl_validate_fn)(const sl_opts *opts, sl_report_fn report, void *ud);
+
 /* ---------------------------------------------------------------- context */
 
 /* What the engine offers a plugin instance. */
@@ -77,14 +84,38 @@ const char *sl_ctx_pipeline(const sl_ctx *c);
 /* "source:csv:braze-import", used as the log prefix of this instance. */
 const char *sl_ctx_name(const sl_ctx *c);
 int sl_ctx_dry_run(const sl_ctx *c);
-/* Durable per-pipeline key/value state (cursors, snapshots metadata...).
- * get: 1 found (value in out), 0 not found, <0 error. */
+/* Durable key/value state of this plugin instance (a cursor, a ledger,
+ * snapshot metadata). Keys are namespaced per instance ("source.http_pages",
+ * "step.2.diff", ...), so they never clash with the engine's own keys or
+ * another plugin's. get: 1 found (value in out), 0 not found, <0 error; it
+ * may be called at any time. set and del are allowed only inside a commit
+ * hook, where they join the transaction that closes the run (elsewhere they
+ * fail with a clear error): progress never lands ahead of the
+ * acknowledgements it depends on. */
 int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err);
 int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, sl_error *err);
+int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err);
+/* Unix time (UTC) when this run began (the same value commit hooks get). */
+double sl_ctx_run_started(const sl_ctx *c);
 /* Set by the engine when the user asked to stop (SIGINT/SIGTERM). */
 int sl_ctx_stopping(const sl_ctx *c);
 
 #define sl_plog(ctx, level, ...) sl_log((level), sl_ctx_name(ctx), __VA_ARGS__)
+
+/* ---------------------------------------------------------------- run lifecycle */
+
+/* How a run ended, as the engine tells plugins in their commit hooks. */
+typedef struct sl_run_end {
+    /* 1: the source reached its end, every end-of-input record was emitted,
+     * and every record was acknowledged by the sink or dead-lettered.
+     * 0: the run failed or was interrupted: keep old progress (a watermark,
+     * a snapshot), record what failed. */
+    int complete;
+    int dry_run;       /* nothing was sent and nothing may be made current */
+    double started_at; /* unix seconds (UTC) when the run began: an incremental
+                          source's next watermark */
+    uint64_t read, sent, failed, skipped;
+} sl_run_end;
 
 /* ---------------------------------------------------------------- sources */
 
@@ -92,6 +123,12 @@ typedef struct sl_source_plugin {
     const char *name;
     const char *summary;
     const sl_option *options;
+    /* Check option values beyond their declared types (a host list, a
+     * delimiter of one character, an expression). Called by configuration
+     * validation, so `sluice check` refuses exactly what `run` and `serve`
+     * would; not called for values that are {{job}} templates until the job
+     * fills them in. Optional; see sl_validate_fn. */
+    sl_validate_fn validate;
     /* Create the instance (open files, read headers). *self receives it. */
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Continue from a checkpoint produced by `checkpoint`. Optional. Called
@@ -112,6 +149,14 @@ typedef struct sl_source_plugin {
     const char *(*input_name)(void *self);
     /* Progress: bytes consumed so far and total (-1 unknown). Optional. */
     void (*progress)(void *self, int64_t *done, int64_t *total);
+    /* End of the run, on the engine's state thread, inside the state-store
+     * transaction that closes the run (and, when e->complete, removes the
+     * checkpoint). Durable progress that is not a position (an incremental
+     * watermark, a ledger of failed pages) is written here with
+     * sl_ctx_state_set, so it lands atomically with the acknowledgements it
+     * depends on, and only then. <0 rolls the transaction back and fails the
+     * run. Optional. */
+    int (*commit)(void *self, const sl_run_end *e, sl_error *err);
     void (*destroy)(void *self);
 } sl_source_plugin;
 
@@ -121,13 +166,35 @@ typedef struct sl_step_plugin {
     const char *name;
     const char *summary;
     const sl_option *options;
+    sl_validate_fn validate; /* see sl_source_plugin */
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Check the upstream columns when the source knows them. Optional. */
     int (*columns)(void *self, const char *const *cols, size_t n, sl_error *err);
+    /* A step implements process (one record at a time, on the reader thread)
+     * or process_batch (a whole batch at once), not both. */
+
     /* Transform rec in place. The step's index is `stage` (for rejects).
      * Return 0 to keep (possibly now rejected via sl_record_reject), 1 to drop
      * on purpose (counted as skipped), <0 fatal. */
     int (*process)(void *self, sl_record *rec, int stage, sl_error *err);
+    /* Steps that do I/O (a lookup per record) work on a batch, so that many
+     * requests are in flight at once through the step's own sl_http (its
+     * own concurrency, rate limit and retries). Records with status OK are
+     * to be processed; set a record's status to SL_REC_SKIP to drop it, or
+     * reject it with sl_record_reject(rec, stage, ...). <0 fatal. */
+    int (*process_batch)(void *self, sl_batch *b, int stage, sl_error *err);
+
+    /* End of input: called (in step order) once the source is exhausted,
+     * repeatedly, with a reset record; fill it and return 1 to emit it
+     * (it continues through the later steps and to the sink, like a record
+     * read from the source), 0 when there is nothing more, <0 fatal. The
+     * diff step emits "lapsed" records here. Not called when the run stops
+     * early. Optional. */
+    int (*drain)(void *self, sl_record *rec, int stage, sl_error *err);
+    /* End of the run: like the source's commit, inside the state-store
+     * transaction that closes the run. A step that keeps state (the diff
+     * step's snapshot) makes it current here only when e->complete. Optional. */
+    int (*commit)(void *self, const sl_run_end *e, sl_error *err);
     void (*destroy)(void *self);
 } sl_step_plugin;
 
@@ -160,7 +227,8 @@ typedef struct sl_sink_plugin {
     const char *name;
     const char *summary;
     const sl_option *options;
-    unsigned flags; /* SL_SINK_* */
+    sl_validate_fn validate; /* see sl_source_plugin */
+    unsigned flags;          /* SL_SINK_* */
     sl_sink_defaults defaults;
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Check the columns records will carry (after steps). Optional. */
@@ -223,6 +291,7 @@ typedef struct sl_trigger_plugin {
     const char *name;
     const char *summary;
     const sl_option *options;
+    sl_validate_fn validate; /* see sl_source_plugin */
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Route(s) to serve: "POST /webhooks/controlshift". */
     const char *(*route)(void *self);

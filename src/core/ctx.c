@@ -13,6 +13,7 @@ sl_ctx *sl_ctx_new(const char *pipeline, const char *kind, const char *plugin, s
     }
     snprintf(c->pipeline, sizeof(c->pipeline), "%s", pipeline ? pipeline : "");
     snprintf(c->name, sizeof(c->name), "%s:%s:%s", kind, plugin, c->pipeline);
+    snprintf(c->ns, sizeof(c->ns), "%s.%s", kind, plugin);
     c->state = state;
     c->dry_run = dry_run;
     c->stop = stop;
@@ -44,18 +45,69 @@ int sl_ctx_stopping(const sl_ctx *c)
     return c->stop && *c->stop;
 }
 
-int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err)
+void sl_ctx_set_index(sl_ctx *c, int index)
+{
+    char plugin[sizeof(c->ns)];
+    const char *dot = strchr(c->ns, '.');
+    snprintf(plugin, sizeof(plugin), "%s", dot ? dot + 1 : c->ns);
+    snprintf(c->ns, sizeof(c->ns), "step.%d.%.60s", index, plugin);
+}
+
+double sl_ctx_run_started(const sl_ctx *c)
+{
+    return c->run_started;
+}
+
+/* "<namespace>/<key>": plugin keys never clash with the engine's own
+ * ("checkpoint", "lease"), which have no '/'. */
+static int ns_key(const sl_ctx *c, const char *key, char *out, size_t n, sl_error *err)
+{
+    if (!key || !*key) {
+        return sl_error_set(err, SL_ERR, "%s: empty state key", c->name);
+    }
+    if ((size_t)snprintf(out, n, "%s/%s", c->ns, key) >= n) {
+        return sl_error_set(err, SL_ERR, "%s: state key '%.60s...' is too long", c->name, key);
+    }
+    return 0;
+}
+
+static int check_store(const sl_ctx *c, const char *key, int write, sl_error *err)
 {
     if (!c->state) {
         return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name, key);
     }
-    return sl_state_kv_get(c->state, c->pipeline, key, out, err);
+    if (write && !c->writable) {
+        return sl_error_set(err, SL_ERR,
+                            "%s: state key '%s' written outside a commit hook (plugin state is "
+                            "written only when the run commits)",
+                            c->name, key);
+    }
+    return 0;
+}
+
+int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err)
+{
+    char k[256];
+    if (check_store(c, key, 0, err) < 0 || ns_key(c, key, k, sizeof(k), err) < 0) {
+        return SL_ERR;
+    }
+    return sl_state_kv_get(c->state, c->pipeline, k, out, err);
 }
 
 int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, sl_error *err)
 {
-    if (!c->state) {
-        return sl_error_set(err, SL_ERR, "%s: no state store available for key '%s'", c->name, key);
+    char k[256];
+    if (check_store(c, key, 1, err) < 0 || ns_key(c, key, k, sizeof(k), err) < 0) {
+        return SL_ERR;
     }
-    return sl_state_kv_set(c->state, c->pipeline, key, value, len, err);
+    return sl_state_kv_set(c->state, c->pipeline, k, value, len, err);
+}
+
+int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err)
+{
+    char k[256];
+    if (check_store(c, key, 1, err) < 0 || ns_key(c, key, k, sizeof(k), err) < 0) {
+        return SL_ERR;
+    }
+    return sl_state_kv_del(c->state, c->pipeline, k, err);
 }

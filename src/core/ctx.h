@@ -10,7 +10,10 @@
 struct sl_ctx {
     char name[192]; /* "sink:braze:users" */
     char pipeline[128];
+    char ns[96]; /* state key namespace of this instance: "source.csv", "step.2.diff" */
     int dry_run;
+    int writable;                /* set by the engine around commit hooks */
+    double run_started;          /* unix seconds, set by the engine */
     sl_state *state;             /* borrowed; may be NULL (tests, dry runs) */
     volatile sig_atomic_t *stop; /* borrowed; may be NULL */
 };
@@ -20,5 +23,7 @@ struct sl_ctx {
 sl_ctx *sl_ctx_new(const char *pipeline, const char *kind, const char *plugin, sl_state *state,
                    int dry_run, volatile sig_atomic_t *stop);
 void sl_ctx_free(sl_ctx *c);
+/* Steps: "step.<index>.<plugin>" so two steps of one type keep apart. */
+void sl_ctx_set_index(sl_ctx *c, int index);
 
 #endif

@@ -16,6 +16,7 @@ enum {
     SL_EXIT_FAILED = 1,
     SL_EXIT_PARTIAL = 2,
     SL_EXIT_USAGE = 64,
+    SL_EXIT_LOCKED = 75, /* another run of the pipeline holds its lease: try later */
     SL_EXIT_CONFIG = 78,
 };
 
