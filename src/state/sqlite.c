@@ -89,6 +89,15 @@ static const char *const migrations[] = {
     "CREATE INDEX jobs_runnable_pipeline_id ON jobs(pipeline, id) "
     "  WHERE status IN ('queued', 'retry');"
     "CREATE INDEX jobs_runnable_id ON jobs(id) WHERE status IN ('queued', 'retry');",
+    /* 3: run leases (one run of a pipeline at a time, across processes) */
+    "CREATE TABLE leases("
+    "  name TEXT PRIMARY KEY,"
+    "  owner TEXT NOT NULL,"
+    "  host TEXT NOT NULL,"
+    "  pid INTEGER NOT NULL,"
+    "  acquired_at REAL NOT NULL,"
+    "  heartbeat_at REAL NOT NULL,"
+    "  expires_at REAL NOT NULL);",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -155,6 +164,10 @@ enum {
     ST_JOBS_ALL,
     ST_JOB_COUNTS,
     ST_JOB_COUNTS_ALL,
+    ST_LEASE_TAKE,
+    ST_LEASE_RENEW,
+    ST_LEASE_RELEASE,
+    ST_LEASE_GET,
     ST_N
 };
 
@@ -231,6 +244,23 @@ static const char *const sql_text[ST_N] = {
     [ST_JOBS_ALL] = "SELECT " JOB_COLS " FROM jobs AS j ORDER BY j.id DESC LIMIT ?1",
     [ST_JOB_COUNTS] = "SELECT status, count(*) FROM jobs WHERE pipeline = ?1 GROUP BY status",
     [ST_JOB_COUNTS_ALL] = "SELECT status, count(*) FROM jobs GROUP BY status",
+    /* One statement, so taking is atomic against every other connection:
+     * the row is written only when the lease is free, expired, already
+     * ours, or held by the owner the caller proved dead (?8). */
+    [ST_LEASE_TAKE] = "INSERT INTO leases(name, owner, host, pid, acquired_at, heartbeat_at, "
+                      "expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) "
+                      "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, "
+                      "host = excluded.host, pid = excluded.pid, "
+                      "acquired_at = CASE WHEN leases.owner = excluded.owner "
+                      "THEN leases.acquired_at ELSE excluded.acquired_at END, "
+                      "heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at "
+                      "WHERE leases.owner = excluded.owner OR leases.expires_at < ?7 "
+                      "OR leases.owner = ?8",
+    [ST_LEASE_RENEW] = "UPDATE leases SET heartbeat_at = ?3, expires_at = ?4 "
+                       "WHERE name = ?1 AND owner = ?2",
+    [ST_LEASE_RELEASE] = "DELETE FROM leases WHERE name = ?1 AND owner = ?2",
+    [ST_LEASE_GET] = "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
+                     "FROM leases WHERE name = ?1",
 };
 
 typedef struct sq {
@@ -1390,6 +1420,109 @@ static int sq_job_counts(void *impl, const char *pipeline, int64_t counts[5], sl
     return 0;
 }
 
+/* ---- leases ------------------------------------------------------------------ */
+
+static int sq_lease_get(void *impl, const char *name, sl_lease *out, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, ST_LEASE_GET, &rc);
+    int found = 0;
+    if (st) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            found = 1;
+            memset(out, 0, sizeof(*out));
+            snprintf(out->name, sizeof(out->name), "%s", col_text(st, 0));
+            snprintf(out->owner, sizeof(out->owner), "%s", col_text(st, 1));
+            snprintf(out->host, sizeof(out->host), "%s", col_text(st, 2));
+            out->pid = sqlite3_column_int64(st, 3);
+            out->acquired_at = sqlite3_column_double(st, 4);
+            out->heartbeat_at = sqlite3_column_double(st, 5);
+            out->expires_at = sqlite3_column_double(st, 6);
+            rc = SQLITE_DONE;
+        }
+        sq_put(q, ST_LEASE_GET, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot read the lease '%s'", name);
+    }
+    return found;
+}
+
+static int sq_lease_take(void *impl, const sl_lease *want, double now, const char *steal,
+                         sl_lease *holder, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, ST_LEASE_TAKE, &rc);
+    if (st) {
+        sqlite3_bind_text(st, 1, want->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, want->owner, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, want->host, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, want->pid);
+        sqlite3_bind_double(st, 5, now);
+        sqlite3_bind_double(st, 6, want->expires_at);
+        sqlite3_bind_double(st, 7, now);
+        sqlite3_bind_text(st, 8, steal ? steal : "", -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sq_put(q, ST_LEASE_TAKE, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot take the lease '%s'", want->name);
+    }
+    if (sqlite3_changes(q->db) == 1) {
+        return 1;
+    }
+    int found = sq_lease_get(impl, want->name, holder, err);
+    if (found < 0) {
+        return found;
+    }
+    if (found == 0) {
+        /* released between the two statements: the caller may try again */
+        memset(holder, 0, sizeof(*holder));
+    }
+    return 0;
+}
+
+static int sq_lease_renew(void *impl, const char *name, const char *owner, double now,
+                          double expires_at, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, ST_LEASE_RENEW, &rc);
+    if (st) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        sqlite3_bind_double(st, 3, now);
+        sqlite3_bind_double(st, 4, expires_at);
+        rc = sqlite3_step(st);
+        sq_put(q, ST_LEASE_RENEW, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot renew the lease '%s'", name);
+    }
+    return sqlite3_changes(q->db) == 1;
+}
+
+static int sq_lease_release(void *impl, const char *name, const char *owner, sl_error *err)
+{
+    sq *q = impl;
+    int rc;
+    sqlite3_stmt *st = sq_get(q, ST_LEASE_RELEASE, &rc);
+    if (st) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sq_put(q, ST_LEASE_RELEASE, st);
+    }
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot release the lease '%s'", name);
+    }
+    return 0;
+}
+
 const struct sl_state_ops sl_state_sqlite_ops = {
     .name = "sqlite",
     .open = sq_open,
@@ -1418,4 +1551,8 @@ const struct sl_state_ops sl_state_sqlite_ops = {
     .job_requeue_failed = sq_job_requeue_failed,
     .jobs = sq_jobs,
     .job_counts = sq_job_counts,
+    .lease_take = sq_lease_take,
+    .lease_renew = sq_lease_renew,
+    .lease_release = sq_lease_release,
+    .lease_get = sq_lease_get,
 };

@@ -734,3 +734,69 @@ int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
+
+/* ---- leases ---------------------------------------------------------------- */
+
+static int check_lease_name(sl_state *s, const char *name, const char *owner, sl_error *err)
+{
+    if (!name || !*name || strlen(name) >= sizeof(((sl_lease *)0)->name)) {
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease name empty or too long",
+                            s->where);
+    }
+    if (owner && (!*owner || strlen(owner) >= sizeof(((sl_lease *)0)->owner))) {
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease owner empty or too long",
+                            s->where);
+    }
+    return 0;
+}
+
+int sl_state_lease_take(sl_state *s, const sl_lease *want, const char *steal, sl_lease *holder,
+                        sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_lease_name(s, want->name, want->owner, err);
+    if (rc == 0) {
+        sl_lease h;
+        memset(&h, 0, sizeof(h));
+        rc = s->ops->lease_take(s->impl, want, sl_state_now(), steal, &h, err);
+        if (rc == 0 && holder) {
+            *holder = h;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_lease_renew(sl_state *s, const char *name, const char *owner, double expires_at,
+                         sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_lease_name(s, name, owner, err);
+    if (rc == 0) {
+        rc = s->ops->lease_renew(s->impl, name, owner, sl_state_now(), expires_at, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_lease_release(sl_state *s, const char *name, const char *owner, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_lease_name(s, name, owner, err);
+    if (rc == 0) {
+        rc = s->ops->lease_release(s->impl, name, owner, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_lease_get(sl_state *s, const char *name, sl_lease *out, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_lease_name(s, name, NULL, err);
+    if (rc == 0) {
+        rc = s->ops->lease_get(s->impl, name, out, err);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}

@@ -132,4 +132,32 @@ int sl_state_jobs(sl_state *s, const char *pipeline, int limit, sl_job_cb cb, vo
 /* Count jobs of pipeline (NULL = all) by status: queued, running, retry, done, failed. */
 int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl_error *err);
 
+/* Leases: one run of a pipeline at a time, on one machine or many. A lease
+ * is a row (name, owner, host, pid, heartbeat, expiry); the holder renews it
+ * while it works (and inside every progress transaction, so a run that lost
+ * its lease can never move a checkpoint); a lease whose holder stopped
+ * renewing expires and can be taken over. */
+typedef struct sl_lease {
+    char name[128];
+    char owner[192]; /* "host:pid:nonce": unique per process lifetime */
+    char host[128];
+    int64_t pid;
+    double acquired_at, heartbeat_at, expires_at; /* unix seconds */
+} sl_lease;
+
+/* Take the lease `want->name` for want->owner until want->expires_at. Taken
+ * when free, expired, already ours, or held by `steal` (an owner the caller
+ * proved dead, e.g. a pid on this host that no longer exists; NULL = none).
+ * 1 taken, 0 refused (holder filled: who has it), <0 error. Atomic across
+ * processes. */
+int sl_state_lease_take(sl_state *s, const sl_lease *want, const char *steal, sl_lease *holder,
+                        sl_error *err);
+/* Extend our lease to expires_at. 1 still ours, 0 lost (taken over), <0 error.
+ * May be called inside a transaction (it then commits or rolls back with it). */
+int sl_state_lease_renew(sl_state *s, const char *name, const char *owner, double expires_at,
+                         sl_error *err);
+int sl_state_lease_release(sl_state *s, const char *name, const char *owner, sl_error *err);
+/* 1 found (out filled), 0 none, <0 error. */
+int sl_state_lease_get(sl_state *s, const char *name, sl_lease *out, sl_error *err);
+
 #endif

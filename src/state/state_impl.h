@@ -82,6 +82,17 @@ struct sl_state_ops {
     /* The sl_job given to cb (vars included) is valid during the call only. */
     int (*jobs)(void *impl, const char *pipeline, int limit, sl_job_cb cb, void *ud, sl_error *err);
     int (*job_counts)(void *impl, const char *pipeline, int64_t counts[5], sl_error *err);
+
+    /* Leases. take: one atomic statement; 1 taken (want written), 0 held by
+     * someone else (holder filled, or zeroed when it vanished meanwhile). */
+    int (*lease_take)(void *impl, const sl_lease *want, double now, const char *steal,
+                      sl_lease *holder, sl_error *err);
+    /* 1 renewed, 0 not ours any more. */
+    int (*lease_renew)(void *impl, const char *name, const char *owner, double now,
+                       double expires_at, sl_error *err);
+    int (*lease_release)(void *impl, const char *name, const char *owner, sl_error *err);
+    /* 1 found, 0 none. */
+    int (*lease_get)(void *impl, const char *name, sl_lease *out, sl_error *err);
 };
 
 struct sl_state {
