@@ -27,7 +27,7 @@
 #include <jansson.h>
 
 #include "core/ctx.h"
-#include "core/run.h"
+#include "engine/run.h"
 #include "sluice/json.h"
 #include "sluice/log.h"
 
