@@ -305,10 +305,12 @@ static int cmd_run(const cli *c, sl_run_mode mode)
         }
         sl_run_result res;
         int rc = sl_run_pipeline(cfg, p, st, &o, &res);
-        if (rc == SL_EXIT_FAILED && res.error[0]) {
+        if ((rc == SL_EXIT_FAILED || rc == SL_EXIT_LOCKED) && res.error[0]) {
             fprintf(stderr, "sluice: %s: %s\n", p->name, res.error);
         }
-        print_result(p, &res, c->dry_run);
+        if (rc != SL_EXIT_LOCKED) {
+            print_result(p, &res, c->dry_run);
+        }
         result = worse(result, rc);
     }
     sl_state_close(st);
