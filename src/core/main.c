@@ -382,6 +382,43 @@ static int print_job(void *ud, const sl_job *j)
     return 0;
 }
 
+/* Plugin state ("source.http_pages/cursor"): shown as stored, shortened. */
+static int print_plugin_kv(void *ud, const char *key, const char *value, double updated_at)
+{
+    (void)ud;
+    if (strncmp(key, "source.", 7) != 0 && strncmp(key, "step.", 5) != 0) {
+        return 0;
+    }
+    char when[32];
+    fmt_time(updated_at, when, sizeof(when));
+    size_t n = strlen(value);
+    printf("  %s = %.*s%s  (%s)\n", key, n > 200 ? 200 : (int)n, value, n > 200 ? " ..." : "",
+           when);
+    return 0;
+}
+
+static void print_lease(sl_state *st, const sl_pipeline_cfg *p)
+{
+    char name[160];
+    sl_lease l;
+    sl_error err = {0};
+    snprintf(name, sizeof(name), "run:%s", p->name);
+    if (sl_state_lease_get(st, name, &l, &err) != 1) {
+        return;
+    }
+    double now = (double)time(NULL);
+    char since[32];
+    fmt_time(l.acquired_at, since, sizeof(since));
+    if (l.expires_at < now) {
+        printf("  lease: expired %.0fs ago (process %lld on %s stopped renewing; the next run "
+               "takes over)\n",
+               now - l.expires_at, (long long)l.pid, l.host);
+    } else {
+        printf("  running now: process %lld on %s since %s (heartbeat %.0fs ago)\n",
+               (long long)l.pid, l.host, since, now - l.heartbeat_at);
+    }
+}
+
 static int cmd_status(const cli *c)
 {
     int code = 0;
@@ -405,6 +442,7 @@ static int cmd_status(const cli *c)
         found = 1;
         sl_error err = {0};
         printf("%s  (%s -> %s)\n", p->name, p->source.type, p->sink.type);
+        print_lease(st, p);
         printf("  runs (newest first):\n");
         if (sl_state_runs(st, p->name, 5, print_run, NULL, &err) < 0) {
             fprintf(stderr, "sluice: %s\n", err.msg);
@@ -423,6 +461,7 @@ static int cmd_status(const cli *c)
             json_decref(j);
         }
         sl_buf_free(&cp);
+        sl_state_kv_each(st, p->name, print_plugin_kv, NULL, &err);
         if (p->trigger_plugin) {
             int64_t jc[5] = {0};
             sl_state_job_counts(st, p->name, jc, &err);

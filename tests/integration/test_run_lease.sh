@@ -35,6 +35,8 @@ expect_eq "the overlapping run exits 75" 75 "$rc"
 expect_match "it names the pipeline and the holder's pid" "$T_DIR/b.err" \
     "pipeline braze-import is already running: process $a_pid on "
 check "run A is still running" kill -0 "$a_pid"
+sluice status -c "$CFG" braze-import >"$T_DIR/status.during"
+expect_match "status shows who runs it" "$T_DIR/status.during" "running now: process $a_pid on "
 
 # A dies without releasing; C takes the lease over at once (same host, the
 # pid is gone) and resumes where A's checkpoint was.
