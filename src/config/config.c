@@ -5,13 +5,13 @@
  * validation, messages and did-you-mean suggestions. Interpolation runs per
  * selected pipeline, so `sluice run a` needs only the variables of `a`. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config/internal.h"
-#include "core/registry.h"
 #include "sluice/log.h"
 
 /* Largest configuration file read. */
@@ -101,21 +101,56 @@ static int is_empty(const sl_node *n)
     return !n || (n->kind == SL_NODE_SCALAR && (!n->value || !*n->value));
 }
 
-static void names_list(char *out, size_t cap, const char *kind)
+/* The i-th plugin of a kind in the catalog: its name, options and validate
+ * hook (NULL name past the end). */
+typedef struct plugin_ref {
+    const void *plugin;
+    const char *name;
+    const sl_option *options;
+    sl_validate_fn validate;
+} plugin_ref;
+
+static plugin_ref catalog_at(const sl_catalog *cat, const char *kind, size_t i)
+{
+    plugin_ref r = {0};
+#define REF(list)                                                                                  \
+    do {                                                                                           \
+        if (cat->list && cat->list[i]) {                                                           \
+            r.plugin = cat->list[i];                                                               \
+            r.name = cat->list[i]->name;                                                           \
+            r.options = cat->list[i]->options;                                                     \
+            r.validate = cat->list[i]->validate;                                                   \
+        }                                                                                          \
+    } while (0)
+    if (strcmp(kind, "source") == 0) {
+        REF(sources);
+    } else if (strcmp(kind, "step") == 0) {
+        REF(steps);
+    } else if (strcmp(kind, "trigger") == 0) {
+        REF(triggers);
+    } else {
+        REF(sinks);
+    }
+#undef REF
+    return r;
+}
+
+static plugin_ref catalog_find(const sl_catalog *cat, const char *kind, const char *name)
+{
+    for (size_t i = 0;; i++) {
+        plugin_ref r = catalog_at(cat, kind, i);
+        if (!r.name || strcmp(r.name, name) == 0) {
+            return r;
+        }
+    }
+}
+
+static void names_list(const sl_catalog *cat, char *out, size_t cap, const char *kind)
 {
     size_t o = 0;
     out[0] = '\0';
     for (size_t i = 0;; i++) {
-        const char *name = NULL;
-        if (strcmp(kind, "source") == 0) {
-            name = sl_sources[i] ? sl_sources[i]->name : NULL;
-        } else if (strcmp(kind, "step") == 0) {
-            name = sl_steps[i] ? sl_steps[i]->name : NULL;
-        } else if (strcmp(kind, "trigger") == 0) {
-            name = sl_triggers[i] ? sl_triggers[i]->name : NULL;
-        } else {
-            name = sl_sinks[i] ? sl_sinks[i]->name : NULL;
-        }
+        const char *name = catalog_at(cat, kind, i).name;
         if (!name) {
             break;
         }
@@ -239,15 +274,71 @@ static void plugin_cfg_free(sl_plugin_cfg *pc)
     pc->opts = NULL;
 }
 
+/* Does any scalar of the block hold a job-variable template ({{name}})? */
+static int has_template(const sl_node *n)
+{
+    if (!n) {
+        return 0;
+    }
+    if (n->kind == SL_NODE_SCALAR) {
+        return n->tmpl != NULL;
+    }
+    for (size_t i = 0; i < n->n; i++) {
+        if (has_template(n->kids[i])) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A plugin's validate hook reports through this: each problem becomes one
+ * message with the option's file:line:col and key path, like every other
+ * configuration error, so `check` and `run` refuse the same things. */
+typedef struct validate_ctx {
+    const sl_opts *opts;
+    const char *path;
+    sl_buf *errors;
+    int n;
+} validate_ctx;
+
+static void validate_report(void *ud, const char *option, const char *fmt, ...)
+{
+    validate_ctx *v = ud;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    char kpath[CFG_PATH_MAX];
+    if (option) {
+        cfg_path_key(kpath, sizeof(kpath), v->path, option);
+    } else {
+        snprintf(kpath, sizeof(kpath), "%s", v->path);
+    }
+    cfg_errw(v->errors, option ? sl_opt_where(v->opts, option) : NULL, kpath, "%s", msg);
+    v->n++;
+}
+
+static int run_validate(sl_validate_fn fn, const sl_opts *opts, const char *path, sl_buf *errors)
+{
+    if (!fn) {
+        return 0;
+    }
+    validate_ctx v = {.opts = opts, .path = path, .errors = errors};
+    int n = fn(opts, validate_report, &v);
+    return n > 0 || v.n > 0;
+}
+
 /* Validate one plugin block. kind: "source", "step", "sink", "trigger".
  * Returns the plugin found (or NULL, problems reported). Values that are
  * job-variable templates are only checked per job (sl_config_instantiate). */
-static const void *load_plugin(const char *file, const char *kind, const sl_node *block, int kline,
-                               int kcol, const char *path, sl_plugin_cfg *pc, sl_buf *errors)
+static const void *load_plugin(const sl_catalog *cat, const char *file, const char *kind,
+                               const sl_node *block, int kline, int kcol, const char *path,
+                               sl_plugin_cfg *pc, sl_buf *errors)
 {
     static const char *const handled[] = {"type", NULL};
     char names[512];
-    names_list(names, sizeof(names), kind);
+    names_list(cat, names, sizeof(names), kind);
 
     if (!block || (block->kind == SL_NODE_SCALAR && !block->value)) {
         return NULL;
@@ -276,25 +367,9 @@ static const void *load_plugin(const char *file, const char *kind, const sl_node
     if (!type->value) {
         return NULL;
     }
-    const void *plugin = NULL;
-    const sl_option *table = NULL;
-    if (strcmp(kind, "source") == 0) {
-        const sl_source_plugin *p = sl_find_source(type->value);
-        plugin = p;
-        table = p ? p->options : NULL;
-    } else if (strcmp(kind, "step") == 0) {
-        const sl_step_plugin *p = sl_find_step(type->value);
-        plugin = p;
-        table = p ? p->options : NULL;
-    } else if (strcmp(kind, "trigger") == 0) {
-        const sl_trigger_plugin *p = sl_find_trigger(type->value);
-        plugin = p;
-        table = p ? p->options : NULL;
-    } else {
-        const sl_sink_plugin *p = sl_find_sink(type->value);
-        plugin = p;
-        table = p ? p->options : NULL;
-    }
+    plugin_ref ref = catalog_find(cat, kind, type->value);
+    const void *plugin = ref.plugin;
+    const sl_option *table = ref.options;
     if (!plugin) {
         char q[64];
         cfg_err(errors, file, type->line, type->col, tpath, "unknown %s %s (expected one of: %s)",
@@ -308,6 +383,10 @@ static const void *load_plugin(const char *file, const char *kind, const sl_node
     }
     int bad = 0;
     pc->opts = cfg_opts_build(table, block, file, path, handled, errors, &bad, CFG_TMPL_DEFER);
+    if (!bad && pc->opts && !has_template(block)) {
+        /* values that are job templates are checked per job, filled in */
+        bad = run_validate(ref.validate, pc->opts, path, errors);
+    }
     if (bad) {
         sl_opts_free(pc->opts);
         pc->opts = NULL;
@@ -508,8 +587,8 @@ static void pipeline_free(sl_pipeline_cfg *p)
     free(p->notify);
 }
 
-static void load_pipeline(const char *file, const char *name, int nline, int ncol, sl_node *body,
-                          sl_pipeline_cfg *p, sl_buf *errors)
+static void load_pipeline(const sl_catalog *cat, const char *file, const char *name, int nline,
+                          int ncol, sl_node *body, sl_pipeline_cfg *p, sl_buf *errors)
 {
     char path[CFG_PATH_MAX];
     cfg_path_key(path, sizeof(path), "pipelines", name);
@@ -611,7 +690,7 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
                     "source's options)");
         }
     } else {
-        p->source_plugin = load_plugin(file, "source", src, kl, kc, kpath, &p->source, errors);
+        p->source_plugin = load_plugin(cat, file, "source", src, kl, kc, kpath, &p->source, errors);
     }
 
     const sl_node *steps = map_get(body, "steps", &kl, &kc);
@@ -632,8 +711,8 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
                     char spath[CFG_PATH_MAX];
                     cfg_path_index(spath, sizeof(spath), kpath, i);
                     const sl_node *s = steps->kids[i];
-                    p->step_plugins[i] =
-                        load_plugin(file, "step", s, s->line, s->col, spath, &p->steps[i], errors);
+                    p->step_plugins[i] = load_plugin(cat, file, "step", s, s->line, s->col, spath,
+                                                     &p->steps[i], errors);
                 }
             }
         }
@@ -648,13 +727,14 @@ static void load_pipeline(const char *file, const char *name, int nline, int nco
                     "sink's options)");
         }
     } else {
-        p->sink_plugin = load_plugin(file, "sink", sink, kl, kc, kpath, &p->sink, errors);
+        p->sink_plugin = load_plugin(cat, file, "sink", sink, kl, kc, kpath, &p->sink, errors);
     }
 
     const sl_node *trig = map_get(body, "trigger", &kl, &kc);
     cfg_path_key(kpath, sizeof(kpath), path, "trigger");
     if (!is_empty(trig)) {
-        p->trigger_plugin = load_plugin(file, "trigger", trig, kl, kc, kpath, &p->trigger, errors);
+        p->trigger_plugin =
+            load_plugin(cat, file, "trigger", trig, kl, kc, kpath, &p->trigger, errors);
     }
 
     const sl_node *batch = map_get(body, "batch", NULL, NULL);
@@ -745,8 +825,8 @@ void sl_pipeline_cfg_free(sl_pipeline_cfg *p)
 
 /* Rebuild one plugin block of an instantiated copy from its node. */
 static int instantiate_plugin(const char *file, const sl_node *block, const sl_option *table,
-                              const cfg_vars *vars, const char *path, const sl_plugin_cfg *from,
-                              sl_plugin_cfg *to, sl_buf *errors)
+                              sl_validate_fn validate, const cfg_vars *vars, const char *path,
+                              const sl_plugin_cfg *from, sl_plugin_cfg *to, sl_buf *errors)
 {
     static const char *const handled[] = {"type", NULL};
     int bad = 0, obad = 0;
@@ -766,6 +846,9 @@ static int instantiate_plugin(const char *file, const sl_node *block, const sl_o
     }
     to->opts = cfg_opts_build(table, copy, file, path, handled, errors, &obad, CFG_TMPL_CHECK);
     sl_node_free(copy);
+    if (!bad && !obad && to->opts && has_template(block)) {
+        obad = run_validate(validate, to->opts, path, errors);
+    }
     if (bad || obad) {
         sl_opts_free(to->opts);
         to->opts = NULL;
@@ -846,7 +929,8 @@ sl_pipeline_cfg *sl_config_instantiate(const sl_config *c, const sl_pipeline_cfg
     int bad = 0;
     cfg_path_key(kpath, sizeof(kpath), path, "source");
     bad |= instantiate_plugin(file, map_get(body, "source", NULL, NULL), p->source_plugin->options,
-                              vars, kpath, &p->source, &q->source, errs) < 0;
+                              p->source_plugin->validate, vars, kpath, &p->source, &q->source,
+                              errs) < 0;
     const sl_node *steps = map_get(body, "steps", NULL, NULL);
     if (p->nsteps) {
         q->steps = calloc(p->nsteps, sizeof(*q->steps));
@@ -865,18 +949,19 @@ sl_pipeline_cfg *sl_config_instantiate(const sl_config *c, const sl_pipeline_cfg
         for (size_t i = 0; i < p->nsteps; i++) {
             q->step_plugins[i] = p->step_plugins[i];
             cfg_path_index(spath, sizeof(spath), kpath, i);
-            bad |= instantiate_plugin(file, steps->kids[i], p->step_plugins[i]->options, vars,
-                                      spath, &p->steps[i], &q->steps[i], errs) < 0;
+            bad |= instantiate_plugin(file, steps->kids[i], p->step_plugins[i]->options,
+                                      p->step_plugins[i]->validate, vars, spath, &p->steps[i],
+                                      &q->steps[i], errs) < 0;
         }
     }
     cfg_path_key(kpath, sizeof(kpath), path, "sink");
     bad |= instantiate_plugin(file, map_get(body, "sink", NULL, NULL), p->sink_plugin->options,
-                              vars, kpath, &p->sink, &q->sink, errs) < 0;
+                              p->sink_plugin->validate, vars, kpath, &p->sink, &q->sink, errs) < 0;
     if (p->trigger_plugin) {
         cfg_path_key(kpath, sizeof(kpath), path, "trigger");
         bad |= instantiate_plugin(file, map_get(body, "trigger", NULL, NULL),
-                                  p->trigger_plugin->options, vars, kpath, &p->trigger, &q->trigger,
-                                  errs) < 0;
+                                  p->trigger_plugin->options, p->trigger_plugin->validate, vars,
+                                  kpath, &p->trigger, &q->trigger, errs) < 0;
     }
     if (bad || errs->len > start) {
         goto fail;
@@ -960,7 +1045,8 @@ static long find_selected(const char *file, const sl_node *pl, const char *name,
     return -1;
 }
 
-sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly, sl_buf *errors)
+sl_config *sl_config_load(const sl_catalog *plugins, const char *path, const char *const *only,
+                          size_t nonly, sl_buf *errors)
 {
     sl_buf local = {0};
     sl_buf *errs = errors ? errors : &local;
@@ -1087,7 +1173,7 @@ sl_config *sl_config_load(const char *path, const char *const *only, size_t nonl
     }
     for (size_t k = 0; k < nsel; k++) {
         size_t i = (size_t)sel[k];
-        load_pipeline(path, pl->keys[i], pl->key_line[i], pl->key_col[i], pl->kids[i],
+        load_pipeline(plugins, path, pl->keys[i], pl->key_line[i], pl->key_col[i], pl->kids[i],
                       &c->pipelines[c->npipelines++], errs);
     }
     free(sel);

@@ -101,7 +101,18 @@ typedef struct sl_config {
  * lookups) to the named pipelines; nonly == 0 means all, and naming one that
  * does not exist is an error. On any problem returns NULL with every message
  * appended to errors, one per line. */
-sl_config *sl_config_load(const char *path, const char *const *only, size_t nonly, sl_buf *errors);
+/* The plugins a configuration may name (NULL-terminated lists). The caller
+ * gives it (core's built-in registry, a test's own), so this layer never
+ * reaches up to find them. */
+typedef struct sl_catalog {
+    const sl_source_plugin *const *sources;
+    const sl_step_plugin *const *steps;
+    const sl_sink_plugin *const *sinks;
+    const sl_trigger_plugin *const *triggers;
+} sl_catalog;
+
+sl_config *sl_config_load(const sl_catalog *plugins, const char *path, const char *const *only,
+                          size_t nonly, sl_buf *errors);
 void sl_config_free(sl_config *c);
 sl_pipeline_cfg *sl_config_pipeline(sl_config *c, const char *name);
 

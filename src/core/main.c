@@ -202,7 +202,7 @@ typedef struct cli {
 static sl_config *load_config(const cli *c, int *exit_code)
 {
     sl_buf errors = {0};
-    sl_config *cfg = sl_config_load(c->config, c->names, c->nnames, &errors);
+    sl_config *cfg = sl_config_load(&sl_builtin_plugins, c->config, c->names, c->nnames, &errors);
     if (!cfg) {
         fprintf(stderr, "%s", sl_buf_cstr(&errors));
         if (errors.len && errors.data[errors.len - 1] != '\n') {

@@ -16,6 +16,9 @@ const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, NULL};
 const sl_sink_plugin *const sl_sinks[] = {&sl_sink_braze, &sl_sink_http, &sl_sink_sql_table, NULL};
 const sl_trigger_plugin *const sl_triggers[] = {&sl_trigger_controlshift, NULL};
 
+const sl_catalog sl_builtin_plugins = {
+    .sources = sl_sources, .steps = sl_steps, .sinks = sl_sinks, .triggers = sl_triggers};
+
 #define FIND(list, name)                                                                           \
     for (size_t i = 0; list[i]; i++) {                                                             \
         if (strcmp(list[i]->name, name) == 0) {                                                    \

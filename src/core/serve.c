@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "core/ctx.h"
-#include "core/metrics.h"
+#include "util/metrics.h"
 #include "engine/run.h"
 #include "core/serve.h"
 #include "net/server.h"

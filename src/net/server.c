@@ -30,7 +30,7 @@
 
 #include <microhttpd.h>
 
-#include "core/metrics.h"
+#include "util/metrics.h"
 #include "net/server.h"
 #include "sluice/json.h"
 #include "sluice/log.h"

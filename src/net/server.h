@@ -26,7 +26,7 @@ sl_server *sl_server_new(const char *listen, int threads, sl_error *err);
 int sl_server_add_route(sl_server *s, const char *method, const char *path, size_t max_body,
                         sl_route_fn fn, void *ud, sl_error *err);
 /* Built-in: GET /healthz (200 "ok" while healthy; health_fn may say otherwise)
- * and GET /metrics (Prometheus text from src/core/metrics.h). */
+ * and GET /metrics (Prometheus text from src/util/metrics.h). */
 typedef int (*sl_health_fn)(void *ud, sl_buf *detail); /* 1 healthy */
 void sl_server_set_health(sl_server *s, sl_health_fn fn, void *ud);
 int sl_server_start(sl_server *s, sl_error *err);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "core/registry.h"
 #include "sluice/log.h"
 
 #define CHECK(cond)                                                                                \
@@ -76,7 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    sl_config *c = sl_config_load(path, NULL, 0, &errors);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &errors);
     if (!c) {
         CHECK(errors.len > 0);
     } else {

@@ -763,7 +763,7 @@ static void test_config_load_valid(void **state)
     setenv("SLT_ONLY_SECOND", "abc", 1);
     unsetenv("SLT_STATE");
     const char *path = write_config("valid.yml", sl_buf_cstr(&y));
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     if (!c) {
         fail_msg("%s\n---\n%s", sl_buf_cstr(&e), sl_buf_cstr(&y));
     }
@@ -824,7 +824,7 @@ static void test_config_load_valid(void **state)
     /* `only` limits the environment needed: first does not use SLT_ONLY_SECOND */
     unsetenv("SLT_ONLY_SECOND");
     const char *only[] = {"first"};
-    c = sl_config_load(path, only, 1, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, only, 1, &e);
     if (!c) {
         fail_msg("%s", sl_buf_cstr(&e));
     }
@@ -832,7 +832,7 @@ static void test_config_load_valid(void **state)
     assert_string_equal(c->pipelines[0].name, "first");
     sl_config_free(c);
 
-    c = sl_config_load(path, NULL, 0, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     assert_contains(sl_buf_cstr(&e), ": pipelines.second.notify.url: environment variable "
                                      "SLT_ONLY_SECOND is not set\n");
@@ -840,7 +840,7 @@ static void test_config_load_valid(void **state)
     sl_buf_reset(&e);
 
     const char *missing[] = {"frist"};
-    c = sl_config_load(path, missing, 1, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, missing, 1, &e);
     assert_null(c);
     snprintf(line, sizeof(line),
              "%s: pipeline 'frist' not found, did you mean 'first'? "
@@ -877,7 +877,7 @@ static void test_config_load_errors(void **state)
                                                "    steps: [{type: nope}]\n"
                                                "    notify: {url: 'ftp://x/${SLT_NOPE}', on: "
                                                "sometimes}\n");
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     const char *s = sl_buf_cstr(&e);
 
@@ -935,7 +935,7 @@ static void test_config_load_secret_url(void **state)
              "    sink: {type: http}\n"
              "    notify: {url: '${SLT_BADHOOK}'}\n");
     const char *path = write_config("hook.yml", yaml);
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     const char *s = sl_buf_cstr(&e);
     assert_contains(s, "pipelines.p.notify.url: not an http(s) URL");
@@ -950,12 +950,12 @@ static void test_config_load_file_problems(void **state)
     sl_buf e = {0};
     char want[256];
     snprintf(want, sizeof(want), "%s/none.yml", tmpdir);
-    assert_null(sl_config_load(want, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, want, NULL, 0, &e));
     assert_contains(sl_buf_cstr(&e), "none.yml: cannot open the configuration file: ");
     sl_buf_reset(&e);
 
     const char *path = write_config("empty.yml", "");
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     snprintf(want, sizeof(want),
              "%s: empty configuration (expected a mapping with "
              "`pipelines:`)\n",
@@ -964,12 +964,12 @@ static void test_config_load_file_problems(void **state)
     sl_buf_reset(&e);
 
     path = write_config("list.yml", "- a\n- b\n");
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     assert_contains(sl_buf_cstr(&e), ":1:1: found a list at the top level");
     sl_buf_reset(&e);
 
     path = write_config("nopipes.yml", "state: x.db\nversion: 2\n");
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     assert_contains(sl_buf_cstr(&e), ":2:10: version: 2 is not supported (expected 1)\n");
     assert_contains(sl_buf_cstr(&e), "missing required key 'pipelines'");
     sl_buf_free(&e);
@@ -994,7 +994,7 @@ static void test_config_batch_over_sink_max(void **state)
     required_options(&y, sink->options, "      ");
     sl_buf_printf(&y, "    batch: {records: %d}\n", sink->defaults.max_batch_records + 1);
     const char *path = write_config("batch.yml", sl_buf_cstr(&y));
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     char want[256];
     snprintf(want, sizeof(want),
@@ -1027,7 +1027,7 @@ static void test_config_notify_off_and_state_password(void **state)
                     "        on: success\n"
                     "      - url: https://example.test/hook\n");
     const char *path = write_config("notify.yml", sl_buf_cstr(&y));
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     if (!c) {
         fail_msg("%s", sl_buf_cstr(&e));
     }
@@ -1054,7 +1054,7 @@ static void test_config_notify_off_and_state_password(void **state)
     required_options(&y, sl_find_sink("http")->options, "      ");
     sl_buf_puts(&y, "    notify: {on: failure}\n");
     path = write_config("notify2.yml", sl_buf_cstr(&y));
-    c = sl_config_load(path, NULL, 0, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     assert_contains(sl_buf_cstr(&e), "pipelines.p.notify: missing required key 'url'");
     assert_int_equal(count_lines(sl_buf_cstr(&e)), 1);
@@ -1081,7 +1081,7 @@ static sl_config *load_ok(const char *name, const char *text)
 {
     sl_buf e = {0};
     const char *path = write_config(name, text);
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     if (!c) {
         fail_msg("%s\n---\n%s", sl_buf_cstr(&e), text);
     }
@@ -1161,7 +1161,7 @@ static void test_config_trigger_and_serve_keys(void **state)
                                         "    sink: {type: http, url: 'http://127.0.0.1:9/x'}\n"
                                         "    trigger: {secret: x}\n"
                                         "    workers: 65\n");
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     const char *s = sl_buf_cstr(&e);
     snprintf(want, sizeof(want),
              "%s:2:11: serve.listen: invalid address 'nowhere' (expected ADDR:PORT such as "
@@ -1438,7 +1438,7 @@ static void test_config_job_variables_misplaced(void **state)
                                       "      url: \"http://127.0.0.1:9/{{{{x}}\"\n"
                                       "      wrap: \"{{ table }}\"\n"
                                       "    notify: {url: \"http://127.0.0.1:9/{{hook}}\"}\n");
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     snprintf(want, sizeof(want),
              "%s:5:13: pipelines.p.source.path: {{url}} is a job variable, available only in "
              "pipelines with a trigger\n"
@@ -1466,7 +1466,7 @@ static void test_config_job_variables_misplaced(void **state)
                     "    extra: \"{{url\"\n");
     trigger_block(&y, "    ");
     path = write_config("trigger-misplaced.yml", sl_buf_cstr(&y));
-    assert_null(sl_config_load(path, NULL, 0, &e));
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
     const char *s = sl_buf_cstr(&e);
     snprintf(want, sizeof(want),
              "%s:7:13: pipelines.p.sink.type: {{sink}} is a job variable, not allowed in `type:` "

@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "core/metrics.h"
+#include "util/metrics.h"
 
 static int reset(void **state)
 {

@@ -19,7 +19,7 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 
-#include "core/metrics.h"
+#include "util/metrics.h"
 #include "net/server.h"
 
 #define CAP 1024

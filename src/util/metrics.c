@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/metrics.h"
+#include "util/metrics.h"
 #include "sluice/log.h"
 
 #define MAX_FAMILIES 256

@@ -1,8 +1,8 @@
 /* Process-wide metrics in Prometheus text format (version 0.0.4).
  * Thread-safe. Names follow Prometheus conventions: sluice_..._total for
  * counters. Labels are given pre-formatted: `route="/x",status="200"`. */
-#ifndef SLUICE_METRICS_H
-#define SLUICE_METRICS_H
+#ifndef SLUICE_UTIL_METRICS_H
+#define SLUICE_UTIL_METRICS_H
 
 #include "sluice/buf.h"
 
