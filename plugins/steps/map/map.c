@@ -146,6 +146,7 @@ typedef struct parser {
     const char *s;
     size_t len, i;
     char msg[512];
+    size_t col; /* 1-based column of the problem */
     int nomem;
 } parser;
 
@@ -167,12 +168,11 @@ static int perr(parser *p, size_t at, const char *fmt, ...)
     if (p->msg[0]) {
         return -1;
     }
-    char what[320];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(what, sizeof(what), fmt, ap);
+    vsnprintf(p->msg, sizeof(p->msg), fmt, ap);
     va_end(ap);
-    snprintf(p->msg, sizeof(p->msg), "%s at column %zu", what, at + 1);
+    p->col = at + 1;
     return -1;
 }
 
@@ -563,7 +563,7 @@ static int compile(const sl_opts *opts, map_step *m, reporter *rp)
             }
             char shown[120];
             sl_excerpt(shown, sizeof(shown), p.s, p.len, 100);
-            REPORT(rp, "fields", "'%s': %s in `%s`", e->out, p.msg, shown);
+            REPORT(rp, "fields", "'%s': column %zu of `%s`: %s", e->out, p.col, shown, p.msg);
         }
     }
     if (load_names(opts, "rename", 1, &m->renames, &m->nrenames) ||
