@@ -12,12 +12,14 @@
 #define PROG "fake_hook"
 #define USAGE                                                                                      \
     "--port N (0 = any free port) [--port-file FILE] [--record FILE.jsonl] [--path /hook]\n"       \
-    "       [--status CODE] [--slack]"
+    "       [--status CODE] [--slack] [--reject TEXT]"
 
 enum route { R_HOOK, R_STATS, R_RESET, R_NOTFOUND };
 
 static struct {
     const char *path;
+    const char *reject; /* a body containing this text gets a 400, like a target
+                           refusing one member */
     long status;
     int slack;
     int record_fd; /* -1 when not recording */
@@ -113,6 +115,11 @@ static enum MHD_Result answer_hook(struct MHD_Connection *c, struct fk_req *r)
         goto done;
     }
 
+    if (g_opt.reject && r->body.data && strstr(r->body.data, g_opt.reject)) {
+        snprintf(why, sizeof(why), "the body contains '%.100s' (--reject)", g_opt.reject);
+        rc = refuse(c, 400, "application/json", "{\"error\":\"member rejected\"}", why);
+        goto done;
+    }
     if (g_opt.record_fd >= 0) {
         const char *b = r->body.data ? r->body.data : "";
         if (fk_append_compact(&line, b, b + r->body.len) != 0 || sl_buf_putc(&line, '\n') != 0) {
@@ -249,6 +256,11 @@ int main(int argc, char **argv)
                 fk_die_usage(PROG, USAGE, "--path must start with '/', got '%s'", v);
             }
             g_opt.path = v;
+        } else if (strcmp(a, "--reject") == 0) {
+            if (!v[0]) {
+                fk_die_usage(PROG, USAGE, "--reject: expected a non-empty text");
+            }
+            g_opt.reject = v;
         } else if (strcmp(a, "--status") == 0) {
             if (fk_parse_long(v, 100, 599, &g_opt.status) != 0) {
                 fk_die_usage(PROG, USAGE, "--status: expected an HTTP status 100..599, got '%s'",

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The generic http sink behind the map step, against fake_hook: a JSON array
+# per batch expecting 201 (the Mailchimp target's shape), and one request per
+# record where the target refuses one member with 400: only that member is
+# dead-lettered, with the target's body, and the run exits 2.
+source "$(dirname "$0")/lib.sh"
+
+FAKE="$FAKES_DIR/fake_hook"
+
+start_hook() { # NAME ARGS...: sets PORT
+    local name=$1
+    shift
+    "$FAKE" --port 0 --port-file "$T_DIR/$name.port" --record "$T_DIR/$name.jsonl" "$@" \
+        2>"$T_DIR/$name.err" &
+    T_PIDS+=($!)
+    for _ in $(seq 1 100); do
+        [ -s "$T_DIR/$name.port" ] && break
+        sleep 0.05
+    done
+    PORT=$(cat "$T_DIR/$name.port")
+}
+
+cd "$T_DIR"
+cat >members.csv <<'CSV'
+id,email_address,FNAME,LNAME,status
+m1,  Ann@Example.org ,Ann ,Lee,subscribed
+m2,bad@example.org,Bob,,unsubscribed
+m3,cy@example.org,Cy,Zed,subscribed
+CSV
+
+# --- array bodies, expect 201
+start_hook arr --status 201
+cat >arr.yml <<YML
+pipelines:
+  members:
+    source: {type: csv, path: members.csv}
+    steps:
+      - type: map
+        fields:
+          id: id
+          firstname: FNAME | trim
+          lastname: LNAME | null_if_empty
+          email: email_address | trim | lowercase
+          status: status
+    sink:
+      type: http
+      url: http://127.0.0.1:$PORT/hook
+      expect_status: [201]
+YML
+rc=0
+"$SLUICE_BIN" run -c arr.yml >arr.out 2>&1 || rc=$?
+expect_eq "array run exits 0" 0 "$rc"
+expect_eq "one request with the three members, mapped" \
+    '[{"id":"m1","firstname":"Ann","lastname":"Lee","email":"ann@example.org","status":"subscribed"},{"id":"m2","firstname":"Bob","lastname":null,"email":"bad@example.org","status":"unsubscribed"},{"id":"m3","firstname":"Cy","lastname":"Zed","email":"cy@example.org","status":"subscribed"}]' \
+    "$(cat arr.jsonl)"
+
+# --- a 200 where 201 is expected fails the batch, with the body in the reason
+start_hook ok200 --status 200
+sed "s/:$(grep -o '127.0.0.1:[0-9]*' arr.yml | cut -d: -f2)\//:$PORT\//" arr.yml >ok200.yml
+rc=0
+"$SLUICE_BIN" run -c ok200.yml >ok200.out 2>&1 || rc=$?
+expect_eq "200 instead of 201: exit 2 (dead-lettered)" 2 "$rc"
+"$SLUICE_BIN" status -c ok200.yml members >ok200.status 2>&1 || true
+expect_match "the reason names the expected status and the body" ok200.out \
+    'expected HTTP 201 from http://127.0.0.1:[0-9]+/hook, got 200: \{"ok":true\}'
+
+# --- one request per record; the target refuses one member
+start_hook rec --status 201 --reject bad@
+cat >rec.yml <<YML
+pipelines:
+  members:
+    source: {type: csv, path: members.csv}
+    steps:
+      - type: map
+        fields:
+          id: id
+          email: email_address | trim | lowercase
+    sink:
+      type: http
+      format: record
+      url: http://127.0.0.1:$PORT/hook?member={id}
+      headers: {X-Member: "{id}"}
+      expect_status: 201
+    batch: {records: 1}
+YML
+rc=0
+"$SLUICE_BIN" run -c rec.yml >rec.out 2>&1 || rc=$?
+expect_eq "record run exits 2 (one dead letter)" 2 "$rc"
+expect_eq "the two good members arrived, one request each" \
+    "$(printf '%s\n' '{"id":"m1","email":"ann@example.org"}' '{"id":"m3","email":"cy@example.org"}')" \
+    "$(sort rec.jsonl)"
+"$SLUICE_BIN" status -c rec.yml members >rec.status 2>&1 || true
+expect_match "the refused member is dead-lettered with the target's body" rec.status \
+    'HTTP 400 from http://127.0.0.1:[0-9]+/hook: \{"error":"member rejected"\}'
+expect_match "read 3, sent 2, dead-lettered 1" rec.out 'read 3 +sent 2 +dead-lettered 1'
+
+# --- a batch of more than one in record mode: refused with the fix named
+sed 's/batch: {records: 1}//' rec.yml >rec_batch.yml
+rc=0
+"$SLUICE_BIN" run -c rec_batch.yml --from-start >rec_batch.out 2>&1 || rc=$?
+expect_eq "record mode without batch 1 exits 2" 2 "$rc"
+expect_match "the reason names batch: {records: 1}" rec_batch.out \
+    'format: record sends one record per request, but batch [0-9]+ holds 3 \(expected `batch: \{records: 1\}`'
+
+finish
