@@ -1575,7 +1575,8 @@ static enum MHD_Result ctl_touch(struct MHD_Connection *c)
     }
     uint64_t rng = (uint64_t)seed * 0x2545f4914f6cdd1dULL;
     int64_t now = now_locked();
-    for (long j = 0; j < n;) {
+    long done = 0;
+    while (done < n) {
         uint32_t i = (uint32_t)(rng_next(&rng) % N);
         if (seen[i / 8] & (1u << (i % 8))) {
             continue;
@@ -1587,9 +1588,9 @@ static enum MHD_Result ctl_touch(struct MHD_Connection *c)
         if (st >= 0) {
             g_db.status[i] = (uint8_t)st;
         }
-        idx[j++] = i;
+        idx[done++] = i;
     }
-    ids_json(&b, idx, (size_t)n);
+    ids_json(&b, idx, (size_t)done); /* fewer than n only when memory ran out */
     pthread_rwlock_unlock(&g_db.lock);
     rc = respond_buf(c, 200, "application/json", &b, NULL);
 done:
