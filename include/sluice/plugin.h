@@ -231,6 +231,10 @@ typedef struct sl_sink_plugin {
     unsigned flags;          /* SL_SINK_* */
     sl_sink_defaults defaults;
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
+    /* The most records one batch of this instance may hold, when its options
+     * decide it (the http sink's one record per request): lowers
+     * defaults.max_batch_records; 0 = no further limit. Optional. */
+    int (*max_batch_records)(void *self);
     /* Check the columns records will carry (after steps). Optional. */
     int (*columns)(void *self, const char *const *cols, size_t n, sl_error *err);
 

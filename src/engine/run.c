@@ -198,10 +198,19 @@ static void resolve_settings(runner *r)
     r->batch_records = p->batch_records > 0   ? p->batch_records
                        : d->batch_records > 0 ? d->batch_records
                                               : 500;
-    if (d->max_batch_records > 0 && r->batch_records > d->max_batch_records) {
-        sl_warn(sl_ctx_name(r->sink_ctx), "batch.records %d exceeds what %s accepts; using %d",
-                r->batch_records, p->sink_plugin->name, d->max_batch_records);
-        r->batch_records = d->max_batch_records;
+    int max = d->max_batch_records;
+    int inst = p->sink_plugin->max_batch_records && r->sink
+                   ? p->sink_plugin->max_batch_records(r->sink)
+                   : 0;
+    if (inst > 0 && (max <= 0 || inst < max)) {
+        max = inst;
+    }
+    if (max > 0 && r->batch_records > max) {
+        if (p->batch_records > 0) { /* asked for explicitly: say why it is not honoured */
+            sl_warn(sl_ctx_name(r->sink_ctx), "batch.records %d exceeds what %s accepts; using %d",
+                    r->batch_records, p->sink_plugin->name, max);
+        }
+        r->batch_records = max;
     }
     r->max_batch_n = r->batch_records * 2 + 64;
     r->batch_bytes = p->batch_bytes > 0   ? p->batch_bytes

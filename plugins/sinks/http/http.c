@@ -578,11 +578,10 @@ static int encode_record(http_sink *h, sl_batch *b, sl_http_req *req, sl_error *
         return 0; /* empty body: acknowledged without a request */
     }
     if (nsend > 1) {
-        /* The engine sizes batches; until a sink can ask for one record per
-         * batch, the pipeline must. */
-        return sl_error_set(err, SL_ERR_CONFIG,
-                            "http: format: record sends one record per request, but batch %llu "
-                            "holds %zu (expected `batch: {records: 1}` in the pipeline)",
+        /* http_max_batch makes the engine build batches of one */
+        return sl_error_set(err, SL_ERR,
+                            "http: format: record sends one record per request, "
+                            "but batch %llu holds %zu (an engine bug)",
                             (unsigned long long)b->seq, nsend);
     }
     char why[256] = "";
@@ -750,6 +749,12 @@ static sl_verdict http_decode(void *self, sl_batch *b, const sl_http_resp *resp,
     return SL_SEND_FAIL;
 }
 
+static int http_max_batch(void *self)
+{
+    const http_sink *h = self;
+    return h->format == FMT_RECORD ? 1 : 0;
+}
+
 const sl_sink_plugin sl_sink_http = {
     .name = "http",
     .summary = "any JSON HTTP API: a batch of records per request",
@@ -765,6 +770,7 @@ const sl_sink_plugin sl_sink_http = {
             .rate_burst = 0,
         },
     .init = http_init,
+    .max_batch_records = http_max_batch,
     .columns = http_columns,
     .encode = http_encode,
     .decode = http_decode,
