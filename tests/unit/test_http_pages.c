@@ -261,7 +261,7 @@ static void t_validate(void **state)
 #define T0 1714557600.0 /* fake clock: member times are around here */
 
 typedef struct member {
-    char id[16];
+    char id[32];
     double lc; /* last_changed */
 } member;
 
@@ -598,7 +598,7 @@ static void t_full_then_incremental(void **state)
     assert_int_equal(o.rc, 0);
     assert_int_equal(o.n, 2500);
     for (size_t i = 0; i < 2500; i++) {
-        char id[16];
+        char id[32];
         snprintf(id, sizeof(id), "m%05zu", i);
         assert_string_equal(o.ids[i], id); /* page order, each once */
     }
@@ -665,7 +665,7 @@ static void t_failed_page(void **state)
     assert_int_equal(o.rc, 0);
     assert_int_equal(o.n, 1000);
     for (size_t i = 0; i < 100; i++) {
-        char id[16];
+        char id[32];
         snprintf(id, sizeof(id), "m%05zu", 700 + i);
         assert_string_equal(o.ids[i], id); /* the failed page came first */
     }
