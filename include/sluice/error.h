@@ -15,6 +15,7 @@ enum sl_errcode {
     SL_ERR_NOMEM = -6,
     SL_ERR_USAGE = -7,
     SL_ERR_INTERRUPTED = -8,
+    SL_ERR_LOCKED = -9, /* held by another process (a run lease): try later */
 };
 
 #define SL_ERRMSG_MAX 1024

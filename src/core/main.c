@@ -12,7 +12,7 @@
 
 #include "config/config.h"
 #include "core/registry.h"
-#include "core/run.h"
+#include "engine/run.h"
 #include "core/serve.h"
 #include "sluice/log.h"
 #include "state/state.h"

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/run.h"
+#include "engine/run.h"
 #include "sluice/http.h"
 #include "sluice/json.h"
 #include "sluice/log.h"

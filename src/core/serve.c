@@ -17,7 +17,7 @@
 
 #include "core/ctx.h"
 #include "core/metrics.h"
-#include "core/run.h"
+#include "engine/run.h"
 #include "core/serve.h"
 #include "net/server.h"
 #include "sluice/log.h"

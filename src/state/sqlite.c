@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -525,6 +526,35 @@ fail:
     return ret;
 }
 
+/* Open the directory holding path and take an exclusive flock on it.
+ * Returns the descriptor (close it to release) or <0 with err set. */
+static int lock_parent_dir(sq *q, const char *path, sl_error *err)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(dir, sizeof(dir), ".");
+    } else if (slash == path) {
+        snprintf(dir, sizeof(dir), "/");
+    } else {
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        return sl_error_set(err, SL_ERR_IO, "state %s: cannot open its directory %s: %s", q->where,
+                            dir, strerror(errno));
+    }
+    while (flock(fd, LOCK_EX) < 0) {
+        if (errno != EINTR) {
+            int e = errno;
+            close(fd);
+            return sl_error_set(err, SL_ERR_IO, "state %s: cannot lock its directory %s: %s",
+                                q->where, dir, strerror(e));
+        }
+    }
+    return fd;
+}
+
 static void sq_close(void *impl)
 {
     sq *q = impl;
@@ -547,6 +577,7 @@ static void *sq_open(const char *path, const char *options, char *where, size_t 
     int sync_full = 0;
     int busy_ms = 0;
     int rc;
+    int dir_fd = -1;
     int memory = strcmp(path, ":memory:") == 0;
     sq *q = calloc(1, sizeof(*q));
     if (!q) {
@@ -564,6 +595,15 @@ static void *sq_open(const char *path, const char *options, char *where, size_t 
     }
     if (!memory) {
         if (make_parent_dirs(q, path, err) < 0) {
+            goto fail;
+        }
+        /* Processes opening one new file at once would race to switch it to
+         * WAL and create the schema (SQLite answers the loser "database is
+         * locked" or even an I/O error, not a busy wait). Setting up is
+         * short: do it one process at a time, under an advisory lock on the
+         * directory (flock on a directory never meets SQLite's own POSIX
+         * locks on the database file). */
+        if ((dir_fd = lock_parent_dir(q, path, err)) < 0) {
             goto fail;
         }
         /* Create the file ourselves so it is 0600; SQLite gives its -wal and
@@ -627,9 +667,15 @@ static void *sq_open(const char *path, const char *options, char *where, size_t 
             goto fail;
         }
     }
+    if (dir_fd >= 0) {
+        close(dir_fd); /* releases the flock */
+    }
     return q;
 
 fail:
+    if (dir_fd >= 0) {
+        close(dir_fd);
+    }
     sq_close(q);
     return NULL;
 }

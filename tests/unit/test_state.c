@@ -125,11 +125,11 @@ static void test_open_creates_dir_and_schema(void **state)
     /* dead letters hold personal data: not world-readable */
     assert_int_equal(sb.st_mode & 0077, 0);
 
-    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
     assert_int_equal(raw_int(f->db, "PRAGMA application_id"), 0x534C5549);
     assert_int_equal(raw_int(f->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
-                                    "name IN ('runs','kv','dead_letters','jobs')"),
-                     4);
+                                    "name IN ('runs','kv','dead_letters','jobs','leases')"),
+                     5);
     assert_int_equal(raw_int(f->db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                                     "name = 'dead_letters_pipeline_id'"),
                      1);
@@ -149,7 +149,7 @@ static void test_open_creates_dir_and_schema(void **state)
     /* a plain path works too, and opening twice does not migrate twice */
     s = open_ok(f->db);
     sl_state_close(s);
-    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
 }
 
 static void test_reopen_keeps_data(void **state)
@@ -869,6 +869,119 @@ static void check_child_commit(fixture *f, int how)
     sl_state_close(s);
 }
 
+/* ---- leases ----------------------------------------------------------------- */
+
+static sl_lease lease_of(const char *name, const char *owner, double expires_at)
+{
+    sl_lease l;
+    memset(&l, 0, sizeof(l));
+    snprintf(l.name, sizeof(l.name), "%s", name);
+    snprintf(l.owner, sizeof(l.owner), "%s", owner);
+    snprintf(l.host, sizeof(l.host), "h1");
+    l.pid = 42;
+    l.expires_at = expires_at;
+    return l;
+}
+
+static void test_leases(void **state)
+{
+    fixture *f = *state;
+    sl_error err = {0};
+    sl_state *a = open_ok(f->url);
+    sl_state *b = open_ok(f->url); /* another process's connection */
+    double now = (double)time(NULL);
+    sl_lease mine = lease_of("p", "h1:42:aa", now + 60),
+             theirs = lease_of("p", "h2:7:bb", now + 60);
+    sl_lease holder;
+
+    assert_int_equal(sl_state_lease_get(a, "p", &holder, &err), 0);
+    assert_int_equal(sl_state_lease_take(a, &mine, NULL, &holder, &err), 1);
+    /* the second owner is refused and told who holds it */
+    memset(&holder, 0, sizeof(holder));
+    assert_int_equal(sl_state_lease_take(b, &theirs, NULL, &holder, &err), 0);
+    assert_string_equal(holder.owner, "h1:42:aa");
+    assert_string_equal(holder.host, "h1");
+    assert_int_equal(holder.pid, 42);
+    assert_true(holder.expires_at >= now + 59);
+    /* taking it again as its owner renews it; another name is independent */
+    assert_int_equal(sl_state_lease_take(a, &mine, NULL, NULL, &err), 1);
+    sl_lease other = lease_of("q", "h2:7:bb", now + 60);
+    assert_int_equal(sl_state_lease_take(b, &other, NULL, NULL, &err), 1);
+    /* a steal names the exact owner proved dead; any other name does nothing */
+    assert_int_equal(sl_state_lease_take(b, &theirs, "h1:42:zz", &holder, &err), 0);
+    assert_int_equal(sl_state_lease_take(b, &theirs, "h1:42:aa", &holder, &err), 1);
+    /* the old owner finds out at its next renewal (fencing) */
+    assert_int_equal(sl_state_lease_renew(a, "p", "h1:42:aa", now + 120, &err), 0);
+    assert_int_equal(sl_state_lease_renew(b, "p", "h2:7:bb", now + 120, &err), 1);
+    /* an expired lease is free for anyone */
+    assert_int_equal(sl_state_lease_renew(b, "p", "h2:7:bb", now - 1, &err), 1);
+    assert_int_equal(sl_state_lease_take(a, &mine, NULL, &holder, &err), 1);
+    /* release by a non-owner does nothing; by the owner frees it */
+    assert_int_equal(sl_state_lease_release(b, "p", "h2:7:bb", &err), 0);
+    assert_int_equal(sl_state_lease_get(b, "p", &holder, &err), 1);
+    assert_string_equal(holder.owner, "h1:42:aa");
+    assert_int_equal(sl_state_lease_release(a, "p", "h1:42:aa", &err), 0);
+    assert_int_equal(sl_state_lease_get(b, "p", &holder, &err), 0);
+    /* a renewal inside a rolled-back transaction is undone with it */
+    assert_int_equal(sl_state_lease_take(a, &mine, NULL, NULL, &err), 1);
+    assert_int_equal(sl_state_begin(a, &err), 0);
+    assert_int_equal(sl_state_lease_renew(a, "p", "h1:42:aa", now + 999, &err), 1);
+    sl_state_rollback(a);
+    assert_int_equal(sl_state_lease_get(a, "p", &holder, &err), 1);
+    assert_true(holder.expires_at < now + 900);
+    sl_state_close(a);
+    sl_state_close(b);
+}
+
+/* Many processes opening one new state file at once: every one of them
+ * gets a working store (none sees a half-made file as foreign). */
+static void test_new_file_open_race(void **state)
+{
+    fixture *f = *state;
+    for (int round = 0; round < 5; round++) {
+        char url[PATH_MAX + 32];
+        snprintf(url, sizeof(url), "sqlite:%s/race%d.db", f->dir, round);
+        enum { N = 12 };
+        pid_t kids[N];
+        int go[2];
+        assert_int_equal(pipe(go), 0);
+        for (int i = 0; i < N; i++) {
+            kids[i] = fork();
+            assert_true(kids[i] >= 0);
+            if (kids[i] == 0) {
+                char c;
+                close(go[1]);
+                if (read(go[0], &c, 1) < 0) { /* all start together */
+                    _exit(9);
+                }
+                sl_error err = {0};
+                sl_state *s = sl_state_open(url, &err);
+                if (!s) {
+                    fprintf(stderr, "child %d: %s\n", i, err.msg);
+                    _exit(10);
+                }
+                sl_lease l = lease_of("p", "x", (double)time(NULL) + 60);
+                snprintf(l.owner, sizeof(l.owner), "h:%d", i);
+                int rc = sl_state_lease_take(s, &l, NULL, NULL, &err);
+                sl_state_close(s);
+                _exit(rc == 1 ? 1 : rc == 0 ? 0 : 11);
+            }
+        }
+        close(go[0]);
+        close(go[1]); /* EOF releases every child at once */
+        int taken = 0;
+        for (int i = 0; i < N; i++) {
+            int status = 0;
+            assert_int_equal(waitpid(kids[i], &status, 0), kids[i]);
+            assert_true(WIFEXITED(status));
+            int code = WEXITSTATUS(status);
+            assert_true(code == 0 || code == 1);
+            taken += code;
+        }
+        assert_int_equal(taken, 1); /* exactly one process got the lease */
+    }
+}
+
 static void test_durable_after_exit(void **state)
 {
     check_child_commit(*state, 0);
@@ -1014,6 +1127,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_durable_after_sigkill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durable_under_kill_at_random_point, setup, teardown),
         cmocka_unit_test_setup_teardown(test_checkpoint_rate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_leases, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_file_open_race, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

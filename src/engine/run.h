@@ -1,8 +1,8 @@
 /* The pipeline runner: source -> steps -> sink, with a bounded queue between
  * a reader thread (source + steps + batching) and the sink thread (delivery,
  * dead letters, checkpoints). */
-#ifndef SLUICE_RUN_H
-#define SLUICE_RUN_H
+#ifndef SLUICE_ENGINE_RUN_H
+#define SLUICE_ENGINE_RUN_H
 
 #include <signal.h>
 #include <stdint.h>

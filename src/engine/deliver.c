@@ -1,0 +1,294 @@
+/* The sink thread: where a batch becomes a request (or a database write).
+ *
+ * Batches enter a window of `window` slots in order; each is dispatched at
+ * once: HTTP sinks' requests go out concurrently through sl_http (its
+ * connection cap, rate limit and retries), synchronous sinks write in place,
+ * retried with the one retry policy. Completed batches are finalized in
+ * window order (finalize.c). The loop also keeps the run's lease alive. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "sluice/json.h"
+
+static void keep_response(slot *s, const sl_http_resp *resp)
+{
+    sl_buf_reset(&s->response);
+    if (resp && resp->body_len) {
+        size_t n = resp->body_len < RESPONSE_EXCERPT ? resp->body_len : RESPONSE_EXCERPT;
+        sl_buf_append(&s->response, resp->body, n);
+    }
+}
+
+static sl_verdict default_decode(const sl_http_resp *resp, sl_error *err)
+{
+    if (resp->status >= 200 && resp->status < 300) {
+        return SL_SEND_OK;
+    }
+    if (resp->gave_up || resp->status == 0) {
+        /* status 0 without gave_up: a transport error that retrying cannot
+         * fix (bad URL, TLS verification): as fatal as running out */
+        if (resp->status == 0) {
+            sl_error_set(err, SL_ERR_IO, "gave up after %d attempts: %s", resp->attempts,
+                         resp->error);
+        } else {
+            sl_error_set(err, SL_ERR_IO, "gave up after %d attempts: HTTP %ld", resp->attempts,
+                         resp->status);
+        }
+        return SL_SEND_FATAL;
+    }
+    sl_error_set(err, SL_ERR_IO, "HTTP %ld: %.200s", resp->status, resp->body);
+    if (resp->status == 401 || resp->status == 403) {
+        return SL_SEND_FATAL;
+    }
+    return SL_SEND_FAIL;
+}
+
+static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
+{
+    (void)req;
+    slot *s = ud;
+    runner *r = s->r;
+    s->attempts += resp->attempts;
+    keep_response(s, resp);
+    sl_error_clear(&s->err);
+    sl_verdict v = r->p->sink_plugin->decode
+                       ? r->p->sink_plugin->decode(r->sink, &s->b, resp, &s->err)
+                       : default_decode(resp, &s->err);
+    if (v == SL_SEND_RETRY && s->attempts < r->p->max_attempts) {
+        sl_error e;
+        if (sl_http_submit(r->http, &s->req, http_done, s, &e) == 0) {
+            return;
+        }
+        s->err = e;
+        v = SL_SEND_FATAL;
+    } else if (v == SL_SEND_RETRY) {
+        sl_error_prefix(&s->err, "gave up after %d attempts", s->attempts);
+        v = SL_SEND_FATAL;
+    }
+    if (v == SL_SEND_FATAL) {
+        /* stop reading and dispatching now; the batch is finalized (as not
+         * acknowledged) when it reaches the head of the window */
+        atomic_store(&r->halt, 1);
+    }
+    s->verdict = v;
+    s->done = 1;
+}
+
+static void dry_run_show(runner *r, slot *s)
+{
+    for (size_t i = 0; i < s->b.n; i++) {
+        sl_record *rec = &s->b.recs[i];
+        if (rec->status == SL_REC_OK) {
+            const char *a = rec->action ? rec->action : "send";
+            for (size_t k = 0; k < 8; k++) {
+                if (!r->actions[k] || strcmp(r->actions[k], a) == 0) {
+                    r->actions[k] = a;
+                    r->actions_n[k]++;
+                    break;
+                }
+            }
+        }
+    }
+    if (r->samples_shown >= r->o->samples || s->b.nsend == 0) {
+        return;
+    }
+    sl_buf body = {0};
+    if (r->p->sink_plugin->encode) {
+        sl_error e = {0};
+        sl_http_req_reset(&s->req);
+        if (r->p->sink_plugin->encode(r->sink, &s->b, &s->req, &e) == 0) {
+            sl_buf_printf(&body, "%s %s\n%s", s->req.method, sl_buf_cstr(&s->req.url),
+                          sl_buf_cstr(&s->req.body));
+        } else {
+            sl_buf_printf(&body, "(cannot encode: %s)", e.msg);
+        }
+    } else {
+        for (size_t i = 0; i < s->b.n && i < 5; i++) {
+            sl_record_to_json(&s->b.recs[i], &body);
+            sl_buf_putc(&body, '\n');
+        }
+    }
+    if (body.len > 2000) {
+        body.len = 2000;
+        body.data[body.len] = '\0';
+        sl_buf_puts(&body, " ...");
+    }
+    if (body.data) {
+        sl_redact(body.data, body.cap);
+    }
+    printf("--- sample payload %d (batch of %zu records)\n%s\n", r->samples_shown + 1, s->b.nsend,
+           sl_buf_cstr(&body));
+    r->samples_shown++;
+    sl_buf_free(&body);
+}
+
+/* Synchronous sinks: write in place, retrying transient failures with the
+ * one retry policy. */
+static void write_sync(runner *r, slot *s)
+{
+    const sl_sink_plugin *sk = r->p->sink_plugin;
+    for (;;) {
+        s->attempts++;
+        sl_error_clear(&s->err);
+        s->verdict = sk->write(r->sink, &s->b, &s->err);
+        if (s->verdict != SL_SEND_RETRY) {
+            break;
+        }
+        if (s->attempts >= r->retry.max_attempts || sl_engine_stopping(r)) {
+            sl_error_prefix(&s->err, "gave up after %d attempts", s->attempts);
+            s->verdict = SL_SEND_FATAL;
+            break;
+        }
+        int64_t wait = sl_retry_delay_ms(&r->retry, s->attempts, -1, &r->rng);
+        sl_warn(sl_ctx_name(r->sink_ctx), "%s; retry %d/%d in %.1fs", s->err.msg, s->attempts,
+                r->retry.max_attempts, (double)wait / 1000.0);
+        /* sleep in short steps: keep the lease and notice a stop */
+        for (int64_t left = wait; left > 0 && !sl_engine_stopping(r); left -= 200) {
+            usleep((useconds_t)(left < 200 ? left : 200) * 1000);
+            sl_error le;
+            if (sl_lease_renew(r, 0, &le) < 0) {
+                sl_engine_set_fatal(r, &le);
+            }
+        }
+    }
+    r->counts.requests++;
+    if (s->verdict == SL_SEND_FATAL) {
+        atomic_store(&r->halt, 1);
+    }
+    s->done = 1;
+}
+
+/* Start delivering slot s (already in the window). */
+static void dispatch(runner *r, slot *s)
+{
+    s->done = 0;
+    s->submitted = 0;
+    s->attempts = 0;
+    s->verdict = SL_SEND_OK;
+    sl_error_clear(&s->err);
+    sl_buf_reset(&s->response);
+    if (s->b.nsend == 0) {
+        s->done = 1;
+        return;
+    }
+    if (r->o->dry_run) {
+        dry_run_show(r, s);
+        s->done = 1;
+        return;
+    }
+    const sl_sink_plugin *sk = r->p->sink_plugin;
+    if (!sk->encode) {
+        write_sync(r, s);
+        return;
+    }
+    sl_http_req_reset(&s->req);
+    if (sk->encode(r->sink, &s->b, &s->req, &s->err) < 0) {
+        s->verdict = SL_SEND_FAIL;
+        s->done = 1;
+        return;
+    }
+    if (s->req.body.len == 0 && strcmp(s->req.method, "GET") != 0) {
+        s->done = 1; /* every record was skipped by the sink */
+        return;
+    }
+    sl_error e;
+    if (sl_http_submit(r->http, &s->req, http_done, s, &e) < 0) {
+        s->err = e;
+        s->verdict = SL_SEND_FATAL;
+        s->done = 1;
+        return;
+    }
+    s->submitted = 1;
+    r->counts.requests++;
+}
+
+/* Next queued batch, waiting a little when there is nothing else to do. */
+static slot *dequeue(runner *r)
+{
+    pthread_mutex_lock(&r->mu);
+    int can_wait = r->wlen == 0 && (!r->http || sl_http_pending(r->http) == 0);
+    if (r->qlen == 0 && !r->reader_done && can_wait) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 200 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&r->cv_work, &r->mu, &ts);
+    }
+    slot *s = NULL;
+    if (r->qlen) {
+        s = r->q[r->qhead];
+        r->qhead = (r->qhead + 1) % r->nslots;
+        r->qlen--;
+    }
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+void sl_deliver_loop(runner *r)
+{
+    double t0 = sl_engine_now();
+    double last_progress = t0;
+    double last_update = t0;
+    double progress_every = r->o->progress ? 0.25 : 10.0;
+
+    for (;;) {
+        while (!r->fatal && !sl_engine_stopping(r) && r->wlen < r->window) {
+            slot *s = dequeue(r);
+            if (!s) {
+                break;
+            }
+            s->b.seq = r->next_seq++;
+            r->win[(r->whead + r->wlen) % r->window] = s;
+            r->wlen++;
+            dispatch(r, s);
+        }
+
+        if (r->http && sl_http_pending(r->http) > 0) {
+            sl_http_run(r->http, r->wlen < r->window && !r->reader_done ? 5 : 100);
+        }
+        sl_finalize_completed(r);
+        sl_error le;
+        if (!r->fatal && sl_lease_renew(r, 0, &le) < 0) {
+            sl_engine_set_fatal(r, &le);
+        }
+
+        double t = sl_engine_now();
+        if (t - last_progress >= progress_every) {
+            sl_report_progress(r, t0, 0);
+            last_progress = t;
+        }
+        if (!r->o->dry_run && r->o->mode == SL_RUN_NORMAL && t - last_update >= 5.0) {
+            sl_error e;
+            sl_state_run_update(r->st, r->run_id, &r->counts, &e);
+            last_update = t;
+        }
+
+        pthread_mutex_lock(&r->mu);
+        int reader_done = r->reader_done;
+        size_t qlen = r->qlen;
+        pthread_mutex_unlock(&r->mu);
+        int inflight = r->http ? (int)sl_http_pending(r->http) : 0;
+        if (r->fatal) {
+            /* Let requests already on the wire finish (their outcome is
+             * not recorded as acknowledged past the fatal batch anyway). */
+            if (inflight == 0) {
+                break;
+            }
+        } else if (reader_done && qlen == 0 && r->wlen == 0) {
+            break;
+        }
+        if (sl_engine_stopping(r) && r->wlen == 0 && inflight == 0) {
+            break;
+        }
+    }
+    if (r->o->progress) {
+        sl_report_progress(r, t0, 1);
+    }
+}

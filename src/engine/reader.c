@@ -1,0 +1,281 @@
+/* The reader thread: where a source row becomes a record in a batch.
+ *
+ * For each batch: take a free slot, fill it with records from the source (or
+ * from the dead letters being replayed), each run through the per-record
+ * steps; when the batch is full, run the batch steps (steps that do I/O for
+ * a whole batch at once) and the per-record steps after them; hand the
+ * batch to the sink thread.
+ *
+ * Rule: every record of one batch entered the steps at the same stage, so a
+ * batch step sees each record once. (Replayed dead letters are ordered by
+ * stage and a batch closes where the stage changes.)
+ *
+ * At end of input each step's drain is called in step order, after every
+ * earlier record went through every step; what it emits goes through the
+ * later steps to the sink like any record, in batches of its own. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine.h"
+
+static slot *take_free(runner *r)
+{
+    pthread_mutex_lock(&r->mu);
+    while (r->nfree == 0 && !sl_engine_stopping(r)) {
+        pthread_cond_wait(&r->cv_free, &r->mu);
+    }
+    slot *s = r->nfree ? r->freel[--r->nfree] : NULL;
+    pthread_mutex_unlock(&r->mu);
+    return s;
+}
+
+static void enqueue(runner *r, slot *s)
+{
+    pthread_mutex_lock(&r->mu);
+    r->q[(r->qhead + r->qlen) % r->nslots] = s;
+    r->qlen++;
+    pthread_cond_signal(&r->cv_work);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* The first batch step at or after `from`, or nsteps. */
+static size_t segment_end(const runner *r, size_t from)
+{
+    for (size_t i = from; i < r->p->nsteps; i++) {
+        if (r->p->step_plugins[i]->process_batch) {
+            return i;
+        }
+    }
+    return r->p->nsteps;
+}
+
+static int step_failed(runner *r, size_t i, sl_error *err)
+{
+    return sl_error_prefix(err, "step %zu (%s)", i + 1, r->p->step_plugins[i]->name);
+}
+
+/* Run rec through the per-record steps [from, to). <0 fatal. */
+static int record_steps(runner *r, sl_record *rec, size_t from, size_t to, sl_error *err)
+{
+    for (size_t i = from; i < to && rec->status == SL_REC_OK; i++) {
+        int rc = r->p->step_plugins[i]->process(r->steps[i], rec, (int)i, err);
+        if (rc < 0) {
+            return step_failed(r, i, err);
+        }
+        if (rc == 1) {
+            rec->status = SL_REC_SKIP;
+        }
+    }
+    return 0;
+}
+
+static size_t approx_bytes(const sl_record *rec)
+{
+    size_t n = rec->data.len + 2;
+    for (uint32_t i = 0; i < rec->nfields; i++) {
+        n += rec->fields[i].name_len + 8;
+    }
+    return n;
+}
+
+/* The batch is full (or input ended): run the batch steps from `from` on,
+ * each followed by the per-record steps up to the next batch step; then
+ * recount what is left to send. */
+static int finish_batch(runner *r, slot *s, size_t from, sl_error *err)
+{
+    size_t k = segment_end(r, from);
+    if (k >= r->p->nsteps || s->b.n == 0) {
+        return 0;
+    }
+    while (k < r->p->nsteps) {
+        if (r->p->step_plugins[k]->process_batch(r->steps[k], &s->b, (int)k, err) < 0) {
+            return step_failed(r, k, err);
+        }
+        size_t next = segment_end(r, k + 1);
+        for (size_t i = 0; i < s->b.n; i++) {
+            if (record_steps(r, &s->b.recs[i], k + 1, next, err) < 0) {
+                return SL_ERR;
+            }
+        }
+        k = next;
+    }
+    s->b.nsend = 0;
+    s->b.bytes = 0;
+    for (size_t i = 0; i < s->b.n; i++) {
+        if (s->b.recs[i].status == SL_REC_OK) {
+            s->b.nsend++;
+            s->b.bytes += approx_bytes(&s->b.recs[i]);
+        }
+    }
+    return 0;
+}
+
+/* Where the reader is: what produces the next record. */
+typedef struct feed {
+    int drain_step;             /* -1: the source (or replay); else the step being drained */
+    uint64_t end_pos, end_line; /* just past the last source record */
+} feed;
+
+/* Next record into rec: 1 produced (*from = the stage it enters the steps
+ * at), 0 this feed is exhausted, <0 fatal. */
+static int produce(runner *r, feed *f, sl_record *rec, size_t *from, uint64_t *next_pos,
+                   sl_error *err)
+{
+    if (f->drain_step < 0) {
+        int n = r->o->mode == SL_RUN_RETRY ? sl_replay_next(r, rec, next_pos, err)
+                                           : r->srcp->next(r->src, rec, next_pos, err);
+        if (n == 1) {
+            *from = 0;
+            if (r->o->mode == SL_RUN_RETRY) {
+                *from = rec->stage >= 0 && rec->stage != SL_STAGE_SINK ? (size_t)rec->stage
+                                                                       : r->p->nsteps;
+            }
+        }
+        return n;
+    }
+    size_t i = (size_t)f->drain_step;
+    int n = r->p->step_plugins[i]->drain(r->steps[i], rec, (int)i, err);
+    if (n < 0) {
+        return step_failed(r, i, err);
+    }
+    if (n == 1) {
+        *from = i + 1;
+        /* not a position in the input: the checkpoint stays at its end */
+        rec->pos = f->end_pos;
+        rec->line = 0;
+        *next_pos = f->end_pos;
+    }
+    return n;
+}
+
+/* Move to the next feed after the current one ran dry: the next step with
+ * a drain. 0 when there is none left. */
+static int next_feed(runner *r, feed *f)
+{
+    for (size_t i = (size_t)(f->drain_step + 1); i < r->p->nsteps; i++) {
+        if (r->p->step_plugins[i]->drain) {
+            f->drain_step = (int)i;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The stage the next replayed record enters at, or -1. */
+static long replay_peek_from(const runner *r)
+{
+    if (r->o->mode != SL_RUN_RETRY || r->next_item >= r->nitems) {
+        return -1;
+    }
+    int st = r->items[r->next_item].stage;
+    return st >= 0 && st != SL_STAGE_SINK ? st : (long)r->p->nsteps;
+}
+
+void *sl_reader_main(void *arg)
+{
+    runner *r = arg;
+    sl_error err = {0};
+    int rc = 0;
+    int done = 0;
+    feed f = {.drain_step = -1};
+
+    while (!done && rc == 0 && !sl_engine_stopping(r)) {
+        slot *s = take_free(r);
+        if (!s) {
+            break;
+        }
+        sl_batch_reset(&s->b);
+        s->nread = s->nskipped = 0;
+        size_t batch_from = 0;
+        int first = 1;
+        int feed_dry = 0;
+        while (s->b.nsend < (size_t)r->batch_records && s->b.n < (size_t)r->max_batch_n &&
+               (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r)) {
+            long peek = replay_peek_from(r);
+            if (!first && f.drain_step < 0 && peek >= 0 && (size_t)peek != batch_from) {
+                break; /* one entry stage per batch */
+            }
+            sl_record *rec = sl_batch_push(&s->b);
+            if (!rec) {
+                rc = sl_error_set(&err, SL_ERR_NOMEM, "out of memory building a batch");
+                break;
+            }
+            uint64_t next_pos = 0;
+            size_t from = 0;
+            int n = produce(r, &f, rec, &from, &next_pos, &err);
+            if (n <= 0) {
+                sl_batch_pop(&s->b);
+                if (n < 0) {
+                    rc = n;
+                } else {
+                    feed_dry = 1;
+                }
+                break;
+            }
+            if (f.drain_step < 0) {
+                s->nread++;
+                f.end_pos = next_pos;
+                f.end_line = rec->next_line ? rec->next_line : rec->line + 1;
+            }
+            if (r->p->nsteps > 0) {
+                rec->raw_len = 0; /* steps may change the fields: the raw line is stale */
+            }
+            if (first) {
+                s->b.start_pos = rec->pos;
+                s->b.start_line = rec->line ? rec->line : f.end_line;
+                batch_from = from;
+                first = 0;
+            }
+            s->b.end_pos = next_pos;
+            s->b.end_line = f.end_line;
+            if (rec->status == SL_REC_OK &&
+                record_steps(r, rec, from, segment_end(r, from), &err) < 0) {
+                rc = SL_ERR;
+                sl_batch_pop(&s->b);
+                break;
+            }
+            if (rec->status == SL_REC_SKIP) {
+                s->nskipped++;
+                sl_batch_pop(&s->b); /* nothing to keep; the slot is reused */
+                continue;
+            }
+            if (rec->status == SL_REC_OK) {
+                s->b.nsend++;
+                s->b.bytes += approx_bytes(rec);
+            }
+        }
+        if (rc == 0 && !first && finish_batch(r, s, batch_from, &err) < 0) {
+            rc = SL_ERR;
+        }
+        if (r->srcp && r->srcp->progress && r->o->mode != SL_RUN_RETRY) {
+            int64_t pd = 0, total = -1;
+            r->srcp->progress(r->src, &pd, &total);
+            atomic_store(&r->prog_done, pd);
+            atomic_store(&r->prog_total, total);
+        }
+        atomic_fetch_add(&r->prog_read, (int_fast64_t)s->nread);
+        if (rc == 0 && (s->b.n > 0 || s->nread > 0)) {
+            enqueue(r, s);
+        } else {
+            sl_engine_give_free(r, s);
+        }
+        if (feed_dry && rc == 0) {
+            /* Drains run only once the input ended; a batch in flight
+             * already went through every step (finish_batch above). */
+            if (r->o->mode == SL_RUN_RETRY || !next_feed(r, &f)) {
+                done = 1;
+            }
+        }
+    }
+
+    pthread_mutex_lock(&r->mu);
+    r->reader_done = 1;
+    r->reader_rc = rc;
+    r->reader_eof = done && rc == 0;
+    if (rc) {
+        r->reader_err = err;
+    }
+    pthread_cond_signal(&r->cv_work);
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
