@@ -328,9 +328,11 @@ static inline void fk_status_json(sl_buf *b, const unsigned long *status, size_t
 }
 
 /* Start an MHD daemon on 127.0.0.1:port with one thread per connection: a
- * handler may sleep (--latency-ms) without stalling other connections. */
+ * handler may sleep (--latency-ms) without stalling other connections.
+ * notify (may be NULL) is told when each TCP connection opens and closes. */
 static inline struct MHD_Daemon *fk_start(uint16_t port, MHD_AccessHandlerCallback handler,
-                                          MHD_RequestCompletedCallback done)
+                                          MHD_RequestCompletedCallback done,
+                                          MHD_NotifyConnectionCallback notify)
 {
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -340,9 +342,9 @@ static inline struct MHD_Daemon *fk_start(uint16_t port, MHD_AccessHandlerCallba
     return MHD_start_daemon(
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL, port, NULL,
         NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)2000,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_THREAD_STACK_SIZE,
-        (size_t)(1024 * 1024), MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_NOTIFY_CONNECTION, notify, NULL,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)2000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1024 * 1024), MHD_OPTION_END);
 }
 
 /* Block SIGTERM/SIGINT (before starting threads, so they inherit the mask) and
@@ -367,15 +369,18 @@ static inline int fk_wait_signal(const sigset_t *set)
 /* The life of every fake's server: listen on 127.0.0.1:port (0 = any free
  * port), write the bound port to port_file (if given), announce it on
  * stdout, wait for SIGTERM/SIGINT, call on_stop (may be NULL), stop the
- * daemon, then print the final stats that stats_fn writes. Returns 0, or 1
- * when the server could not start. */
-static inline int fk_serve(const char *prog, long port, const char *port_file,
-                           MHD_AccessHandlerCallback handler, MHD_RequestCompletedCallback done,
-                           void (*on_stop)(void), void (*stats_fn)(sl_buf *))
+ * daemon, then print the final stats that stats_fn writes. notify (may be
+ * NULL) sees every TCP connection open and close. Returns 0, or 1 when the
+ * server could not start. */
+static inline int fk_serve_notify(const char *prog, long port, const char *port_file,
+                                  MHD_AccessHandlerCallback handler,
+                                  MHD_RequestCompletedCallback done,
+                                  MHD_NotifyConnectionCallback notify, void (*on_stop)(void),
+                                  void (*stats_fn)(sl_buf *))
 {
     sigset_t sigs;
     fk_block_signals(&sigs);
-    struct MHD_Daemon *d = fk_start((uint16_t)port, handler, done);
+    struct MHD_Daemon *d = fk_start((uint16_t)port, handler, done, notify);
     if (!d) {
         fprintf(stderr, "%s: cannot listen on 127.0.0.1:%ld: %s\n", prog, port, strerror(errno));
         return 1;
@@ -406,6 +411,13 @@ static inline int fk_serve(const char *prog, long port, const char *port_file,
     fflush(stdout);
     sl_buf_free(&b);
     return 0;
+}
+
+static inline int fk_serve(const char *prog, long port, const char *port_file,
+                           MHD_AccessHandlerCallback handler, MHD_RequestCompletedCallback done,
+                           void (*on_stop)(void), void (*stats_fn)(sl_buf *))
+{
+    return fk_serve_notify(prog, port, port_file, handler, done, NULL, on_stop, stats_fn);
 }
 
 #endif
