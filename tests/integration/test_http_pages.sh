@@ -155,6 +155,36 @@ p=$(peak)
 check "peak connections $p <= 10" test "$p" -le 10
 stop_fake "$MC_PID"
 
+# ---------------------------------------------------------------- kill -9, resume
+start_mc crash --members 25000 --latency-ms 40
+write_config crash
+n0=$(lines "$REC")
+(cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$T_DIR/crash.yml" >"$T_DIR/crash1.out" 2>&1) &
+cpid=$!
+for _ in $(seq 1 400); do
+    [ "$(($(lines "$REC") - n0))" -ge 20 ] && break # 20 batches of 500 acknowledged
+    sleep 0.02
+done
+kill -9 "$cpid" 2>/dev/null || true
+wait "$cpid" 2>/dev/null || true
+ids_since "$REC" "$n0" >"$T_DIR/crash1.all"
+sort -u "$T_DIR/crash1.all" >"$T_DIR/crash1.ids"
+n1=$(wc -l <"$T_DIR/crash1.ids")
+check "the killed run delivered part ($n1)" test "$n1" -gt 0 -a "$n1" -lt 25000
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/crash.yml" >"$T_DIR/crash2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "the next run resumes and exits 0" 0 "$rc"
+expect_match "it resumed" "$T_DIR/crash2.out" "resuming at pass 1, page"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/crash2.ids"
+expect_eq "together every member" 25000 "$(sort -u "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)"
+again=$(comm -12 "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)
+# re-sent: the resumed page (1000) plus the batches in flight (concurrency 4 x 500)
+check "re-sent after the kill: $again (<= 3000)" test "$again" -le 3000
+check "the cursor moved" test -n "$(kv crash cursor)"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+stop_fake "$MC_PID"
+
 # ---------------------------------------------------------------- wrong key
 start_mc key --members 10
 write_config key
