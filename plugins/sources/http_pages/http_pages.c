@@ -1438,7 +1438,6 @@ static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *er
 
 static int src_checkpoint(void *self, uint64_t pos, uint64_t line, sl_buf *out, sl_error *err)
 {
-    (void)line;
     hp_src *s = self;
     unsigned pass;
     uint64_t page, index;
@@ -1458,6 +1457,8 @@ static int src_checkpoint(void *self, uint64_t pos, uint64_t line, sl_buf *out, 
     sl_jw_int(&w, (int64_t)page);
     sl_jw_keyz(&w, "index");
     sl_jw_int(&w, (int64_t)index);
+    sl_jw_keyz(&w, "line"); /* the record's 1-based offset in the window, for messages */
+    sl_jw_int(&w, (int64_t)line);
     /* the pass's total, when the checkpoint is in the pass being walked */
     int64_t total = pass == s->plan_pass ? s->pass_total : -1;
     sl_jw_keyz(&w, "probe_total");
