@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# http_pages source against fake_mailchimp, end to end through the real binary
+# (records posted by the http sink to fake_hook):
+#   - 25,000 members: a full pull delivers each once; every request carries
+#     the same before_last_changed, offsets are k*1000, at most 10 connections;
+#   - 300 members touched: the next run delivers exactly those 300;
+#   - page 7 failing on the first run: the cursor stays, the failed page is
+#     kept, and the next run delivers it;
+#   - members changing during the pull: every member on the list at the run's
+#     start arrives in this run or the next;
+#   - a wrong key stops the run on the probe with the API's words.
+source "$(dirname "$0")/lib.sh"
+
+KEY="0123456789abcdef0123456789abcdef-us9"
+LIST=a1b2c3d4e5
+
+# start_mc NAME ARGS...: fake_mailchimp; sets MC_PORT
+start_mc() {
+    local name=$1
+    shift
+    local pf=$T_DIR/$name.port
+    rm -f "$pf"
+    "$FAKES_DIR/fake_mailchimp" --port 0 --port-file "$pf" --api-key "$KEY" --list-id "$LIST" \
+        "$@" >"$T_DIR/$name.out" 2>"$T_DIR/$name.err" &
+    MC_PID=$!
+    T_PIDS+=("$MC_PID")
+    MC_PORT=$(wait_port_file "$pf")
+}
+
+mc() { curl -fsS -X "$1" "http://127.0.0.1:$MC_PORT$2"; }
+
+# write_config NAME: a pipeline reading the fake, posting to the hook
+write_config() {
+    cat >"$T_DIR/$1.yml" <<EOF
+state: $T_DIR/$1.db
+pipelines:
+  members:
+    source:
+      type: http_pages
+      preset: mailchimp
+      url: http://127.0.0.1:$MC_PORT/3.0/lists/$LIST/members
+      api_key: \${MC_KEY}
+      fields: [members.id, members.email_address, members.status, members.merge_fields,
+               members.last_changed]
+      retries: 2
+      backoff: 20ms
+      max_backoff: 100ms
+    sink:
+      type: http
+      url: http://127.0.0.1:$FAKE_hook_PORT/hook
+    batch: {records: 500}
+    concurrency: 4
+EOF
+}
+
+# ids delivered since line $2 of the hook's record file, one per line
+ids_since() { tail -n +"$(($2 + 1))" "$1" | jq -r '.[].id'; }
+lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+kv() { sqlite3 "$T_DIR/$1.db" "select value from kv where key like '%http_pages/$2'" 2>/dev/null || true; }
+peak() { fake_stats "$MC_PORT" | jq -r '.peak_connections'; }
+export MC_KEY=$KEY
+
+start_fake_hook hook
+REC=$FAKE_hook_RECORD
+
+# ---------------------------------------------------------------- full, then 300
+start_mc full --members 25000
+write_config full
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/full.yml" >"$T_DIR/run1.out" 2>&1 && rc=0 || rc=$?
+expect_eq "full pull exits 0" 0 "$rc"
+sync
+ids_since "$REC" "$n0" | sort >"$T_DIR/run1.ids"
+expect_eq "25,000 members delivered" 25000 "$(wc -l <"$T_DIR/run1.ids")"
+expect_eq "each once" 25000 "$(sort -u "$T_DIR/run1.ids" | wc -l)"
+mc GET /_members | jq -r '.[].id' | sort >"$T_DIR/all.ids"
+check "the delivered ids are the list's" cmp -s "$T_DIR/all.ids" "$T_DIR/run1.ids"
+stats=$(fake_stats "$MC_PORT")
+expect_eq "25 page requests" 25 "$(jq '[.request_log[] | select(.status == 200)] | length' <<<"$stats")"
+expect_eq "offsets are k*1000" "0 1000 2000 24000" \
+    "$(jq -r '[.request_log[].offset] | sort | [.[0], .[1], .[2], .[-1]] | map(tostring) | join(" ")' <<<"$stats")"
+expect_eq "every page carries one before_last_changed" 1 \
+    "$(jq '[.request_log[].before] | unique | map(select(. != null)) | length' <<<"$stats")"
+expect_eq "no 429" 0 "$(jq '.status["429"] // 0' <<<"$stats")"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+cursor1=$(kv full cursor)
+check "cursor set ($cursor1)" test -n "$cursor1"
+
+touched=$(mc POST "/_touch?n=300&seed=7" | jq -r '.[]' | sort)
+sleep 1.1 # a change in the second a run starts belongs to the next run (whole-second windows)
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/full.yml" >"$T_DIR/run2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "incremental run exits 0" 0 "$rc"
+ids_since "$REC" "$n0" | sort >"$T_DIR/run2.ids"
+expect_eq "exactly the 300 touched arrive" "$touched" "$(cat "$T_DIR/run2.ids")"
+req=$(fake_stats "$MC_PORT" | jq -c '.request_log[-1]')
+expect_eq "the second run asks since the first run's start minus 1s" \
+    "$(python3 -c 'import sys,datetime as d; t=d.datetime.fromisoformat(sys.argv[1])-d.timedelta(seconds=1); print(t.isoformat())' "$cursor1")" \
+    "$(jq -r '.since' <<<"$req" | sed 's/\.000//; s/Z$/+00:00/')"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+stop_fake "$MC_PID"
+
+# ---------------------------------------------------------------- page 7 fails
+start_mc fail --members 25000 --fail-offset 7000:503:3
+write_config fail
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/fail.yml" >"$T_DIR/fail1.out" 2>&1 && rc=0 || rc=$?
+expect_eq "a failed page does not stop the run" 0 "$rc"
+expect_match "the failed page is logged" "$T_DIR/fail1.out" "page 7, offset 7000.*HTTP 503"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/fail1.ids"
+expect_eq "24,000 members arrive" 24000 "$(wc -l <"$T_DIR/fail1.ids")"
+expect_eq "the cursor does not move" "" "$(kv fail cursor)"
+expect_match "the failed page is kept" <(kv fail failed_pages) '"offset":7000,"count":1000'
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/fail.yml" >"$T_DIR/fail2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "next run exits 0" 0 "$rc"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/fail2.ids"
+mc GET /_members | jq -r '.[].id' | sort >"$T_DIR/all.ids"
+expect_eq "runs 1 and 2 together deliver every member" 25000 \
+    "$(sort -u "$T_DIR/fail1.ids" "$T_DIR/fail2.ids" | wc -l)"
+expect_eq "the missing 1,000 arrive in run 2" 1000 \
+    "$(comm -23 "$T_DIR/all.ids" "$T_DIR/fail1.ids" | comm -12 - "$T_DIR/fail2.ids" | wc -l)"
+check "the cursor moved" test -n "$(kv fail cursor)"
+expect_eq "the ledger is cleared" "" "$(kv fail failed_pages)"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+stop_fake "$MC_PID"
+
+# ---------------------------------------------------------------- churn
+start_mc churn --members 25000 --latency-ms 20
+write_config churn
+mc GET /_members | jq -r '.[] | "\(.id) \(.last_changed)"' | sort >"$T_DIR/start.lc"
+cut -d' ' -f1 "$T_DIR/start.lc" >"$T_DIR/start.ids"
+mc POST "/_churn?per_request=3&seed=11" >/dev/null
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/churn.yml" >"$T_DIR/churn1.out" 2>&1 && rc=0 || rc=$?
+expect_eq "run under churn exits 0" 0 "$rc"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/churn1.ids"
+mc POST "/_churn?per_request=0" >/dev/null
+changed=$(fake_stats "$MC_PORT" | jq '.touched')
+sleep 1.1
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/churn.yml" >"$T_DIR/churn2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "the run after exits 0" 0 "$rc"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/churn2.ids"
+missing=$(sort -u "$T_DIR/churn1.ids" "$T_DIR/churn2.ids" | comm -23 "$T_DIR/start.ids" - | wc -l)
+expect_eq "no member lost ($changed changed during run 1; run 1 sent $(wc -l <"$T_DIR/churn1.ids"), run 2 $(wc -l <"$T_DIR/churn2.ids"))" 0 "$missing"
+mc GET /_members | jq -r '.[] | "\(.id) \(.last_changed)"' | sort >"$T_DIR/end.lc"
+unchanged_missing=$(comm -12 "$T_DIR/start.lc" "$T_DIR/end.lc" | cut -d' ' -f1 |
+    comm -23 - "$T_DIR/churn1.ids" | wc -l)
+expect_eq "every member that did not change arrived in run 1" 0 "$unchanged_missing"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+stop_fake "$MC_PID"
+
+# ---------------------------------------------------------------- kill -9, resume
+start_mc crash --members 25000 --latency-ms 40
+write_config crash
+n0=$(lines "$REC")
+(cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$T_DIR/crash.yml" >"$T_DIR/crash1.out" 2>&1) &
+cpid=$!
+for _ in $(seq 1 400); do
+    [ "$(($(lines "$REC") - n0))" -ge 20 ] && break # 20 batches of 500 acknowledged
+    sleep 0.02
+done
+kill -9 "$cpid" 2>/dev/null || true
+wait "$cpid" 2>/dev/null || true
+ids_since "$REC" "$n0" >"$T_DIR/crash1.all"
+sort -u "$T_DIR/crash1.all" >"$T_DIR/crash1.ids"
+n1=$(wc -l <"$T_DIR/crash1.ids")
+check "the killed run delivered part ($n1)" test "$n1" -gt 0 -a "$n1" -lt 25000
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/crash.yml" >"$T_DIR/crash2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "the next run resumes and exits 0" 0 "$rc"
+expect_match "it resumed" "$T_DIR/crash2.out" "resuming at pass 1, page"
+ids_since "$REC" "$n0" | sort -u >"$T_DIR/crash2.ids"
+expect_eq "together every member" 25000 "$(sort -u "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)"
+again=$(comm -12 "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)
+# re-sent: the resumed page (1000) plus the batches in flight (concurrency 4 x 500)
+check "re-sent after the kill: $again (<= 3000)" test "$again" -le 3000
+check "the cursor moved" test -n "$(kv crash cursor)"
+p=$(peak)
+check "peak connections $p <= 10" test "$p" -le 10
+stop_fake "$MC_PID"
+
+# ---------------------------------------------------------------- wrong key
+start_mc key --members 10
+write_config key
+MC_KEY=wrong-key-us9 sluice run -c "$T_DIR/key.yml" >"$T_DIR/key.out" 2>&1 && rc=0 || rc=$?
+expect_eq "a wrong key fails the run" 1 "$rc"
+expect_match "the message names the URL and what the API said" "$T_DIR/key.out" \
+    "/3.0/lists/$LIST/members.*HTTP 401.*API Key Invalid"
+expect_no_match "the key is not shown" "$T_DIR/key.out" "wrong-key-us9"
+expect_eq "one request: the probe" 1 "$(fake_stats "$MC_PORT" | jq '.requests')"
+stop_fake "$MC_PID"
+
+finish
