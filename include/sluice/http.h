@@ -3,12 +3,14 @@
  *
  * One sl_http drives many concurrent requests from a single thread. It owns
  * retries: transport errors, 408, 429 and 5xx (including non-JSON bodies such
- * as an HTML 502) are retried with capped exponential backoff and full jitter,
- * honouring Retry-After, up to max_attempts; every attempt first takes a token
+ * as an HTML 502) are retried by the shared policy (src/util/retry.h: capped
+ * exponential backoff, full jitter, Retry-After honoured up to the cap), up to
+ * max_attempts; every attempt first takes a token
  * from the rate limiter. The completion callback sees the final answer only. */
 #ifndef SLUICE_HTTP_H
 #define SLUICE_HTTP_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +40,9 @@ typedef struct sl_http_opts {
      * (compressed). A larger Content-Length fails the open, more bytes fail
      * the read (SL_ERR_LIMIT); 0 = unlimited. */
     uint64_t max_download;
+    /* Optional stop flag (set by a signal handler), borrowed. A stream open
+     * waiting to retry gives up as soon as it is set (SL_ERR_IO). */
+    const volatile sig_atomic_t *stop;
 } sl_http_opts;
 
 /* Fill opts with the defaults above. */

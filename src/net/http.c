@@ -32,6 +32,7 @@
 #include "sluice/guard.h"
 #include "sluice/http.h"
 #include "sluice/log.h"
+#include "util/retry.h"
 
 #ifndef SLUICE_VERSION
 #define SLUICE_VERSION "dev"
@@ -77,26 +78,6 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* xorshift64*: per-client jitter source (rand() is global and not thread-safe). */
-static double rnd01(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-53;
-}
-
-static uint64_t rnd_seed(const void *p)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t s = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)p ^
-                 ((uint64_t)getpid() << 40);
-    return s ? s : 0x9E3779B97F4A7C15ULL;
 }
 
 static int is_scheme_char(char c)
@@ -182,71 +163,6 @@ size_t sl_http_url_for_log(const char *url, char *out, size_t cap)
 #undef PUT
     out[n] = '\0';
     return n;
-}
-
-double sl_http_parse_retry_after(const char *v, time_t now)
-{
-    if (!v) {
-        return -1;
-    }
-    while (*v == ' ' || *v == '\t') {
-        v++;
-    }
-    if (!*v) {
-        return -1;
-    }
-    if (*v >= '0' && *v <= '9') {
-        char *end = NULL;
-        errno = 0;
-        double d = strtod(v, &end);
-        if (errno || !end || end == v || !isfinite(d) || d < 0) {
-            return -1;
-        }
-        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
-            end++;
-        }
-        return *end ? -1 : d;
-    }
-    time_t t = curl_getdate(v, NULL);
-    if (t == (time_t)-1) {
-        return -1;
-    }
-    double d = difftime(t, now);
-    return d > 0 ? d : 0;
-}
-
-double sl_http_backoff_s(long base_ms, long max_ms, int attempt, double u01, double retry_after_s)
-{
-    if (attempt < 1) {
-        attempt = 1;
-    }
-    if (base_ms < 0) {
-        base_ms = 0;
-    }
-    if (max_ms < 0) {
-        max_ms = 0;
-    }
-    if (u01 < 0) {
-        u01 = 0;
-    } else if (u01 > 1) {
-        u01 = 1;
-    }
-    /* attempt is bounded by max_attempts but keep the exponent sane anyway */
-    double cap = (double)base_ms * ldexp(1.0, attempt - 1 > 62 ? 62 : attempt - 1);
-    if (cap > (double)max_ms) {
-        cap = (double)max_ms;
-    }
-    double w = u01 * cap;
-    if (retry_after_s >= 0) {
-        double ra = retry_after_s * 1000.0;
-        if (ra > (double)max_ms) {
-            ra = (double)max_ms;
-        }
-        if (ra > w) {
-            w = ra;
-        }
-    }
-    return w / 1000.0;
 }
 
 static void fmt_wait(char *out, size_t cap, double s)
@@ -446,6 +362,25 @@ static int conf_init(http_conf *c, const sl_http_opts *in, sl_error *err)
     }
     o->ca_file = c->ca_file;
     return 0;
+}
+
+/* The client's retry rule, in the one shared form (util/retry.h). */
+static void conf_policy(const http_conf *c, sl_retry_policy *p)
+{
+    sl_retry_policy_default(p);
+    p->max_attempts = c->o.max_attempts;
+    p->base_ms = c->o.backoff_base_ms;
+    p->max_ms = c->o.backoff_max_ms;
+}
+
+/* Retry-After of the answer on e, in ms; -1 when absent or not understood. */
+static int64_t easy_retry_after_ms(CURL *e)
+{
+    struct curl_header *hh = NULL;
+    if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK && hh) {
+        return sl_retry_after_ms(hh->value, time(NULL));
+    }
+    return -1;
 }
 
 /* Options every handle gets (client slots, streams). */
@@ -942,13 +877,8 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
     sl_http_class cls = rc != CURLE_OK
                             ? (refused || curl_permanent(rc) ? SL_HTTP_CLIENT : SL_HTTP_RETRY)
                             : sl_http_classify(status);
-    double retry_after = -1;
-    if (status > 0) {
-        struct curl_header *hh = NULL;
-        if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK && hh) {
-            retry_after = sl_http_parse_retry_after(hh->value, time(NULL));
-        }
-    }
+    int64_t retry_after_ms = status > 0 ? easy_retry_after_ms(e) : -1;
+    double retry_after = retry_after_ms >= 0 ? (double)retry_after_ms / 1000.0 : -1;
     char u[URL_LOG_MAX];
     char what[CURL_ERROR_SIZE + 32];
     if (cls != SL_HTTP_OK) {
@@ -960,9 +890,10 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
         }
     }
 
-    if (cls == SL_HTTP_RETRY && x->attempts < o->max_attempts) {
-        double wait = sl_http_backoff_s(o->backoff_base_ms, o->backoff_max_ms, x->attempts,
-                                        rnd01(&h->rng), retry_after);
+    sl_retry_policy rp;
+    conf_policy(&h->conf, &rp);
+    if (cls == SL_HTTP_RETRY && sl_retry_more(&rp, x->attempts)) {
+        double wait = (double)sl_retry_delay_ms(&rp, x->attempts, retry_after_ms, &h->rng) / 1000.0;
         char ws[32];
         fmt_wait(ws, sizeof(ws), wait);
         sl_warn(h->conf.prefix, "%s %s: %s, retry %d/%d in %s", x->req->method, u, what,
@@ -1143,7 +1074,7 @@ sl_http *sl_http_new(const sl_http_opts *opts, sl_error *err)
     }
     h->tokens = o->rate_burst;
     h->rate_last = mono_now();
-    h->rng = rnd_seed(h);
+    h->rng = sl_retry_seed(h);
     return h;
 fail:
     sl_http_free(h);
@@ -1659,7 +1590,9 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
         sl_error_set(err, SL_ERR_NOMEM, "http: out of memory");
         goto fail;
     }
-    uint64_t rng = rnd_seed(s);
+    uint64_t rng = sl_retry_seed(s);
+    sl_retry_policy rp;
+    conf_policy(&s->conf, &rp);
     for (int attempt = 1;; attempt++) {
         if (stream_attempt_setup(s, url, err) != 0) {
             goto fail;
@@ -1722,25 +1655,19 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
             snprintf(what, sizeof(what), "%s",
                      s->errbuf[0] ? s->errbuf : curl_easy_strerror(s->result));
         }
-        if (cls == SL_HTTP_RETRY && attempt < o->max_attempts) {
-            double ra = -1;
-            struct curl_header *hh = NULL;
-            if (status > 0 &&
-                curl_easy_header(s->easy, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK &&
-                hh) {
-                ra = sl_http_parse_retry_after(hh->value, time(NULL));
-            }
-            double wait =
-                sl_http_backoff_s(o->backoff_base_ms, o->backoff_max_ms, attempt, rnd01(&rng), ra);
+        if (cls == SL_HTTP_RETRY && sl_retry_more(&rp, attempt)) {
+            int64_t ra = status > 0 ? easy_retry_after_ms(s->easy) : -1;
+            int64_t wait_ms = sl_retry_delay_ms(&rp, attempt, ra, &rng);
             char ws[32];
-            fmt_wait(ws, sizeof(ws), wait);
+            fmt_wait(ws, sizeof(ws), (double)wait_ms / 1000.0);
             char code[32];
             snprintf(code, sizeof(code), "%ld", status);
             sl_warn(s->conf.prefix, "GET %s: %s, retry %d/%d in %s", s->url_log,
                     status > 0 ? code : what, attempt + 1, o->max_attempts, ws);
-            struct timespec ts = {.tv_sec = (time_t)wait,
-                                  .tv_nsec = (long)((wait - floor(wait)) * 1e9)};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            if (sl_retry_sleep_ms(wait_ms, o->stop)) {
+                sl_error_set(err, SL_ERR_IO, "[%s] GET %s: %s (stopped while waiting to retry)",
+                             s->conf.prefix, s->url_log, what);
+                goto fail;
             }
             continue;
         }

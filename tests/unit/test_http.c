@@ -528,39 +528,6 @@ static void test_url_for_log(void **state)
     assert_string_equal(small, "aaaaaaa");
 }
 
-static void test_retry_after_parse(void **state)
-{
-    (void)state;
-    time_t now = 1445412470; /* Wed, 21 Oct 2015 07:27:50 GMT */
-    assert_true(sl_http_parse_retry_after("1", now) == 1.0);
-    assert_true(sl_http_parse_retry_after(" 120 ", now) == 120.0);
-    assert_true(sl_http_parse_retry_after("1.5", now) == 1.5);
-    assert_true(sl_http_parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now) == 10.0);
-    assert_true(sl_http_parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now) == 0.0);
-    assert_true(sl_http_parse_retry_after("soon", now) < 0);
-    assert_true(sl_http_parse_retry_after("-5", now) < 0);
-    assert_true(sl_http_parse_retry_after("5s", now) < 0);
-    assert_true(sl_http_parse_retry_after("", now) < 0);
-    assert_true(sl_http_parse_retry_after(NULL, now) < 0);
-}
-
-static void test_backoff(void **state)
-{
-    (void)state;
-    /* full jitter upper bound doubles per attempt */
-    assert_true(fabs(sl_http_backoff_s(10, 1000, 1, 1.0, -1) - 0.010) < 1e-9);
-    assert_true(fabs(sl_http_backoff_s(10, 1000, 3, 1.0, -1) - 0.040) < 1e-9);
-    assert_true(fabs(sl_http_backoff_s(10, 1000, 3, 0.5, -1) - 0.020) < 1e-9);
-    assert_true(sl_http_backoff_s(10, 1000, 3, 0.0, -1) == 0.0);
-    /* capped by backoff_max */
-    assert_true(fabs(sl_http_backoff_s(500, 60000, 20, 1.0, -1) - 60.0) < 1e-9);
-    assert_true(fabs(sl_http_backoff_s(500, 60000, 1000, 1.0, -1) - 60.0) < 1e-9);
-    /* Retry-After is a floor, itself capped by backoff_max */
-    assert_true(fabs(sl_http_backoff_s(10, 2000, 1, 0.0, 1.0) - 1.0) < 1e-9);
-    assert_true(fabs(sl_http_backoff_s(10, 2000, 1, 1.0, 100.0) - 2.0) < 1e-9);
-    assert_true(fabs(sl_http_backoff_s(1000, 60000, 5, 1.0, 2.0) - 16.0) < 1e-9);
-}
-
 static void test_req_header(void **state)
 {
     (void)state;
@@ -1597,8 +1564,6 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_classify),
         cmocka_unit_test(test_url_for_log),
-        cmocka_unit_test(test_retry_after_parse),
-        cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_req_header),
         cmocka_unit_test_setup(test_get_200, test_setup),
         cmocka_unit_test_setup(test_post_201, test_setup),
