@@ -39,6 +39,8 @@
 #endif
 
 #define HTTP_MAX_CONCURRENCY 1024
+/* attempts one rate-limit window may hold (8 bytes each) */
+#define HTTP_RATE_WINDOW_MAX 1000000
 #define REQ_URL_MAX ((size_t)16 * 1024)
 #define REQ_HEADERS_MAX ((size_t)64 * 1024)
 #define REQ_BODY_MAX ((size_t)64 * 1024 * 1024)
@@ -607,7 +609,10 @@ struct sl_http {
     size_t heap_len, heap_cap;
     size_t pending;
     int running, peak;
-    double tokens, rate_last, rate_next;
+    /* rate limit: start times (monotonic) of the last win_n attempts, a ring */
+    double *win;
+    size_t win_n, win_head, win_len;
+    double win_s, rate_next;
     uint64_t rng;
     int in_run;
     sl_http_stats stats;
@@ -733,26 +738,62 @@ static void slot_release(sl_http *h, slot *s)
     h->free_slots = s;
 }
 
-/* Take a rate-limit token. On failure sets h->rate_next to when one will be
- * available. */
-static int take_token(sl_http *h, double now)
+/* The rate limit is a sliding window: at most win_n attempt starts in any
+ * window of win_s seconds, from the very first attempt on (no initial burst
+ * on top of the window's count) and retries included. The ring holds the
+ * start times of the last win_n attempts; a new one may start once the
+ * oldest of them is win_s old. The clock is read here, not taken from the
+ * caller, so the recorded time is never earlier than the real start. On
+ * refusal sets h->rate_next to when the next start is allowed. */
+static int take_token(sl_http *h)
+{
+    if (!h->win_n) {
+        return 1;
+    }
+    double now = mono_now();
+    if (h->win_len < h->win_n) {
+        h->win[(h->win_head + h->win_len) % h->win_n] = now;
+        h->win_len++;
+        return 1;
+    }
+    double oldest = h->win[h->win_head];
+    if (now - oldest >= h->win_s) {
+        h->win[h->win_head] = now;
+        h->win_head = (h->win_head + 1) % h->win_n;
+        return 1;
+    }
+    h->rate_next = oldest + h->win_s;
+    return 0;
+}
+
+/* Size the window from rate_per_sec and rate_burst (see sl_http_opts). A
+ * server counts requests when they reach it, a little later than we start
+ * them and not always in the same order: the window is kept slightly longer
+ * than stated (2%, at most 50 ms) so its count holds at the server too. */
+static int rate_init(sl_http *h, sl_error *err)
 {
     const sl_http_opts *o = &h->conf.o;
     if (o->rate_per_sec <= 0) {
-        return 1;
+        return 0;
     }
-    if (now > h->rate_last) {
-        h->tokens += (now - h->rate_last) * o->rate_per_sec;
-        if (h->tokens > o->rate_burst) {
-            h->tokens = o->rate_burst;
-        }
-        h->rate_last = now;
+    double count = floor(o->rate_burst);
+    if (count < 1) {
+        count = 1;
     }
-    if (h->tokens >= 1.0) {
-        h->tokens -= 1.0;
-        return 1;
+    if (count > HTTP_RATE_WINDOW_MAX) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "[%s] http rate limit of %.0f requests per window is more than %d: "
+                            "give it per shorter window (e.g. per second)",
+                            h->conf.prefix, count, HTTP_RATE_WINDOW_MAX);
     }
-    h->rate_next = now + (1.0 - h->tokens) / o->rate_per_sec;
+    double w = count / o->rate_per_sec;
+    double margin = w * 0.02;
+    h->win_s = w + (margin > 0.05 ? 0.05 : margin);
+    h->win_n = (size_t)count;
+    h->win = calloc(h->win_n, sizeof(*h->win));
+    if (!h->win) {
+        return sl_error_set(err, SL_ERR_NOMEM, "http: out of memory");
+    }
     return 0;
 }
 
@@ -993,10 +1034,10 @@ static void promote_due(sl_http *h, double now)
     }
 }
 
-static void start_ready(sl_http *h, double now)
+static void start_ready(sl_http *h)
 {
     while (h->ready_head && h->free_slots) {
-        if (!take_token(h, now)) {
+        if (!take_token(h)) {
             break;
         }
         xfer *x = ready_pop(h);
@@ -1072,8 +1113,9 @@ sl_http *sl_http_new(const sl_http_opts *opts, sl_error *err)
         s->next_free = h->free_slots;
         h->free_slots = s;
     }
-    h->tokens = o->rate_burst;
-    h->rate_last = mono_now();
+    if (rate_init(h, err) != 0) {
+        goto fail;
+    }
     h->rng = sl_retry_seed(h);
     return h;
 fail:
@@ -1125,6 +1167,7 @@ void sl_http_free(sl_http *h)
         curl_share_cleanup(h->share);
     }
     free(h->heap);
+    free(h->win);
     free(h->slots);
     conf_free(&h->conf);
     free(h);
@@ -1200,7 +1243,7 @@ int sl_http_run(sl_http *h, int timeout_ms)
     double deadline = timeout_ms < 0 ? INFINITY : now + timeout_ms / 1000.0;
     for (;;) {
         promote_due(h, now);
-        start_ready(h, now);
+        start_ready(h);
         int still = 0;
         curl_multi_perform(h->multi, &still);
         int finished = drain_done(h);
@@ -1212,14 +1255,14 @@ int sl_http_run(sl_http *h, int timeout_ms)
             /* return to the caller as soon as something completed: the
              * engine refills its window between calls, and waiting out the
              * timeout here would leave connections idle */
-            start_ready(h, now);
+            start_ready(h);
             break;
         }
         double until = deadline;
         if (h->heap_len && h->heap[0]->not_before < until) {
             until = h->heap[0]->not_before;
         }
-        if (h->ready_head && h->free_slots && h->conf.o.rate_per_sec > 0 && h->rate_next < until) {
+        if (h->ready_head && h->free_slots && h->win_n && h->rate_next < until) {
             until = h->rate_next;
         }
         double ms = ceil((until - now) * 1000.0);
