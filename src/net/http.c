@@ -28,10 +28,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/http_internal.h"
 #include "sluice/guard.h"
 #include "sluice/http.h"
 #include "sluice/log.h"
+#include "sluice/url.h"
 #include "util/retry.h"
 
 #ifndef SLUICE_VERSION
@@ -80,91 +80,6 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int is_scheme_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '-' || c == '.';
-}
-
-size_t sl_http_url_for_log(const char *url, char *out, size_t cap)
-{
-    if (!out || cap == 0) {
-        return 0;
-    }
-    const char *p = url ? url : "";
-    size_t n = 0;
-    const char *auth = p;
-    const char *sep = strstr(p, "://");
-    int has_scheme = sep && sep > p;
-    for (const char *q = p; has_scheme && q < sep; q++) {
-        if (!is_scheme_char(*q)) {
-            has_scheme = 0;
-        }
-    }
-#define PUT(c)                                                                                     \
-    do {                                                                                           \
-        if (n + 1 < cap) {                                                                         \
-            unsigned char ch_ = (unsigned char)(c);                                                \
-            out[n++] = (char)(ch_ < 0x20 || ch_ == 0x7f ? '?' : ch_);                              \
-        }                                                                                          \
-    } while (0)
-    if (has_scheme) {
-        for (const char *q = p; q < sep + 3; q++) {
-            PUT(*q);
-        }
-        auth = sep + 3;
-    }
-    const char *auth_end = auth + strcspn(auth, "/?#");
-    /* userinfo ends at the last '@' of the authority */
-    const char *host = auth;
-    for (const char *q = auth; q < auth_end; q++) {
-        if (*q == '@') {
-            host = q + 1;
-        }
-    }
-    /* host must be name, IPv4 or [IPv6], optionally ":digits"; anything else
-     * (e.g. a password containing '/') would leak through, so refuse it */
-    int ok = 1;
-    const char *colon = NULL;
-    if (host < auth_end && *host == '[') {
-        const char *rb = memchr(host, ']', (size_t)(auth_end - host));
-        if (!rb) {
-            ok = 0;
-        } else if (rb + 1 < auth_end) {
-            colon = rb + 1;
-            if (*colon != ':') {
-                ok = 0;
-            }
-        }
-    } else {
-        colon = memchr(host, ':', (size_t)(auth_end - host));
-    }
-    if (ok && colon) {
-        for (const char *q = colon + 1; q < auth_end; q++) {
-            if (*q < '0' || *q > '9') {
-                ok = 0;
-            }
-        }
-    }
-    if (!ok) {
-        /* PUT skips its argument once out is full: never advance inside it */
-        for (const char *m = "[malformed URL]"; *m; m++) {
-            PUT(*m);
-        }
-        out[n] = '\0';
-        return n;
-    }
-    for (const char *q = host; q < auth_end; q++) {
-        PUT(*q);
-    }
-    for (const char *q = auth_end; *q && *q != '?' && *q != '#'; q++) {
-        PUT(*q);
-    }
-#undef PUT
-    out[n] = '\0';
-    return n;
 }
 
 static void fmt_wait(char *out, size_t cap, double s)
@@ -923,7 +838,7 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
     char u[URL_LOG_MAX];
     char what[CURL_ERROR_SIZE + 32];
     if (cls != SL_HTTP_OK) {
-        sl_http_url_for_log(sl_buf_cstr(&x->req->url), u, sizeof(u));
+        sl_url_redact(sl_buf_cstr(&x->req->url), u, sizeof(u), 0);
         if (status > 0) {
             snprintf(what, sizeof(what), "%ld", status);
         } else {
@@ -1181,7 +1096,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
     const char *url = sl_buf_cstr(&req->url);
     char u[URL_LOG_MAX];
     if (!method_ok(req->method)) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         return sl_error_set(err, SL_ERR_USAGE,
                             "[%s] http: request to %s has an invalid method (expected e.g. GET, "
                             "POST, PUT)",
@@ -1193,7 +1108,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
         return err ? err->code : SL_ERR_INPUT;
     }
     if (!url_scheme_ok(url)) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         return sl_error_set(err, SL_ERR_INPUT,
                             "[%s] http: %s %s: only http:// and https:// URLs are allowed",
                             h->conf.prefix, req->method, u);
@@ -1212,7 +1127,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
                    strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
     if (headers_to_slist(sl_buf_cstr(&req->headers), req->headers.len, has_body, &x->hdrs, err) !=
         0) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         sl_error_prefix(err, "[%s] %s %s", h->conf.prefix, req->method, u);
         x->next = h->free_xfers;
         h->free_xfers = x;
@@ -1358,7 +1273,7 @@ int sl_http_do(const sl_http_opts *opts, sl_http_req *req, sl_http_resp *resp, s
         sl_http_run(h, -1);
     }
     char u[URL_LOG_MAX];
-    sl_http_url_for_log(sl_buf_cstr(&req->url), u, sizeof(u));
+    sl_url_redact(sl_buf_cstr(&req->url), u, sizeof(u), 0);
     if (c.store_rc != 0) {
         rc =
             sl_error_set(err, c.store_rc,
@@ -1611,7 +1526,7 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
         goto fail;
     }
     const sl_http_opts *o = &s->conf.o;
-    sl_http_url_for_log(url, s->url_log, sizeof(s->url_log));
+    sl_url_redact(url, s->url_log, sizeof(s->url_log), 0);
     s->range_from = range_from;
     s->size = -1;
     if (o->guard && sl_guard_check_url(o->guard, url, &s->tgt, err) != 0) {

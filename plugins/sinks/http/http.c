@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "sluice/plugin.h"
+#include "sluice/url.h"
 #include "sluice/values.h"
 
 #define HTTP_URL_MAX 2048
@@ -140,10 +141,15 @@ static int http_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
     }
     h->ctx = ctx;
     const char *url = sl_opt_str(opts, "url");
-    if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)) {
+    sl_url pu;
+    int url_ok = url && sl_url_parse(url, &pu, NULL) == 0 &&
+                 (strcmp(pu.scheme, "https") == 0 || strcmp(pu.scheme, "http") == 0) && *pu.host;
+    sl_url_free(&pu);
+    if (!url_ok) {
         char shown[256];
+        sl_url_redact(url, shown, sizeof(shown), 0);
         rc = sl_error_set(err, SL_ERR_CONFIG, "%s: url: '%s' is not an http(s) URL",
-                          sl_opt_where(opts, "url"), sl_url_display(shown, sizeof(shown), url));
+                          sl_opt_where(opts, "url"), shown);
         goto fail;
     }
     if (strlen(url) >= HTTP_URL_MAX) {
@@ -155,7 +161,7 @@ static int http_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
     if (!h->url) {
         goto fail;
     }
-    sl_url_display(h->url_shown, sizeof(h->url_shown), url);
+    sl_url_redact(url, h->url_shown, sizeof(h->url_shown), 0);
 
     const char *method = sl_opt_str(opts, "method");
     if (!method || (strcmp(method, "POST") && strcmp(method, "PUT") && strcmp(method, "PATCH"))) {
