@@ -3,12 +3,14 @@
  *
  * One sl_http drives many concurrent requests from a single thread. It owns
  * retries: transport errors, 408, 429 and 5xx (including non-JSON bodies such
- * as an HTML 502) are retried with capped exponential backoff and full jitter,
- * honouring Retry-After, up to max_attempts; every attempt first takes a token
- * from the rate limiter. The completion callback sees the final answer only. */
+ * as an HTML 502) are retried by the shared policy (src/util/retry.h: capped
+ * exponential backoff, full jitter, Retry-After honoured up to the cap), up to
+ * max_attempts; every attempt first needs room in
+ * the rate limit's window. The completion callback sees the final answer only. */
 #ifndef SLUICE_HTTP_H
 #define SLUICE_HTTP_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -16,9 +18,14 @@
 #include "sluice/error.h"
 
 typedef struct sl_http_opts {
-    int concurrency;         /* max simultaneous requests (connections); default 8 */
-    double rate_per_sec;     /* token bucket refill; 0 = unlimited */
-    double rate_burst;       /* bucket size; 0 = max(1, rate_per_sec) */
+    int concurrency; /* max simultaneous requests (connections); default 8 */
+    /* Rate limit, a sliding window: at most rate_burst attempt starts (retries
+     * included) in any window of rate_burst / rate_per_sec seconds, from the
+     * first request on. "3000/3s" is rate_per_sec 1000, rate_burst 3000: never
+     * more than 3,000 in any 3 s. rate_per_sec 0 = unlimited; rate_burst 0 =
+     * max(1, rate_per_sec) (a per-second window). */
+    double rate_per_sec;
+    double rate_burst;
     long connect_timeout_ms; /* default 10000 */
     long timeout_ms;         /* whole request; default 120000 */
     int max_attempts;        /* default 8; 1 = no retry */
@@ -38,6 +45,9 @@ typedef struct sl_http_opts {
      * (compressed). A larger Content-Length fails the open, more bytes fail
      * the read (SL_ERR_LIMIT); 0 = unlimited. */
     uint64_t max_download;
+    /* Optional stop flag (set by a signal handler), borrowed. A stream open
+     * waiting to retry gives up as soon as it is set (SL_ERR_IO). */
+    const volatile sig_atomic_t *stop;
 } sl_http_opts;
 
 /* Fill opts with the defaults above. */

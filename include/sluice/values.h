@@ -63,8 +63,4 @@ size_t sl_format_double(char *dst, size_t cap, double v);
  * appended when cut. Always NUL-terminates dst (cap > 0). Returns dst. */
 char *sl_excerpt(char *dst, size_t cap, const char *s, size_t len, size_t max);
 
-/* A URL fit for messages: query, fragment and any user:password@ removed
- * (they may carry credentials). Always NUL-terminates dst. Returns dst. */
-char *sl_url_display(char *dst, size_t cap, const char *url);
-
 #endif

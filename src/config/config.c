@@ -13,6 +13,7 @@
 
 #include "config/internal.h"
 #include "sluice/log.h"
+#include "sluice/url.h"
 
 /* Largest configuration file read. */
 #define CONFIG_MAX_BYTES ((size_t)16 * 1024 * 1024)
@@ -216,46 +217,27 @@ static int valid_pipeline_name(const char *s)
     return n > 0 && n <= PIPELINE_NAME_MAX;
 }
 
-/* Host of an http(s) URL equals host (case-insensitive)? */
+/* Host of a URL equals host (case-insensitive)? */
 static int url_host_is(const char *url, const char *host)
 {
-    const char *p = strstr(url, "://");
-    if (!p) {
-        return 0;
-    }
-    p += 3;
-    size_t n = strcspn(p, "/?#");
-    const char *at = memchr(p, '@', n);
-    if (at) {
-        n -= (size_t)(at + 1 - p);
-        p = at + 1;
-    }
-    size_t hl = strcspn(p, ":/?#");
-    if (hl > n) {
-        hl = n;
-    }
-    return hl == strlen(host) && strncasecmp(p, host, hl) == 0;
+    sl_url u;
+    int is = sl_url_parse(url, &u, NULL) == 0 && strcasecmp(u.host, host) == 0;
+    sl_url_free(&u);
+    return is;
 }
 
 /* A database URL may carry a password ("postgres://u:pw@host/db" or
- * "...?password=pw"): register it so it is redacted wherever the URL goes. */
+ * "...?password=pw"), and a libpq key=value string one too ("host=h
+ * password=pw"): register it so it is redacted wherever the text goes. */
 static void register_url_password(const char *url)
 {
-    const char *p = strstr(url, "://");
-    if (p) {
-        p += 3;
-        size_t auth = strcspn(p, "/?#");
-        const char *at = memchr(p, '@', auth);
-        const char *colon = at ? memchr(p, ':', (size_t)(at - p)) : NULL;
-        if (colon && at - colon > 1) {
-            char *pw = strndup(colon + 1, (size_t)(at - colon - 1));
-            sl_secret_register(pw);
-            free(pw);
-        }
+    if (sl_url_scheme_len(url)) {
+        sl_url_register_secrets(url);
+        return;
     }
     for (const char *q = strstr(url, "password="); q; q = strstr(q + 1, "password=")) {
         const char *v = q + 9;
-        size_t n = strcspn(v, "& ");
+        size_t n = strcspn(v, " ");
         if (n) {
             char *pw = strndup(v, n);
             sl_secret_register(pw);

@@ -21,6 +21,7 @@
 #include "core/serve.h"
 #include "net/server.h"
 #include "sluice/log.h"
+#include "util/retry.h"
 
 typedef struct route_ctx {
     sl_pipeline_cfg *p;
@@ -39,7 +40,8 @@ typedef struct worker {
     volatile sig_atomic_t *stop;
     pthread_mutex_t *wake_mu;
     pthread_cond_t *wake_cv;
-    int once; /* run what is runnable, then return (sluice retry) */
+    int once;     /* run what is runnable, then return (sluice retry) */
+    uint64_t rng; /* retry jitter, seeded per worker */
 } worker;
 
 static double now_unix(void)
@@ -148,11 +150,15 @@ static void run_job(worker *w, sl_job *job)
         sl_info(pn, "job %" PRId64 " handed back to the queue (shutting down)", job->id);
     } else {
         double now = now_unix();
-        double wait = (double)w->p->job_backoff_ms / 1000.0 *
-                      pow(2.0, job->attempts > 0 ? job->attempts - 1 : 0);
-        if (wait > (double)w->p->job_max_backoff_ms / 1000.0) {
-            wait = (double)w->p->job_max_backoff_ms / 1000.0;
-        }
+        /* the shared retry rule with half the wait random: workers that
+         * failed together do not retry together, and a job never comes back
+         * sooner than half its backoff (full jitter could retry a 15 s
+         * backoff after a few milliseconds) */
+        sl_retry_policy rp = {.max_attempts = INT32_MAX,
+                              .base_ms = w->p->job_backoff_ms,
+                              .max_ms = w->p->job_max_backoff_ms,
+                              .jitter = 0.5};
+        double wait = (double)sl_retry_delay_ms(&rp, job->attempts, -1, &w->rng) / 1000.0;
         /* bad data, a refused URL or a config problem: retrying cannot help */
         int data_error = res.counts.failed > 0 || res.error_code == SL_ERR_INPUT ||
                          res.error_code == SL_ERR_CONFIG || res.error_code == SL_ERR_LIMIT;
@@ -180,6 +186,9 @@ static void run_job(worker *w, sl_job *job)
 static void *worker_main(void *arg)
 {
     worker *w = arg;
+    if (!w->rng) {
+        w->rng = sl_retry_seed(w);
+    }
     while (!(w->stop && *w->stop)) {
         sl_job job;
         memset(&job, 0, sizeof(job));

@@ -56,7 +56,7 @@ int sl_lease_acquire(runner *r, sl_error *err)
     host_name(want.host, sizeof(want.host));
     want.pid = getpid();
     snprintf(l->owner, sizeof(l->owner), "%s:%ld:%016llx", want.host, (long)want.pid,
-             (unsigned long long)sl_retry_seed());
+             (unsigned long long)sl_retry_seed(l));
     l->ttl_s = LEASE_TTL_S;
     snprintf(want.name, sizeof(want.name), "%s", l->name);
     snprintf(want.owner, sizeof(want.owner), "%s", l->owner);

@@ -221,7 +221,8 @@ static void resolve_settings(runner *r)
     r->retry.max_attempts = p->max_attempts;
     r->retry.base_ms = p->backoff_base_ms;
     r->retry.max_ms = p->backoff_max_ms;
-    r->rng = sl_retry_seed();
+    r->retry.jitter = 1.0;
+    r->rng = sl_retry_seed(r);
 }
 
 static int start_http(runner *r, sl_error *err)
@@ -239,6 +240,7 @@ static int start_http(runner *r, sl_error *err)
     ho.backoff_max_ms = (long)p->backoff_max_ms;
     ho.timeout_ms = (long)p->timeout_ms;
     ho.log_prefix = sl_ctx_name(r->sink_ctx);
+    ho.stop = r->stop;
     r->http = sl_http_new(&ho, err);
     return r->http ? 0 : SL_ERR;
 }

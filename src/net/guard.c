@@ -13,10 +13,10 @@
 #include <strings.h>
 #include <sys/socket.h>
 
-#include "net/http_internal.h"
 #include "sluice/guard.h"
+#include "sluice/url.h"
 
-#define URL_LOG_MAX 512
+#define URL_LOG_MAX 512 /* bytes of a URL shown in a message */
 /* The entry list shown in a refusal is cut here ("..."): messages stay one line. */
 #define DESC_SHOW_MAX 300
 
@@ -331,18 +331,13 @@ int sl_guard_add(sl_guard *g, const char *list, sl_error *err)
 
 /* ------------------------------------------------------------ URLs */
 
-static int scheme_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '-' || c == '.';
-}
-
 int sl_guard_check_url(const sl_guard *g, const char *url, sl_guard_target *t, sl_error *err)
 {
     char shown[URL_LOG_MAX];
     char *host = NULL, *port = NULL, *zone = NULL;
     int rc = SL_ERR_INPUT;
     CURLU *u = NULL;
+    sl_url pu = {.port = -1};
     sl_guard_target tmp;
     if (!t) {
         t = &tmp;
@@ -351,22 +346,26 @@ int sl_guard_check_url(const sl_guard *g, const char *url, sl_guard_target *t, s
     if (!url) {
         url = "";
     }
-    sl_http_url_for_log(url, shown, sizeof(shown));
-    const char *sep = strstr(url, "://");
-    int has_scheme = sep && sep > url;
-    for (const char *q = url; has_scheme && q < sep; q++) {
-        has_scheme = scheme_char(*q);
-    }
-    if (!has_scheme) {
+    sl_url_redact(url, shown, sizeof(shown), 0);
+    size_t slen = sl_url_scheme_len(url);
+    if (!slen) {
         sl_error_set(err, SL_ERR_INPUT,
                      "download refused: %s: not a URL (expected https://host/path)", shown);
         goto done;
     }
-    size_t slen = (size_t)(sep - url);
     int https = slen == 5 && strncasecmp(url, "https", 5) == 0;
     int http = slen == 4 && strncasecmp(url, "http", 4) == 0;
     if (!https && !http) {
         sl_error_set(err, SL_ERR_INPUT, "download refused: %s: only https URLs are allowed", shown);
+        goto done;
+    }
+    /* sluice's own parser first (the one every message and config check
+     * uses), then libcurl's (the one that connects): both must accept the
+     * URL and agree on host and port, so no spelling can mean one host to
+     * the check and another to the connection */
+    if (sl_url_parse(url, &pu, NULL) != 0) {
+        sl_error_set(err, SL_ERR_INPUT, "download refused: %s: malformed URL (%s)", shown,
+                     pu.why ? pu.why : "out of memory");
         goto done;
     }
     u = curl_url();
@@ -397,6 +396,22 @@ int sl_guard_check_url(const sl_guard *g, const char *url, sl_guard_target *t, s
         goto done;
     }
     t->port = atoi(port);
+    {
+        char mine[SL_GUARD_HOST_MAX + 2];
+        size_t ml = strlen(pu.host);
+        if (ml && pu.host[ml - 1] == '.' && !pu.ipv6) {
+            ml--;
+        }
+        snprintf(mine, sizeof(mine), pu.ipv6 ? "[%.*s]" : "%.*s", (int)ml, pu.host);
+        int mport = pu.port >= 0 ? pu.port : https ? 443 : 80;
+        if (strcasecmp(mine, t->host) != 0 || mport != t->port) {
+            sl_error_set(err, SL_ERR_INPUT,
+                         "download refused: %s: ambiguous URL (the host reads as %s to one parser "
+                         "and %s to another; write it plainly)",
+                         shown, t->host, mine);
+            goto done;
+        }
+    }
     int m = match_norm(g, t->host, t->port);
     if (m == 0) {
         const char *d = sl_guard_describe(g);
@@ -425,6 +440,7 @@ done:
     curl_free(port);
     curl_free(zone);
     curl_url_cleanup(u);
+    sl_url_free(&pu);
     if (rc != 0) {
         memset(t, 0, sizeof(*t));
     }

@@ -28,16 +28,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "net/http_internal.h"
 #include "sluice/guard.h"
 #include "sluice/http.h"
 #include "sluice/log.h"
+#include "sluice/url.h"
+#include "util/retry.h"
 
 #ifndef SLUICE_VERSION
 #define SLUICE_VERSION "dev"
 #endif
 
 #define HTTP_MAX_CONCURRENCY 1024
+/* attempts one rate-limit window may hold (8 bytes each) */
+#define HTTP_RATE_WINDOW_MAX 1000000
 #define REQ_URL_MAX ((size_t)16 * 1024)
 #define REQ_HEADERS_MAX ((size_t)64 * 1024)
 #define REQ_BODY_MAX ((size_t)64 * 1024 * 1024)
@@ -77,176 +80,6 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* xorshift64*: per-client jitter source (rand() is global and not thread-safe). */
-static double rnd01(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return (double)((x * 0x2545F4914F6CDD1DULL) >> 11) * 0x1.0p-53;
-}
-
-static uint64_t rnd_seed(const void *p)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t s = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)(uintptr_t)p ^
-                 ((uint64_t)getpid() << 40);
-    return s ? s : 0x9E3779B97F4A7C15ULL;
-}
-
-static int is_scheme_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '-' || c == '.';
-}
-
-size_t sl_http_url_for_log(const char *url, char *out, size_t cap)
-{
-    if (!out || cap == 0) {
-        return 0;
-    }
-    const char *p = url ? url : "";
-    size_t n = 0;
-    const char *auth = p;
-    const char *sep = strstr(p, "://");
-    int has_scheme = sep && sep > p;
-    for (const char *q = p; has_scheme && q < sep; q++) {
-        if (!is_scheme_char(*q)) {
-            has_scheme = 0;
-        }
-    }
-#define PUT(c)                                                                                     \
-    do {                                                                                           \
-        if (n + 1 < cap) {                                                                         \
-            unsigned char ch_ = (unsigned char)(c);                                                \
-            out[n++] = (char)(ch_ < 0x20 || ch_ == 0x7f ? '?' : ch_);                              \
-        }                                                                                          \
-    } while (0)
-    if (has_scheme) {
-        for (const char *q = p; q < sep + 3; q++) {
-            PUT(*q);
-        }
-        auth = sep + 3;
-    }
-    const char *auth_end = auth + strcspn(auth, "/?#");
-    /* userinfo ends at the last '@' of the authority */
-    const char *host = auth;
-    for (const char *q = auth; q < auth_end; q++) {
-        if (*q == '@') {
-            host = q + 1;
-        }
-    }
-    /* host must be name, IPv4 or [IPv6], optionally ":digits"; anything else
-     * (e.g. a password containing '/') would leak through, so refuse it */
-    int ok = 1;
-    const char *colon = NULL;
-    if (host < auth_end && *host == '[') {
-        const char *rb = memchr(host, ']', (size_t)(auth_end - host));
-        if (!rb) {
-            ok = 0;
-        } else if (rb + 1 < auth_end) {
-            colon = rb + 1;
-            if (*colon != ':') {
-                ok = 0;
-            }
-        }
-    } else {
-        colon = memchr(host, ':', (size_t)(auth_end - host));
-    }
-    if (ok && colon) {
-        for (const char *q = colon + 1; q < auth_end; q++) {
-            if (*q < '0' || *q > '9') {
-                ok = 0;
-            }
-        }
-    }
-    if (!ok) {
-        /* PUT skips its argument once out is full: never advance inside it */
-        for (const char *m = "[malformed URL]"; *m; m++) {
-            PUT(*m);
-        }
-        out[n] = '\0';
-        return n;
-    }
-    for (const char *q = host; q < auth_end; q++) {
-        PUT(*q);
-    }
-    for (const char *q = auth_end; *q && *q != '?' && *q != '#'; q++) {
-        PUT(*q);
-    }
-#undef PUT
-    out[n] = '\0';
-    return n;
-}
-
-double sl_http_parse_retry_after(const char *v, time_t now)
-{
-    if (!v) {
-        return -1;
-    }
-    while (*v == ' ' || *v == '\t') {
-        v++;
-    }
-    if (!*v) {
-        return -1;
-    }
-    if (*v >= '0' && *v <= '9') {
-        char *end = NULL;
-        errno = 0;
-        double d = strtod(v, &end);
-        if (errno || !end || end == v || !isfinite(d) || d < 0) {
-            return -1;
-        }
-        while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n') {
-            end++;
-        }
-        return *end ? -1 : d;
-    }
-    time_t t = curl_getdate(v, NULL);
-    if (t == (time_t)-1) {
-        return -1;
-    }
-    double d = difftime(t, now);
-    return d > 0 ? d : 0;
-}
-
-double sl_http_backoff_s(long base_ms, long max_ms, int attempt, double u01, double retry_after_s)
-{
-    if (attempt < 1) {
-        attempt = 1;
-    }
-    if (base_ms < 0) {
-        base_ms = 0;
-    }
-    if (max_ms < 0) {
-        max_ms = 0;
-    }
-    if (u01 < 0) {
-        u01 = 0;
-    } else if (u01 > 1) {
-        u01 = 1;
-    }
-    /* attempt is bounded by max_attempts but keep the exponent sane anyway */
-    double cap = (double)base_ms * ldexp(1.0, attempt - 1 > 62 ? 62 : attempt - 1);
-    if (cap > (double)max_ms) {
-        cap = (double)max_ms;
-    }
-    double w = u01 * cap;
-    if (retry_after_s >= 0) {
-        double ra = retry_after_s * 1000.0;
-        if (ra > (double)max_ms) {
-            ra = (double)max_ms;
-        }
-        if (ra > w) {
-            w = ra;
-        }
-    }
-    return w / 1000.0;
 }
 
 static void fmt_wait(char *out, size_t cap, double s)
@@ -446,6 +279,25 @@ static int conf_init(http_conf *c, const sl_http_opts *in, sl_error *err)
     }
     o->ca_file = c->ca_file;
     return 0;
+}
+
+/* The client's retry rule, in the one shared form (util/retry.h). */
+static void conf_policy(const http_conf *c, sl_retry_policy *p)
+{
+    sl_retry_policy_default(p);
+    p->max_attempts = c->o.max_attempts;
+    p->base_ms = c->o.backoff_base_ms;
+    p->max_ms = c->o.backoff_max_ms;
+}
+
+/* Retry-After of the answer on e, in ms; -1 when absent or not understood. */
+static int64_t easy_retry_after_ms(CURL *e)
+{
+    struct curl_header *hh = NULL;
+    if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK && hh) {
+        return sl_retry_after_ms(hh->value, time(NULL));
+    }
+    return -1;
 }
 
 /* Options every handle gets (client slots, streams). */
@@ -672,7 +524,10 @@ struct sl_http {
     size_t heap_len, heap_cap;
     size_t pending;
     int running, peak;
-    double tokens, rate_last, rate_next;
+    /* rate limit: start times (monotonic) of the last win_n attempts, a ring */
+    double *win;
+    size_t win_n, win_head, win_len;
+    double win_s, rate_next;
     uint64_t rng;
     int in_run;
     sl_http_stats stats;
@@ -798,26 +653,62 @@ static void slot_release(sl_http *h, slot *s)
     h->free_slots = s;
 }
 
-/* Take a rate-limit token. On failure sets h->rate_next to when one will be
- * available. */
-static int take_token(sl_http *h, double now)
+/* The rate limit is a sliding window: at most win_n attempt starts in any
+ * window of win_s seconds, from the very first attempt on (no initial burst
+ * on top of the window's count) and retries included. The ring holds the
+ * start times of the last win_n attempts; a new one may start once the
+ * oldest of them is win_s old. The clock is read here, not taken from the
+ * caller, so the recorded time is never earlier than the real start. On
+ * refusal sets h->rate_next to when the next start is allowed. */
+static int take_token(sl_http *h)
+{
+    if (!h->win_n) {
+        return 1;
+    }
+    double now = mono_now();
+    if (h->win_len < h->win_n) {
+        h->win[(h->win_head + h->win_len) % h->win_n] = now;
+        h->win_len++;
+        return 1;
+    }
+    double oldest = h->win[h->win_head];
+    if (now - oldest >= h->win_s) {
+        h->win[h->win_head] = now;
+        h->win_head = (h->win_head + 1) % h->win_n;
+        return 1;
+    }
+    h->rate_next = oldest + h->win_s;
+    return 0;
+}
+
+/* Size the window from rate_per_sec and rate_burst (see sl_http_opts). A
+ * server counts requests when they reach it, a little later than we start
+ * them and not always in the same order: the window is kept slightly longer
+ * than stated (2%, at most 50 ms) so its count holds at the server too. */
+static int rate_init(sl_http *h, sl_error *err)
 {
     const sl_http_opts *o = &h->conf.o;
     if (o->rate_per_sec <= 0) {
-        return 1;
+        return 0;
     }
-    if (now > h->rate_last) {
-        h->tokens += (now - h->rate_last) * o->rate_per_sec;
-        if (h->tokens > o->rate_burst) {
-            h->tokens = o->rate_burst;
-        }
-        h->rate_last = now;
+    double count = floor(o->rate_burst);
+    if (count < 1) {
+        count = 1;
     }
-    if (h->tokens >= 1.0) {
-        h->tokens -= 1.0;
-        return 1;
+    if (count > HTTP_RATE_WINDOW_MAX) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "[%s] http rate limit of %.0f requests per window is more than %d: "
+                            "give it per shorter window (e.g. per second)",
+                            h->conf.prefix, count, HTTP_RATE_WINDOW_MAX);
     }
-    h->rate_next = now + (1.0 - h->tokens) / o->rate_per_sec;
+    double w = count / o->rate_per_sec;
+    double margin = w * 0.02;
+    h->win_s = w + (margin > 0.05 ? 0.05 : margin);
+    h->win_n = (size_t)count;
+    h->win = calloc(h->win_n, sizeof(*h->win));
+    if (!h->win) {
+        return sl_error_set(err, SL_ERR_NOMEM, "http: out of memory");
+    }
     return 0;
 }
 
@@ -942,17 +833,12 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
     sl_http_class cls = rc != CURLE_OK
                             ? (refused || curl_permanent(rc) ? SL_HTTP_CLIENT : SL_HTTP_RETRY)
                             : sl_http_classify(status);
-    double retry_after = -1;
-    if (status > 0) {
-        struct curl_header *hh = NULL;
-        if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK && hh) {
-            retry_after = sl_http_parse_retry_after(hh->value, time(NULL));
-        }
-    }
+    int64_t retry_after_ms = status > 0 ? easy_retry_after_ms(e) : -1;
+    double retry_after = retry_after_ms >= 0 ? (double)retry_after_ms / 1000.0 : -1;
     char u[URL_LOG_MAX];
     char what[CURL_ERROR_SIZE + 32];
     if (cls != SL_HTTP_OK) {
-        sl_http_url_for_log(sl_buf_cstr(&x->req->url), u, sizeof(u));
+        sl_url_redact(sl_buf_cstr(&x->req->url), u, sizeof(u), 0);
         if (status > 0) {
             snprintf(what, sizeof(what), "%ld", status);
         } else {
@@ -960,9 +846,10 @@ static void attempt_done(sl_http *h, slot *s, CURLcode rc)
         }
     }
 
-    if (cls == SL_HTTP_RETRY && x->attempts < o->max_attempts) {
-        double wait = sl_http_backoff_s(o->backoff_base_ms, o->backoff_max_ms, x->attempts,
-                                        rnd01(&h->rng), retry_after);
+    sl_retry_policy rp;
+    conf_policy(&h->conf, &rp);
+    if (cls == SL_HTTP_RETRY && sl_retry_more(&rp, x->attempts)) {
+        double wait = (double)sl_retry_delay_ms(&rp, x->attempts, retry_after_ms, &h->rng) / 1000.0;
         char ws[32];
         fmt_wait(ws, sizeof(ws), wait);
         sl_warn(h->conf.prefix, "%s %s: %s, retry %d/%d in %s", x->req->method, u, what,
@@ -1062,10 +949,10 @@ static void promote_due(sl_http *h, double now)
     }
 }
 
-static void start_ready(sl_http *h, double now)
+static void start_ready(sl_http *h)
 {
     while (h->ready_head && h->free_slots) {
-        if (!take_token(h, now)) {
+        if (!take_token(h)) {
             break;
         }
         xfer *x = ready_pop(h);
@@ -1141,9 +1028,10 @@ sl_http *sl_http_new(const sl_http_opts *opts, sl_error *err)
         s->next_free = h->free_slots;
         h->free_slots = s;
     }
-    h->tokens = o->rate_burst;
-    h->rate_last = mono_now();
-    h->rng = rnd_seed(h);
+    if (rate_init(h, err) != 0) {
+        goto fail;
+    }
+    h->rng = sl_retry_seed(h);
     return h;
 fail:
     sl_http_free(h);
@@ -1194,6 +1082,7 @@ void sl_http_free(sl_http *h)
         curl_share_cleanup(h->share);
     }
     free(h->heap);
+    free(h->win);
     free(h->slots);
     conf_free(&h->conf);
     free(h);
@@ -1207,7 +1096,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
     const char *url = sl_buf_cstr(&req->url);
     char u[URL_LOG_MAX];
     if (!method_ok(req->method)) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         return sl_error_set(err, SL_ERR_USAGE,
                             "[%s] http: request to %s has an invalid method (expected e.g. GET, "
                             "POST, PUT)",
@@ -1219,7 +1108,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
         return err ? err->code : SL_ERR_INPUT;
     }
     if (!url_scheme_ok(url)) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         return sl_error_set(err, SL_ERR_INPUT,
                             "[%s] http: %s %s: only http:// and https:// URLs are allowed",
                             h->conf.prefix, req->method, u);
@@ -1238,7 +1127,7 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
                    strcmp(req->method, "PUT") == 0 || strcmp(req->method, "PATCH") == 0;
     if (headers_to_slist(sl_buf_cstr(&req->headers), req->headers.len, has_body, &x->hdrs, err) !=
         0) {
-        sl_http_url_for_log(url, u, sizeof(u));
+        sl_url_redact(url, u, sizeof(u), 0);
         sl_error_prefix(err, "[%s] %s %s", h->conf.prefix, req->method, u);
         x->next = h->free_xfers;
         h->free_xfers = x;
@@ -1269,7 +1158,7 @@ int sl_http_run(sl_http *h, int timeout_ms)
     double deadline = timeout_ms < 0 ? INFINITY : now + timeout_ms / 1000.0;
     for (;;) {
         promote_due(h, now);
-        start_ready(h, now);
+        start_ready(h);
         int still = 0;
         curl_multi_perform(h->multi, &still);
         int finished = drain_done(h);
@@ -1281,14 +1170,14 @@ int sl_http_run(sl_http *h, int timeout_ms)
             /* return to the caller as soon as something completed: the
              * engine refills its window between calls, and waiting out the
              * timeout here would leave connections idle */
-            start_ready(h, now);
+            start_ready(h);
             break;
         }
         double until = deadline;
         if (h->heap_len && h->heap[0]->not_before < until) {
             until = h->heap[0]->not_before;
         }
-        if (h->ready_head && h->free_slots && h->conf.o.rate_per_sec > 0 && h->rate_next < until) {
+        if (h->ready_head && h->free_slots && h->win_n && h->rate_next < until) {
             until = h->rate_next;
         }
         double ms = ceil((until - now) * 1000.0);
@@ -1384,7 +1273,7 @@ int sl_http_do(const sl_http_opts *opts, sl_http_req *req, sl_http_resp *resp, s
         sl_http_run(h, -1);
     }
     char u[URL_LOG_MAX];
-    sl_http_url_for_log(sl_buf_cstr(&req->url), u, sizeof(u));
+    sl_url_redact(sl_buf_cstr(&req->url), u, sizeof(u), 0);
     if (c.store_rc != 0) {
         rc =
             sl_error_set(err, c.store_rc,
@@ -1637,7 +1526,7 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
         goto fail;
     }
     const sl_http_opts *o = &s->conf.o;
-    sl_http_url_for_log(url, s->url_log, sizeof(s->url_log));
+    sl_url_redact(url, s->url_log, sizeof(s->url_log), 0);
     s->range_from = range_from;
     s->size = -1;
     if (o->guard && sl_guard_check_url(o->guard, url, &s->tgt, err) != 0) {
@@ -1659,7 +1548,9 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
         sl_error_set(err, SL_ERR_NOMEM, "http: out of memory");
         goto fail;
     }
-    uint64_t rng = rnd_seed(s);
+    uint64_t rng = sl_retry_seed(s);
+    sl_retry_policy rp;
+    conf_policy(&s->conf, &rp);
     for (int attempt = 1;; attempt++) {
         if (stream_attempt_setup(s, url, err) != 0) {
             goto fail;
@@ -1722,25 +1613,19 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
             snprintf(what, sizeof(what), "%s",
                      s->errbuf[0] ? s->errbuf : curl_easy_strerror(s->result));
         }
-        if (cls == SL_HTTP_RETRY && attempt < o->max_attempts) {
-            double ra = -1;
-            struct curl_header *hh = NULL;
-            if (status > 0 &&
-                curl_easy_header(s->easy, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK &&
-                hh) {
-                ra = sl_http_parse_retry_after(hh->value, time(NULL));
-            }
-            double wait =
-                sl_http_backoff_s(o->backoff_base_ms, o->backoff_max_ms, attempt, rnd01(&rng), ra);
+        if (cls == SL_HTTP_RETRY && sl_retry_more(&rp, attempt)) {
+            int64_t ra = status > 0 ? easy_retry_after_ms(s->easy) : -1;
+            int64_t wait_ms = sl_retry_delay_ms(&rp, attempt, ra, &rng);
             char ws[32];
-            fmt_wait(ws, sizeof(ws), wait);
+            fmt_wait(ws, sizeof(ws), (double)wait_ms / 1000.0);
             char code[32];
             snprintf(code, sizeof(code), "%ld", status);
             sl_warn(s->conf.prefix, "GET %s: %s, retry %d/%d in %s", s->url_log,
                     status > 0 ? code : what, attempt + 1, o->max_attempts, ws);
-            struct timespec ts = {.tv_sec = (time_t)wait,
-                                  .tv_nsec = (long)((wait - floor(wait)) * 1e9)};
-            while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+            if (sl_retry_sleep_ms(wait_ms, o->stop)) {
+                sl_error_set(err, SL_ERR_IO, "[%s] GET %s: %s (stopped while waiting to retry)",
+                             s->conf.prefix, s->url_log, what);
+                goto fail;
             }
             continue;
         }

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "sluice/log.h"
+#include "sluice/url.h"
 #include "state/state_impl.h"
 
 /* sl_run_info.pipeline is char[128]: a longer name could not be read back. */
@@ -80,13 +81,13 @@ sl_state *sl_state_open(const char *url, sl_error *err)
                 options = q + 1;
             }
         }
-    } else if (strstr(url, "://") != NULL) {
+    } else if (sl_url_scheme_len(url) > 0) {
         /* Show only the scheme: the rest may hold credentials. */
-        const char *sep = strstr(url, "://");
+        size_t sl = sl_url_scheme_len(url);
         sl_error_set(err, SL_ERR_CONFIG,
                      "state: unsupported URL scheme '%.*s' (expected a path, \"sqlite:PATH\" "
                      "or \"postgres://...\")",
-                     (int)(sep - url > 32 ? 32 : sep - url), url);
+                     (int)(sl > 32 ? 32 : sl), url);
         goto fail;
     } else {
         /* A plain path takes no options: '?' may be part of a file name. */
@@ -740,12 +741,10 @@ int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl
 static int check_lease_name(sl_state *s, const char *name, const char *owner, sl_error *err)
 {
     if (!name || !*name || strlen(name) >= sizeof(((sl_lease *)0)->name)) {
-        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease name empty or too long",
-                            s->where);
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease name empty or too long", s->where);
     }
     if (owner && (!*owner || strlen(owner) >= sizeof(((sl_lease *)0)->owner))) {
-        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease owner empty or too long",
-                            s->where);
+        return sl_error_set(err, SL_ERR_USAGE, "state %s: lease owner empty or too long", s->where);
     }
     return 0;
 }

@@ -18,6 +18,7 @@
 
 #include "sluice/guard.h"
 #include "sluice/reader.h"
+#include "sluice/url.h"
 
 #define RD_BUF ((size_t)256 * 1024)
 #define RD_SCRATCH ((size_t)64 * 1024)
@@ -88,35 +89,13 @@ static int is_url(const char *s)
     return strncasecmp(s, "http://", 7) == 0 || strncasecmp(s, "https://", 8) == 0;
 }
 
-/* scheme://[userinfo@]host[:port]/path[?query][#fragment] -> scheme://host[:port]/path.
- * Userinfo and query strings carry credentials (presigned URLs). */
+/* The URL as messages show it (sluice/url.h): no userinfo or query, since
+ * they carry credentials (presigned URLs). */
 static char *url_display_name(const char *url)
 {
-    const char *p = strstr(url, "://");
-    if (!p) {
-        return strdup(url);
-    }
-    const char *auth = p + 3;
-    size_t alen = strcspn(auth, "/?#");
-    const char *host = auth;
-    for (size_t i = 0; i < alen; i++) {
-        if (auth[i] == '@') {
-            host = auth + i + 1;
-        }
-    }
-    const char *path = auth + alen;
-    size_t plen = strcspn(path, "?#");
-    size_t slen = (size_t)(auth - url);
-    size_t hlen = (size_t)(auth + alen - host);
-    char *out = malloc(slen + hlen + plen + 1);
-    if (!out) {
-        return NULL;
-    }
-    memcpy(out, url, slen);
-    memcpy(out + slen, host, hlen);
-    memcpy(out + slen + hlen, path, plen);
-    out[slen + hlen + plen] = '\0';
-    return out;
+    char shown[512];
+    sl_url_redact(url, shown, sizeof(shown), 0);
+    return strdup(shown);
 }
 
 static int has_suffix(const char *s, const char *suf)

@@ -405,36 +405,3 @@ char *sl_excerpt(char *dst, size_t cap, const char *s, size_t len, size_t max)
     dst[o] = '\0';
     return dst;
 }
-
-char *sl_url_display(char *dst, size_t cap, const char *url)
-{
-    if (cap == 0) {
-        return dst;
-    }
-    if (!url) {
-        url = "";
-    }
-    size_t o = 0;
-    const char *p = url;
-    const char *scheme_end = strstr(url, "://");
-    if (scheme_end) {
-        const char *auth = scheme_end + 3;
-        size_t auth_len = strcspn(auth, "/?#");
-        const char *at = memchr(auth, '@', auth_len);
-        size_t head = (size_t)(auth - url);
-        if (head > cap - 1) {
-            head = cap - 1;
-        }
-        memcpy(dst, url, head);
-        o = head;
-        p = at ? at + 1 : auth;
-    }
-    size_t rest = strcspn(p, "?#");
-    if (rest > cap - 1 - o) {
-        rest = cap - 1 - o;
-    }
-    memcpy(dst + o, p, rest);
-    o += rest;
-    dst[o] = '\0';
-    return dst;
-}

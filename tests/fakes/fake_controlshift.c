@@ -19,13 +19,15 @@
 #include <openssl/rand.h>
 
 #include "fake_common.h"
+#include "util/retry.h"
 
 #define PROG "fake_controlshift"
 #define USAGE                                                                                      \
     "serve --dir DIR [--port N] [--port-file FILE] [--record-requests FILE.jsonl]\n"               \
     "   or: " PROG " send --to URL --secret S --type TYPE --table NAME --url FILE_URL\n"           \
     "           [--jid J] [--compression bzip2|none] [--bad-signature | --no-signature]\n"         \
-    "           [--raw-body FILE] [--redeliver N] [--timeout-s N] [--print-status]\n"              \
+    "           [--raw-body FILE] [--redeliver N] [--retries N] [--timeout-s N]\n"                 \
+    "           [--print-status]\n"                                                                \
     "   or: " PROG " gen --table NAME --rows N --out FILE [--cols C] [--bz2] [--seed S]\n"         \
     "           [--start-id K]\n"                                                                  \
     "   or: " PROG " receive [--port N] [--port-file FILE] [--record FILE.jsonl] [--status CODE]"
@@ -883,7 +885,7 @@ static int main_send(int argc, char **argv)
     const char *to = NULL, *secret = NULL, *type = NULL, *table = NULL, *url = NULL;
     const char *jid = NULL, *compression = NULL, *raw_body = NULL;
     int bad_sig = 0, no_sig = 0, rc = 2, failures = 0;
-    long redeliver = 1, timeout_s = 30;
+    long redeliver = 1, timeout_s = 30, retries = 0;
     char jid_hex[25], sig_hdr[128];
     sl_buf body, answer, key;
     sl_buf_init(&body, SEND_BODY_MAX);
@@ -935,6 +937,10 @@ static int main_send(int argc, char **argv)
         } else if (strcmp(a, "--redeliver") == 0) {
             if (fk_parse_long(v, 1, 1000, &redeliver) != 0) {
                 fk_die_usage(PROG, USAGE, "--redeliver: expected 1..1000 deliveries, got '%s'", v);
+            }
+        } else if (strcmp(a, "--retries") == 0) {
+            if (fk_parse_long(v, 0, 20, &retries) != 0) {
+                fk_die_usage(PROG, USAGE, "--retries: expected 0..20, got '%s'", v);
             }
         } else if (strcmp(a, "--timeout-s") == 0) {
             if (fk_parse_long(v, 1, 3600, &timeout_s) != 0) {
@@ -1053,23 +1059,42 @@ static int main_send(int argc, char **argv)
     curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, keep_answer);
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer);
 
+    /* ControlShift re-sends a delivery that got no answer, a 429 or a 5xx;
+     * the waits follow sluice's own retry rule (short, for tests) */
+    sl_retry_policy rp = {
+        .max_attempts = (int)retries + 1, .base_ms = 200, .max_ms = 5000, .jitter = 1.0};
+    uint64_t rng = sl_retry_seed(&rp);
     for (long i = 0; i < redeliver; i++) {
-        sl_buf_reset(&answer);
-        CURLcode cc = curl_easy_perform(curl);
-        long status = 0;
-        if (cc == CURLE_OK) {
-            curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+        for (int attempt = 1;; attempt++) {
+            sl_buf_reset(&answer);
+            CURLcode cc = curl_easy_perform(curl);
+            long status = 0;
+            if (cc == CURLE_OK) {
+                curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+            }
+            if (cc != CURLE_OK || status == 0) {
+                printf("000\n");
+                fprintf(stderr, PROG ": send: POST %s got no HTTP answer: %s\n", to,
+                        curl_easy_strerror(cc));
+            } else {
+                printf("%ld\n", status);
+                fprintf(stderr, "%s\n", sl_buf_cstr(&answer));
+            }
+            fflush(stdout);
+            int again = status == 0 || status == 429 || status >= 500;
+            if (!again || !sl_retry_more(&rp, attempt)) {
+                failures += status == 0;
+                break;
+            }
+            int64_t ra = -1;
+            struct curl_header *hh = NULL;
+            if (status > 0 &&
+                curl_easy_header(curl, "Retry-After", 0, CURLH_HEADER, -1, &hh) == CURLHE_OK &&
+                hh) {
+                ra = sl_retry_after_ms(hh->value, time(NULL));
+            }
+            sl_retry_sleep_ms(sl_retry_delay_ms(&rp, attempt, ra, &rng), NULL);
         }
-        if (cc != CURLE_OK || status == 0) {
-            failures++;
-            printf("000\n");
-            fprintf(stderr, PROG ": send: POST %s got no HTTP answer: %s\n", to,
-                    curl_easy_strerror(cc));
-        } else {
-            printf("%ld\n", status);
-            fprintf(stderr, "%s\n", sl_buf_cstr(&answer));
-        }
-        fflush(stdout);
     }
     rc = failures ? 1 : 0;
 fail:

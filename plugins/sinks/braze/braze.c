@@ -17,6 +17,7 @@
 #include <jansson.h>
 
 #include "sluice/plugin.h"
+#include "sluice/url.h"
 #include "sluice/values.h"
 
 #define BRAZE_PATH "/users/track"
@@ -70,12 +71,17 @@ static int braze_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *e
     const char *url = sl_opt_str(opts, "url");
     const char *key = sl_opt_str(opts, "api_key");
     const char *col = sl_opt_str(opts, "key");
-    if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)) {
+    sl_url pu;
+    int url_ok = url && sl_url_parse(url, &pu, NULL) == 0 &&
+                 (strcmp(pu.scheme, "https") == 0 || strcmp(pu.scheme, "http") == 0) && *pu.host;
+    sl_url_free(&pu);
+    if (!url_ok) {
         char shown[256];
+        sl_url_redact(url, shown, sizeof(shown), 0);
         rc = sl_error_set(err, SL_ERR_CONFIG,
                           "%s: url: '%s' is not an http(s) URL (expected the REST endpoint, "
                           "e.g. https://rest.iad-01.braze.com)",
-                          sl_opt_where(opts, "url"), sl_url_display(shown, sizeof(shown), url));
+                          sl_opt_where(opts, "url"), shown);
         goto fail;
     }
     if (strchr(url, '?') || strchr(url, '#')) {
@@ -115,7 +121,7 @@ static int braze_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *e
     }
     memcpy(bz->url, url, ul);
     memcpy(bz->url + ul, BRAZE_PATH, pl + 1);
-    sl_url_display(bz->url_shown, sizeof(bz->url_shown), bz->url);
+    sl_url_redact(bz->url, bz->url_shown, sizeof(bz->url_shown), 0);
     sl_secret_register(key);
     bz->api_key = strdup(key);
     bz->key = strdup(col);

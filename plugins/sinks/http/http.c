@@ -17,6 +17,7 @@
 #include <openssl/evp.h>
 
 #include "sluice/plugin.h"
+#include "sluice/url.h"
 #include "sluice/values.h"
 
 #define HTTP_URL_MAX 2048
@@ -189,8 +190,13 @@ static int http_check(const sl_opts *opts, sl_report_fn report, void *ud)
     const char *url = sl_opt_str(opts, "url");
     const char *fmt = sl_opt_str(opts, "format");
     int record = fmt && strcmp(fmt, "record") == 0;
-    if (!url || (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0)) {
-        report(ud, "url", "'%s' is not an http(s) URL", sl_url_display(shown, sizeof(shown), url));
+    sl_url pu = {0};
+    int url_ok = url && sl_url_parse(url, &pu, NULL) == 0 &&
+                 (strcmp(pu.scheme, "https") == 0 || strcmp(pu.scheme, "http") == 0) && *pu.host;
+    sl_url_free(&pu);
+    if (!url_ok) {
+        sl_url_redact(url ? url : "", shown, sizeof(shown), 0);
+        report(ud, "url", "'%s' is not an http(s) URL", shown);
         bad++;
     } else if (strlen(url) >= HTTP_URL_MAX) {
         report(ud, "url", "longer than %d bytes", HTTP_URL_MAX - 1);
@@ -326,7 +332,7 @@ static int http_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
     }
     size_t nl;
     h->templated = next_ref(url, &nl) != NULL;
-    sl_url_display(h->url_shown, sizeof(h->url_shown), url);
+    sl_url_redact(url, h->url_shown, sizeof(h->url_shown), 0);
 
     const char *method = sl_opt_str(opts, "method");
     snprintf(h->method, sizeof(h->method), "%s", method ? method : "POST");
