@@ -194,7 +194,17 @@ static int http_check(const sl_opts *opts, sl_report_fn report, void *ud)
     int url_ok = url && sl_url_parse(url, &pu, NULL) == 0 &&
                  (strcmp(pu.scheme, "https") == 0 || strcmp(pu.scheme, "http") == 0) && *pu.host;
     sl_url_free(&pu);
-    if (!url_ok) {
+    size_t hl = 0;
+    const char *sep = url ? strstr(url, "://") : NULL;
+    const char *href = sep ? next_ref(sep + 3, &hl) : NULL;
+    const char *hend = sep ? strchr(sep + 3, '/') : NULL;
+    if (!url_ok && href && (!hend || href < hend)) {
+        /* record data never picks the host a request goes to */
+        report(ud, "url",
+               "{%.*s} is in the scheme or host (expected {field} only in the path or query)",
+               (int)hl, href + 1);
+        bad++;
+    } else if (!url_ok) {
         sl_url_redact(url ? url : "", shown, sizeof(shown), 0);
         report(ud, "url", "'%s' is not an http(s) URL", shown);
         bad++;
