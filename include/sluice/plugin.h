@@ -97,6 +97,15 @@ int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, 
 int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err);
 /* Unix time (UTC) when this run began (the same value commit hooks get). */
 double sl_ctx_run_started(const sl_ctx *c);
+/* The user asked for `--again`: deliver an input that an earlier run
+ * already delivered completely (a source that recognises such an input
+ * refuses it otherwise). */
+int sl_ctx_again(const sl_ctx *c);
+/* The run cannot be called complete for a reason the engine does not see (a
+ * page that could not be fetched and was recorded for the next run): it ends
+ * "partial" (exit 2) with this sentence in its summary and notification,
+ * even when every record read was delivered. The last call wins. */
+void sl_ctx_set_partial(sl_ctx *c, const char *fmt, ...) SL_PRINTF(2, 3);
 /* Set by the engine when the user asked to stop (SIGINT/SIGTERM). */
 int sl_ctx_stopping(const sl_ctx *c);
 

@@ -1,3 +1,4 @@
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,19 @@ void sl_ctx_set_index(sl_ctx *c, int index)
     const char *dot = strchr(c->ns, '.');
     snprintf(plugin, sizeof(plugin), "%s", dot ? dot + 1 : c->ns);
     snprintf(c->ns, sizeof(c->ns), "step.%d.%.60s", index, plugin);
+}
+
+int sl_ctx_again(const sl_ctx *c)
+{
+    return c->again;
+}
+
+void sl_ctx_set_partial(sl_ctx *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->partial, sizeof(c->partial), fmt, ap);
+    va_end(ap);
 }
 
 double sl_ctx_run_started(const sl_ctx *c)

@@ -13,6 +13,8 @@ struct sl_ctx {
     char ns[96]; /* state key namespace of this instance: "source.csv", "step.2.diff" */
     int dry_run;
     int writable;                /* set by the engine around commit hooks */
+    int again;                   /* --again: deliver an input already delivered */
+    char partial[256];           /* sl_ctx_set_partial: why the run is partial */
     double run_started;          /* unix seconds, set by the engine */
     sl_state *state;             /* borrowed; may be NULL (tests, dry runs) */
     volatile sig_atomic_t *stop; /* borrowed; may be NULL */

@@ -36,13 +36,17 @@ typedef struct cmd_help {
 } cmd_help;
 
 static const cmd_help commands[] = {
-    {"run", "sluice run [-c FILE] [PIPELINE...] [--dry-run] [--from-start]",
+    {"run", "sluice run [-c FILE] [PIPELINE...] [--dry-run] [--from-start] [--again]",
      "Run pipelines once (all of them when none is named). An interrupted run\n"
-     "resumes from its checkpoint unless --from-start is given. --dry-run reads\n"
-     "and transforms everything and prints counts and sample payloads without\n"
-     "calling the sink or writing state.\n"
-     "Exit codes: 0 all delivered; 1 failed; 2 finished, some records dead-lettered;\n"
-     "64 usage error; 78 config error."},
+     "resumes from its checkpoint unless --from-start is given. An input that an\n"
+     "earlier run delivered completely is not sent again unless --again is given.\n"
+     "--dry-run reads and transforms everything and prints counts and sample\n"
+     "payloads without calling the sink or writing state.\n"
+     "One run of a pipeline at a time: a second one is refused while the first\n"
+     "holds the pipeline's lease; a dead run's lease is taken over.\n"
+     "Exit codes: 0 all delivered; 1 failed; 2 finished, some records dead-lettered\n"
+     "(or, for a paged source, a page recorded for the next run); 64 usage error;\n"
+     "75 another run of the pipeline holds its lease; 78 config error."},
     {"serve", "sluice serve [-c FILE] [--listen ADDR:PORT]",
      "Serve the webhook routes of every pipeline with a `trigger:`, run their jobs,\n"
      "and expose GET /healthz and GET /metrics (Prometheus). A webhook is answered\n"
@@ -61,10 +65,6 @@ static const cmd_help commands[] = {
      "with their attempt count raised. Rows the source rejected (malformed input)\n"
      "cannot be retried: fix the input and run again. For a pipeline with a\n"
      "trigger, failed jobs are queued again and run now."},
-    {"fanout", "sluice fanout [-c FILE] PIPELINE",
-     "Distributed mode: source -> Kafka topic. (Not available in this version.)"},
-    {"worker", "sluice worker [-c FILE] PIPELINE",
-     "Distributed mode: Kafka consumer group -> steps -> sink. (Not available in this version.)"},
     {NULL, NULL, NULL},
 };
 
@@ -193,7 +193,7 @@ static int cmd_help_topic(const char *topic)
 
 typedef struct cli {
     const char *config;
-    int dry_run, from_start;
+    int dry_run, from_start, again;
     const char *listen;
     const char *names[64];
     size_t nnames;
@@ -275,6 +275,7 @@ static int cmd_run(const cli *c, sl_run_mode mode)
     o.mode = mode;
     o.dry_run = c->dry_run;
     o.from_start = c->from_start;
+    o.again = c->again;
     o.progress = isatty(STDERR_FILENO) && sl_log_level >= SL_LOG_INFO;
     o.samples = 3;
     o.stop = &g_stop;
@@ -544,6 +545,8 @@ int main(int argc, char **argv)
             c.dry_run = 1;
         } else if (strcmp(a, "--from-start") == 0) {
             c.from_start = 1;
+        } else if (strcmp(a, "--again") == 0) {
+            c.again = 1;
         } else if (strcmp(a, "--listen") == 0) {
             if (++i >= argc) {
                 fprintf(stderr, "sluice: --listen needs ADDR:PORT\n");

@@ -61,6 +61,7 @@ static int init_plugins(runner *r, sl_error *err)
     }
     r->src_ctx->run_started = r->started_at;
     r->sink_ctx->run_started = r->started_at;
+    r->src_ctx->again = r->o->again;
     if (r->o->mode != SL_RUN_RETRY) {
         if (r->srcp->init(&r->src, p->source.opts, r->src_ctx, err) < 0) {
             return sl_error_prefix(err, "%s", sl_ctx_name(r->src_ctx));
@@ -140,10 +141,17 @@ static int resume_source(runner *r, sl_error *err)
                 json_t *j = json_loads(sl_buf_cstr(&cp), 0, NULL);
                 json_t *line = j ? json_object_get(j, "line") : NULL;
                 json_t *off = j ? json_object_get(j, "offset") : NULL;
+                char at[96] = "from its checkpoint";
+                if (json_is_integer(line) && json_is_integer(off)) {
+                    snprintf(at, sizeof(at),
+                             "at line %" JSON_INTEGER_FORMAT " (byte %" JSON_INTEGER_FORMAT ")",
+                             json_integer_value(line), json_integer_value(off));
+                } else if (json_is_integer(line)) {
+                    snprintf(at, sizeof(at), "at record %" JSON_INTEGER_FORMAT,
+                             json_integer_value(line));
+                }
                 sl_info(sl_ctx_name(r->src_ctx),
-                        "resuming an interrupted run at line %" JSON_INTEGER_FORMAT
-                        " (byte %" JSON_INTEGER_FORMAT "); --from-start starts over",
-                        json_integer_value(line), json_integer_value(off));
+                        "resuming an interrupted run %s; --from-start starts over", at);
                 json_decref(j);
             }
         }
@@ -275,6 +283,20 @@ static void halt_reader(runner *r, pthread_t reader)
     pthread_join(reader, NULL);
 }
 
+/* A plugin's reason why the run is only partial, or NULL. */
+static const char *partial_reason(const runner *r)
+{
+    if (r->src_ctx && r->src_ctx->partial[0]) {
+        return r->src_ctx->partial;
+    }
+    for (size_t i = 0; r->step_ctx && i < r->p->nsteps; i++) {
+        if (r->step_ctx[i] && r->step_ctx[i]->partial[0]) {
+            return r->step_ctx[i]->partial;
+        }
+    }
+    return NULL;
+}
+
 static double wall_now(void)
 {
     struct timespec ts;
@@ -389,8 +411,12 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
         if (sl_finalize_run(r, 1, &err) < 0) {
             goto out;
         }
-        exit_code = r->counts.failed ? SL_EXIT_PARTIAL : SL_EXIT_OK;
-        snprintf(res->status, sizeof(res->status), "%s", r->counts.failed ? "partial" : "ok");
+        const char *why = partial_reason(r);
+        exit_code = r->counts.failed || why ? SL_EXIT_PARTIAL : SL_EXIT_OK;
+        snprintf(res->status, sizeof(res->status), "%s", exit_code ? "partial" : "ok");
+        if (why) {
+            snprintf(res->error, sizeof(res->error), "%s", why);
+        }
     }
     if (exit_code == SL_EXIT_FAILED && interrupted && !r->fatal && !r->reader_rc) {
         snprintf(res->status, sizeof(res->status), "interrupted");

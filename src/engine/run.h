@@ -31,6 +31,7 @@ typedef struct sl_run_opts {
     sl_run_mode mode;
     int dry_run;
     int from_start;
+    int again;    /* deliver an input already delivered completely */
     int progress; /* 1: a \r progress line on stderr (a TTY); 0: periodic log lines */
     int samples;  /* --dry-run: payloads to print (default 3) */
     volatile sig_atomic_t *stop; /* set by signal handlers; may be NULL */
