@@ -16,6 +16,7 @@
 #include "core/serve.h"
 #include "sluice/log.h"
 #include "state/state.h"
+#include "util/schedule.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -524,11 +525,50 @@ static int retry_jobs(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st)
     return jc[4] || jc[2] ? SL_EXIT_FAILED : SL_EXIT_OK;
 }
 
+/* Hidden: `sluice schedule-next EXPR UNIX_TIME [COUNT]` prints the next COUNT
+ * fire times (unix seconds, then local time) of a schedule. Used by the
+ * schedule oracle test; handy for checking a cron line. */
+static int cmd_schedule_next(int argc, char **argv)
+{
+    if (argc < 4 || argc > 5) {
+        fprintf(stderr, "usage: sluice schedule-next 'SCHEDULE' UNIX_TIME [COUNT]\n");
+        return SL_EXIT_USAGE;
+    }
+    char *end;
+    long long t = strtoll(argv[3], &end, 10);
+    long count = argc == 5 ? strtol(argv[4], NULL, 10) : 1;
+    if (*end || count < 1 || count > 100000) {
+        fprintf(stderr, "sluice: schedule-next: expected a unix time and a count 1..100000\n");
+        return SL_EXIT_USAGE;
+    }
+    sl_error err = {0};
+    sl_schedule *s = sl_schedule_parse(argv[2], &err);
+    if (!s) {
+        fprintf(stderr, "sluice: schedule \"%s\": %s\n", argv[2], err.msg);
+        return SL_EXIT_CONFIG;
+    }
+    for (long i = 0; i < count; i++) {
+        int64_t n = sl_schedule_next_after(s, (int64_t)t);
+        if (n < 0) {
+            printf("none\n");
+            break;
+        }
+        char when[64];
+        printf("%lld %s\n", (long long)n, sl_schedule_format(s, n, when, sizeof(when)));
+        t = n;
+    }
+    sl_schedule_free(s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
     c.config = "sluice.yml";
     const char *cmd = NULL;
+    if (argc > 1 && strcmp(argv[1], "schedule-next") == 0) {
+        return cmd_schedule_next(argc, argv);
+    }
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
