@@ -644,8 +644,8 @@ static int parse_every(sl_schedule *s, const char *d, sl_error *err)
             return sl_error_set(err, SL_ERR_CONFIG, "found \"%s\" after `every` (%s)", d, expect);
         }
         int64_t v = 0;
-        while (isdigit((unsigned char)*p) && v <= EVERY_MAX_S) {
-            v = v * 10 + (*p++ - '0');
+        for (; isdigit((unsigned char)*p); p++) {
+            v = v > EVERY_MAX_S ? v : v * 10 + (*p - '0'); /* saturates */
         }
         int64_t unit;
         switch (tolower((unsigned char)*p)) {
