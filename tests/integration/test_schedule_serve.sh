@@ -156,4 +156,29 @@ for a, b in zip(runs, runs[1:]):
 kill -TERM "$SERVE_b_PID"
 wait "$SERVE_b_PID" && rc=0 || rc=$?
 expect_eq "serve b exits 0 on SIGTERM" 0 "$rc"
+
+# --- a run elsewhere holds the lease: scheduled slots are skipped as locked --
+rm -f "$T_DIR/slow.csv"
+mkfifo "$T_DIR/slow.csv"
+(cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$T_DIR/b.yml" slow >"$T_DIR/manual.out" 2>&1) &
+manual=$!
+T_PIDS+=("$manual")
+# the manual run holds the lease while it waits for its input
+holds_lease() { sluice status -c "$T_DIR/b.yml" slow | grep -q 'running now: process'; }
+wait_for "the manual run's lease" 10 holds_lease
+start_serve c "$T_DIR/b.yml"
+wait_for "a scheduled slot refused by the lease" 10 ge 1 "metric 'sluice_scheduled_runs_total{pipeline=\"slow\",reason=\"slot\",result=\"locked\"}'" &&
+    ok "a scheduled run while another run holds the lease is skipped as locked"
+expect_match "the log names the holder" "$T_DIR/serve-c.log" \
+    '\[slow\] scheduled run \(slot .*\) skipped: another run of the pipeline holds its lease'
+cp "$T_DIR/in.csv" "$T_DIR/next.csv"
+cat "$T_DIR/in.csv" >"$T_DIR/slow.csv"
+mv "$T_DIR/next.csv" "$T_DIR/slow.csv"
+wait "$manual" && rc=0 || rc=$?
+expect_eq "the manual run finished" 0 "$rc"
+wait_for "a scheduled run once the lease is free" 10 ge 3 "metric 'sluice_scheduled_runs_total{pipeline=\"slow\",reason=\"slot\",result=\"ok\"}'" &&
+    ok "scheduled runs resume once the lease is free"
+kill -TERM "$SERVE_c_PID"
+wait "$SERVE_c_PID" && rc=0 || rc=$?
+expect_eq "serve c exits 0 on SIGTERM" 0 "$rc"
 finish

@@ -1620,7 +1620,7 @@ static void test_config_schedule(void **state)
                                                  "    source: {type: csv, path: in.csv}\n"
                                                  "    sink: {type: http, url: 'http://x/'}\n"
                                                  "    schedule: 30 1 * * * Europe/London\n");
-    sl_config *c = sl_config_load(path, NULL, 0, &e);
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     const char *s = sl_buf_cstr(&e);
     snprintf(want, sizeof(want),
@@ -1645,7 +1645,7 @@ static void test_config_schedule(void **state)
                                       "    trigger: {type: controlshift, secret: x}\n"
                                       "    source: {type: csv, path: in.csv}\n"
                                       "    sink: {type: http, url: 'http://x/'}\n");
-    c = sl_config_load(path, NULL, 0, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     snprintf(want, sizeof(want), "%s:4:5: pipelines.hook.trigger: a pipeline has either", path);
     assert_contains(sl_buf_cstr(&e), want);
@@ -1656,7 +1656,7 @@ static void test_config_schedule(void **state)
                                       "    schedule: TZ=America/New_York 0 6 * * 1-5\n"
                                       "    source: {type: csv, path: in.csv}\n"
                                       "    sink: {type: http, url: 'http://x/'}\n");
-    c = sl_config_load(path, NULL, 0, &e);
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_non_null(c);
     assert_string_equal(c->pipelines[0].schedule, "TZ=America/New_York 0 6 * * 1-5");
     sl_config_free(c);
