@@ -14,6 +14,7 @@
 #include "config/internal.h"
 #include "sluice/log.h"
 #include "sluice/url.h"
+#include "util/schedule.h"
 
 /* Largest configuration file read. */
 #define CONFIG_MAX_BYTES ((size_t)16 * 1024 * 1024)
@@ -49,7 +50,9 @@ static const sl_option pipeline_options[] = {
      "with a trigger: wait before retrying a failed job, doubled each attempt"},
     {"job_max_backoff", SL_OPT_DURATION, "30m", 0, NULL,
      "with a trigger: longest wait between job attempts"},
-    {"schedule", SL_OPT_STRING, NULL, 0, NULL, "serve mode: \"every 90m\" or a cron line"},
+    {"schedule", SL_OPT_STRING, NULL, 0, NULL,
+     "serve mode: \"every 90m\", or a cron line with an optional time zone such as "
+     "\"0 6 * * mon-fri Europe/London\""},
     {"description", SL_OPT_STRING, NULL, 0, NULL, "free text"},
     SL_OPTIONS_END,
 };
@@ -655,6 +658,15 @@ static void load_pipeline(const sl_catalog *cat, const char *file, const char *n
         }
         const char *sched = sl_opt_str(po, "schedule");
         if (sched && *sched) {
+            sl_error serr = {0};
+            sl_schedule *parsed = sl_schedule_parse(sched, &serr);
+            if (!parsed) {
+                char skpath[CFG_PATH_MAX], q[160];
+                cfg_path_key(skpath, sizeof(skpath), path, "schedule");
+                cfg_errw(errors, sl_opt_where(po, "schedule"), skpath, "invalid schedule %s: %s",
+                         cfg_quote(sched, q, sizeof(q)), serr.msg);
+            }
+            sl_schedule_free(parsed);
             p->schedule = strdup(sched);
         }
         sl_opts_free(po);
@@ -717,6 +729,11 @@ static void load_pipeline(const sl_catalog *cat, const char *file, const char *n
     if (!is_empty(trig)) {
         p->trigger_plugin =
             load_plugin(cat, file, "trigger", trig, kl, kc, kpath, &p->trigger, errors);
+        if (p->schedule) {
+            cfg_err(errors, file, kl, kc, kpath,
+                    "a pipeline has either a `trigger:` (runs on webhooks) or a `schedule:`, not "
+                    "both (expected one of them; put the scheduled run in its own pipeline)");
+        }
     }
 
     const sl_node *batch = map_get(body, "batch", NULL, NULL);

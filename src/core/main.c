@@ -16,6 +16,7 @@
 #include "core/serve.h"
 #include "sluice/log.h"
 #include "state/state.h"
+#include "util/schedule.h"
 
 static volatile sig_atomic_t g_stop;
 
@@ -49,16 +50,20 @@ static const cmd_help commands[] = {
      "75 another run of the pipeline holds its lease; 78 config error."},
     {"serve", "sluice serve [-c FILE] [--listen ADDR:PORT]",
      "Serve the webhook routes of every pipeline with a `trigger:`, run their jobs,\n"
-     "and expose GET /healthz and GET /metrics (Prometheus). A webhook is answered\n"
-     "2xx only once its job is stored durably; jobs survive restarts. SIGTERM\n"
-     "stops accepting, hands running jobs back to the queue and exits 0.\n"
+     "run every pipeline with a `schedule:` at its slots, and expose GET /healthz\n"
+     "and GET /metrics (Prometheus). A webhook is answered 2xx only once its job is\n"
+     "stored durably; jobs survive restarts. A scheduled run still going when the\n"
+     "next slot comes is not stacked (the slot is skipped); slots missed while no\n"
+     "server ran are run once at start. SIGTERM stops accepting, hands running jobs\n"
+     "back to the queue, lets scheduled runs save their progress, and exits 0.\n"
      "--listen overrides serve.listen (default 127.0.0.1:8080)."},
     {"check", "sluice check [-c FILE]",
      "Validate the configuration: every error is printed with file:line:column.\n"
      "Exit 0 when valid, 78 otherwise."},
-    {"status", "sluice status [-c FILE] [PIPELINE]",
+    {"status", "sluice status [-c FILE] [PIPELINE] [--json]",
      "Show recent runs with counts, the checkpoint an interrupted run will resume\n"
-     "from, and dead letters."},
+     "from, dead letters, jobs, and when `sluice serve` runs a scheduled pipeline\n"
+     "next. --json prints the same as one JSON document."},
     {"retry", "sluice retry [-c FILE] PIPELINE",
      "Re-send the pipeline's dead letters through the steps after the one that\n"
      "rejected them, and the sink. Delivered ones are removed; the others stay\n"
@@ -193,7 +198,7 @@ static int cmd_help_topic(const char *topic)
 
 typedef struct cli {
     const char *config;
-    int dry_run, from_start, again;
+    int dry_run, from_start, again, json;
     const char *listen;
     const char *names[64];
     size_t nnames;
@@ -420,6 +425,103 @@ static void print_lease(sl_state *st, const sl_pipeline_cfg *p)
     }
 }
 
+static void print_schedule(const sl_pipeline_cfg *p, sl_state *st)
+{
+    sl_schedule_info si;
+    sl_error err = {0};
+    if (sl_schedule_info_get(p, st, (int64_t)time(NULL), &si, &err) < 0) {
+        printf("  schedule: %s: %s\n", p->schedule, err.msg);
+        return;
+    }
+    printf("  schedule: %s (%s)\n", p->schedule, si.zone);
+    if (si.last_slot >= 0) {
+        char when[32];
+        fmt_time((double)si.last_slot, when, sizeof(when));
+        printf("    last scheduled run: slot %s\n", when);
+    }
+    if (si.next_run < 0) {
+        printf("    next run: none (the schedule has no further slot)\n");
+    } else if (si.catch_up) {
+        printf("    next run: as soon as sluice serve runs (a slot was missed)\n");
+    } else {
+        printf("    next run: %s (%" PRId64 ") under sluice serve\n", si.next_local, si.next_run);
+    }
+}
+
+static int json_run(void *ud, const sl_run_info *r)
+{
+    json_array_append_new(
+        ud, json_pack("{sI ss ss sf sf s{sI sI sI sI sI sI} ss}", "id", (json_int_t)r->id, "status",
+                      r->status, "input", r->input, "started_at", r->started_at, "finished_at",
+                      r->finished_at, "counts", "read", (json_int_t)r->counts.read, "sent",
+                      (json_int_t)r->counts.sent, "failed", (json_int_t)r->counts.failed, "skipped",
+                      (json_int_t)r->counts.skipped, "requests", (json_int_t)r->counts.requests,
+                      "retries", (json_int_t)r->counts.retries, "error", r->error));
+    return 0;
+}
+
+/* sluice status --json: one document with every (or the named) pipeline. */
+static int status_json(const cli *c, sl_config *cfg, sl_state *st)
+{
+    int code = 0, found = 0;
+    json_t *doc = json_object(), *arr = json_array();
+    json_object_set_new(doc, "pipelines", arr);
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        sl_pipeline_cfg *p = &cfg->pipelines[i];
+        if (c->nnames && strcmp(c->names[0], p->name) != 0) {
+            continue;
+        }
+        found = 1;
+        sl_error err = {0};
+        json_t *o = json_pack("{ss ss ss}", "name", p->name, "source", p->source.type, "sink",
+                              p->sink.type);
+        json_t *runs = json_array();
+        if (sl_state_runs(st, p->name, 5, json_run, runs, &err) < 0) {
+            fprintf(stderr, "sluice: %s\n", err.msg);
+            code = SL_EXIT_FAILED;
+        }
+        json_object_set_new(o, "runs", runs);
+        sl_buf cp = {0};
+        json_t *cpj = NULL;
+        if (sl_state_kv_get(st, p->name, "checkpoint", &cp, &err) == 1) {
+            cpj = json_loads(sl_buf_cstr(&cp), 0, NULL);
+        }
+        sl_buf_free(&cp);
+        json_object_set_new(o, "checkpoint", cpj ? cpj : json_null());
+        int64_t n = sl_state_dl_count(st, p->name, &err);
+        json_object_set_new(o, "dead_letters", json_integer(n < 0 ? 0 : n));
+        if (p->trigger_plugin) {
+            int64_t jc[5] = {0};
+            sl_state_job_counts(st, p->name, jc, &err);
+            json_object_set_new(o, "jobs",
+                                json_pack("{sI sI sI sI sI}", "queued", (json_int_t)jc[0],
+                                          "running", (json_int_t)jc[1], "retry", (json_int_t)jc[2],
+                                          "done", (json_int_t)jc[3], "failed", (json_int_t)jc[4]));
+        }
+        json_t *sj = json_null();
+        sl_schedule_info si;
+        if (p->schedule && sl_schedule_info_get(p, st, (int64_t)time(NULL), &si, &err) == 0) {
+            sj = json_pack(
+                "{ss ss so so sb so}", "expression", p->schedule, "zone", si.zone, "last_slot",
+                si.last_slot >= 0 ? json_integer(si.last_slot) : json_null(), "next_run",
+                si.next_run >= 0 ? json_integer(si.next_run) : json_null(), "catch_up", si.catch_up,
+                "next_run_local", si.next_run >= 0 ? json_string(si.next_local) : json_null());
+        }
+        json_object_set_new(o, "schedule", sj);
+        json_array_append_new(arr, o);
+    }
+    if (!found) {
+        fprintf(stderr, "sluice: no pipeline named '%s' in %s\n", c->names[0], c->config);
+        code = SL_EXIT_USAGE;
+    } else {
+        char *text = json_dumps(doc, JSON_INDENT(2));
+        printf("%s\n", text ? text : "{}");
+        free(text);
+    }
+    json_decref(doc);
+    return code;
+}
+
 static int cmd_status(const cli *c)
 {
     int code = 0;
@@ -431,6 +533,12 @@ static int cmd_status(const cli *c)
     }
     sl_state *st = open_state(cfg, &code);
     if (!st) {
+        sl_config_free(cfg);
+        return code;
+    }
+    if (c->json) {
+        code = status_json(c, cfg, st);
+        sl_state_close(st);
         sl_config_free(cfg);
         return code;
     }
@@ -471,6 +579,9 @@ static int cmd_status(const cli *c)
                    jc[0], jc[1], jc[2], jc[3], jc[4]);
             printf("    id     status   table        kind        received             \n");
             sl_state_jobs(st, p->name, 20, print_job, NULL, &err);
+        }
+        if (p->schedule) {
+            print_schedule(p, st);
         }
         int64_t n = sl_state_dl_count(st, p->name, &err);
         printf("  dead letters: %" PRId64 "%s\n", n < 0 ? 0 : n,
@@ -525,11 +636,50 @@ static int retry_jobs(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st)
     return jc[4] || jc[2] ? SL_EXIT_FAILED : SL_EXIT_OK;
 }
 
+/* Hidden: `sluice schedule-next EXPR UNIX_TIME [COUNT]` prints the next COUNT
+ * fire times (unix seconds, then local time) of a schedule. Used by the
+ * schedule oracle test; handy for checking a cron line. */
+static int cmd_schedule_next(int argc, char **argv)
+{
+    if (argc < 4 || argc > 5) {
+        fprintf(stderr, "usage: sluice schedule-next 'SCHEDULE' UNIX_TIME [COUNT]\n");
+        return SL_EXIT_USAGE;
+    }
+    char *end;
+    long long t = strtoll(argv[3], &end, 10);
+    long count = argc == 5 ? strtol(argv[4], NULL, 10) : 1;
+    if (*end || count < 1 || count > 100000) {
+        fprintf(stderr, "sluice: schedule-next: expected a unix time and a count 1..100000\n");
+        return SL_EXIT_USAGE;
+    }
+    sl_error err = {0};
+    sl_schedule *s = sl_schedule_parse(argv[2], &err);
+    if (!s) {
+        fprintf(stderr, "sluice: schedule \"%s\": %s\n", argv[2], err.msg);
+        return SL_EXIT_CONFIG;
+    }
+    for (long i = 0; i < count; i++) {
+        int64_t n = sl_schedule_next_after(s, (int64_t)t);
+        if (n < 0) {
+            printf("none\n");
+            break;
+        }
+        char when[64];
+        printf("%lld %s\n", (long long)n, sl_schedule_format(s, n, when, sizeof(when)));
+        t = n;
+    }
+    sl_schedule_free(s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
     c.config = "sluice.yml";
     const char *cmd = NULL;
+    if (argc > 1 && strcmp(argv[1], "schedule-next") == 0) {
+        return cmd_schedule_next(argc, argv);
+    }
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -541,6 +691,8 @@ int main(int argc, char **argv)
             c.config = argv[i];
         } else if (strncmp(a, "--config=", 9) == 0) {
             c.config = a + 9;
+        } else if (strcmp(a, "--json") == 0) {
+            c.json = 1;
         } else if (strcmp(a, "--dry-run") == 0) {
             c.dry_run = 1;
         } else if (strcmp(a, "--from-start") == 0) {

@@ -1,11 +1,19 @@
-/* `sluice serve`: webhook routes -> durable jobs -> job workers.
+/* `sluice serve`: webhook routes -> durable jobs -> job workers, and
+ * scheduled runs.
  *
  * A webhook is answered 2xx only after its job row is committed to the state
  * store; the work happens afterwards on worker threads. Jobs survive
  * restarts: at start every job left `running` by a dead process goes back to
  * the queue. A failed attempt is retried with backoff until the job's
  * download URL would have expired; data errors (rows the load refused) fail
- * the job at once, since retrying cannot fix them. */
+ * the job at once, since retrying cannot fix them.
+ *
+ * A pipeline with a `schedule:` gets a scheduler thread that runs it (the
+ * same sl_run_pipeline call as `sluice run`) at each slot. The thread runs
+ * one run at a time, so runs never stack: slots that pass while a run is
+ * still going are skipped and logged. The last slot run is kept in the
+ * state store (kv "schedule.last_slot"), so slots missed while no server
+ * was running are run once at start, not once per slot. */
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
@@ -22,6 +30,7 @@
 #include "net/server.h"
 #include "sluice/log.h"
 #include "util/retry.h"
+#include "util/schedule.h"
 
 typedef struct route_ctx {
     sl_pipeline_cfg *p;
@@ -249,6 +258,220 @@ static int health(void *ud, sl_buf *detail)
     return 1;
 }
 
+/* ------------------------------------------------------------ schedules */
+
+#define LAST_SLOT_KEY "schedule.last_slot"
+
+typedef struct scheduled {
+    pthread_t th;
+    sl_config *cfg;
+    sl_pipeline_cfg *p;
+    sl_state *st;
+    sl_schedule *sched;
+    volatile sig_atomic_t *stop;
+    pthread_mutex_t *wake_mu;
+    pthread_cond_t *wake_cv;
+} scheduled;
+
+/* 1 found (*slot set), 0 none, <0 error. */
+static int last_slot_get(sl_state *st, const char *pipeline, int64_t *slot, sl_error *err)
+{
+    sl_buf v = {0};
+    int rc = sl_state_kv_get(st, pipeline, LAST_SLOT_KEY, &v, err);
+    if (rc == 1) {
+        long long n = 0;
+        if (sscanf(sl_buf_cstr(&v), "{\"slot\":%lld}", &n) == 1) {
+            *slot = (int64_t)n;
+        } else {
+            rc = 0; /* unreadable: as if never run */
+        }
+    }
+    sl_buf_free(&v);
+    return rc;
+}
+
+static int last_slot_set(sl_state *st, const char *pipeline, int64_t slot, sl_error *err)
+{
+    char v[64];
+    int n = snprintf(v, sizeof(v), "{\"slot\":%" PRId64 "}", slot);
+    return sl_state_kv_set(st, pipeline, LAST_SLOT_KEY, v, (size_t)n, err);
+}
+
+int sl_schedule_info_get(const sl_pipeline_cfg *p, sl_state *st, int64_t now, sl_schedule_info *out,
+                         sl_error *err)
+{
+    memset(out, 0, sizeof(*out));
+    out->last_slot = -1;
+    out->next_run = -1;
+    sl_schedule *s = sl_schedule_parse(p->schedule, err);
+    if (!s) {
+        return SL_ERR_CONFIG;
+    }
+    snprintf(out->zone, sizeof(out->zone), "%s", sl_schedule_zone(s));
+    int rc = st ? last_slot_get(st, p->name, &out->last_slot, err) : 0;
+    if (rc >= 0) {
+        if (rc == 1 && sl_schedule_next_after(s, out->last_slot) <= now &&
+            sl_schedule_next_after(s, out->last_slot) >= 0) {
+            out->catch_up = 1;
+            out->next_run = now;
+        } else {
+            out->next_run = sl_schedule_next_after(s, now);
+        }
+        if (out->next_run >= 0) {
+            sl_schedule_format(s, out->next_run, out->next_local, sizeof(out->next_local));
+        }
+        rc = 0;
+    }
+    sl_schedule_free(s);
+    return rc;
+}
+
+static void set_next_gauge(const sl_pipeline_cfg *p, int64_t next)
+{
+    char labels[160];
+    snprintf(labels, sizeof(labels), "pipeline=\"%s\"", p->name);
+    sl_metric_set("sluice_schedule_next_run_timestamp_seconds", labels, (double)next);
+}
+
+/* Sleep until `until` (unix seconds) or a stop. 1: time reached, 0: stopping. */
+static int sleep_until(scheduled *sc, int64_t until)
+{
+    while (!*sc->stop) {
+        double now = now_unix();
+        if (now >= (double)until) {
+            return 1;
+        }
+        /* short waits: a change of the wall clock is noticed within a second */
+        double wait = (double)until - now;
+        if (wait > 1.0) {
+            wait = 1.0;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        long ns = ts.tv_nsec + (long)(wait * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_mutex_lock(sc->wake_mu);
+        if (!*sc->stop) {
+            pthread_cond_timedwait(sc->wake_cv, sc->wake_mu, &ts);
+        }
+        pthread_mutex_unlock(sc->wake_mu);
+    }
+    return 0;
+}
+
+/* One scheduled run. slot: the slot it stands for (recorded as the last
+ * slot run unless the run was interrupted by shutdown, so that a restart
+ * resumes it). */
+static void run_slot(scheduled *sc, int64_t slot, const char *reason)
+{
+    const char *pn = sc->p->name;
+    char when[64], labels[300];
+    sl_schedule_format(sc->sched, slot, when, sizeof(when));
+    sl_info(pn, "scheduled run (%s %s) started", reason, when);
+    sl_run_opts o = {0};
+    o.mode = SL_RUN_NORMAL;
+    o.stop = sc->stop;
+    sl_run_result res;
+    memset(&res, 0, sizeof(res));
+    int rc = sl_run_pipeline(sc->cfg, sc->p, sc->st, &o, &res);
+    const char *result;
+    int record = 1;
+    if (rc == SL_EXIT_LOCKED) {
+        result = "locked";
+        sl_warn(pn,
+                "scheduled run (%s %s) skipped: another run of the pipeline holds its lease: %s",
+                reason, when, res.error);
+    } else if (rc == SL_EXIT_OK || rc == SL_EXIT_PARTIAL) {
+        result = rc == SL_EXIT_OK ? "ok" : "partial";
+        sl_info(pn,
+                "scheduled run (%s %s) %s: %" PRIu64 " read, %" PRIu64 " sent, %" PRIu64
+                " dead-lettered in %.2fs",
+                reason, when, result, res.counts.read, res.counts.sent, res.counts.failed,
+                res.duration_s);
+    } else if (*sc->stop) {
+        result = "interrupted";
+        record = 0;
+        sl_info(pn,
+                "scheduled run (%s %s) interrupted by shutdown; progress is saved and the "
+                "next start resumes it",
+                reason, when);
+    } else {
+        result = "failed";
+        sl_error_log(pn, "scheduled run (%s %s) failed: %s", reason, when, res.error);
+    }
+    if (record) {
+        sl_error err = {0};
+        if (last_slot_set(sc->st, pn, slot, &err) < 0) {
+            sl_error_log(pn, "cannot record the scheduled slot %s: %s", when, err.msg);
+        }
+    }
+    snprintf(labels, sizeof(labels), "pipeline=\"%s\",reason=\"%s\",result=\"%s\"", pn, reason,
+             result);
+    sl_metric_add("sluice_scheduled_runs_total", labels, 1);
+}
+
+static void *scheduler_main(void *arg)
+{
+    scheduled *sc = arg;
+    const char *pn = sc->p->name;
+    char when[64], labels[200];
+    snprintf(labels, sizeof(labels), "pipeline=\"%s\"", pn);
+    sl_metric_add("sluice_schedule_slots_skipped_total", labels, 0);
+
+    int64_t now = (int64_t)now_unix(), last = 0;
+    sl_error err = {0};
+    int have = last_slot_get(sc->st, pn, &last, &err);
+    if (have < 0) {
+        sl_error_log(pn, "cannot read the last scheduled slot (missed runs are not caught up): %s",
+                     err.msg);
+    }
+    int64_t first_missed = have == 1 ? sl_schedule_next_after(sc->sched, last) : -1;
+    if (first_missed >= 0 && first_missed <= now && !*sc->stop) {
+        int64_t n = 0;
+        for (int64_t t = first_missed; t >= 0 && t <= now && n < 100000;
+             t = sl_schedule_next_after(sc->sched, t)) {
+            n++;
+        }
+        sl_schedule_format(sc->sched, first_missed, when, sizeof(when));
+        sl_warn(pn,
+                "%s%" PRId64 " scheduled slot(s) missed while no server was running (first %s): "
+                "running once now",
+                n >= 100000 ? "over " : "", n, when);
+        set_next_gauge(sc->p, now);
+        run_slot(sc, now, "catch-up");
+    }
+    int64_t next = sl_schedule_next_after(sc->sched, (int64_t)now_unix());
+    while (!*sc->stop && next >= 0) {
+        set_next_gauge(sc->p, next);
+        sl_schedule_format(sc->sched, next, when, sizeof(when));
+        sl_debug(pn, "next scheduled run at %s", when);
+        if (!sleep_until(sc, next)) {
+            break;
+        }
+        set_next_gauge(sc->p, sl_schedule_next_after(sc->sched, next));
+        run_slot(sc, next, "slot");
+        /* slots that came due while the run was going are skipped, not stacked */
+        int64_t done = (int64_t)now_unix(), skipped = 0;
+        int64_t t = sl_schedule_next_after(sc->sched, next);
+        for (; t >= 0 && t <= done; t = sl_schedule_next_after(sc->sched, t)) {
+            if (++skipped >= 100000) {
+                break;
+            }
+        }
+        if (skipped > 0 && !*sc->stop) {
+            sl_warn(pn, "%" PRId64 " scheduled slot(s) skipped: the previous run was still going",
+                    skipped);
+            sl_metric_add("sluice_schedule_slots_skipped_total", labels, (double)skipped);
+        }
+        next = t >= 0 && t > done ? t : sl_schedule_next_after(sc->sched, done);
+    }
+    if (next < 0 && !*sc->stop) {
+        sl_warn(pn, "schedule '%s' has no further slots", sc->p->schedule);
+    }
+    return NULL;
+}
+
 int sl_jobs_run_pending(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st,
                         volatile sig_atomic_t *stop)
 {
@@ -274,7 +497,8 @@ int sl_serve(sl_config *cfg, sl_state *st, const char *listen, volatile sig_atom
     pthread_cond_t wake_cv = PTHREAD_COND_INITIALIZER;
     route_ctx *routes = calloc(cfg->npipelines + 1, sizeof(*routes));
     worker *workers = NULL;
-    size_t nworkers = 0, nroutes = 0;
+    scheduled *scheds = calloc(cfg->npipelines + 1, sizeof(*scheds));
+    size_t nworkers = 0, nroutes = 0, nscheds = 0, nsched_threads = 0;
     sl_server *srv = NULL;
 
     sl_metric_declare("sluice_webhooks_total", SL_METRIC_COUNTER,
@@ -285,11 +509,22 @@ int sl_serve(sl_config *cfg, sl_state *st, const char *listen, volatile sig_atom
                       "Job attempts by pipeline and outcome.");
     sl_metric_declare("sluice_rows_loaded_total", SL_METRIC_COUNTER,
                       "Records delivered by jobs, by pipeline.");
+    sl_metric_declare(
+        "sluice_scheduled_runs_total", SL_METRIC_COUNTER,
+        "Scheduled runs by pipeline, reason (slot, catch-up) and result (ok, partial, "
+        "failed, locked, interrupted).");
+    sl_metric_declare("sluice_schedule_slots_skipped_total", SL_METRIC_COUNTER,
+                      "Scheduled slots skipped because the previous run was still going.");
+    sl_metric_declare("sluice_schedule_next_run_timestamp_seconds", SL_METRIC_GAUGE,
+                      "When the next scheduled run of a pipeline is due (unix seconds).");
     sl_metrics_add_collector(collect_jobs, st);
 
     const char *addr = listen ? listen : cfg->serve_listen;
     srv = sl_server_new(addr, cfg->serve_threads, &err);
-    if (!routes || !srv) {
+    if (!routes || !scheds || !srv) {
+        if (!err.msg[0]) {
+            sl_error_set(&err, SL_ERR_NOMEM, "out of memory");
+        }
         goto out;
     }
     sl_server_set_health(srv, health, st);
@@ -326,9 +561,36 @@ int sl_serve(sl_config *cfg, sl_state *st, const char *listen, volatile sig_atom
         sl_info("serve", "%s: %s %s -> jobs (%d workers)", p->name, method, path, p->workers);
         total_workers += (size_t)p->workers;
     }
-    if (nroutes == 0) {
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        sl_pipeline_cfg *p = &cfg->pipelines[i];
+        if (!p->schedule || p->trigger_plugin) {
+            continue;
+        }
+        scheduled *sc = &scheds[nscheds];
+        sc->cfg = cfg;
+        sc->p = p;
+        sc->st = st;
+        sc->stop = stop;
+        sc->wake_mu = &wake_mu;
+        sc->wake_cv = &wake_cv;
+        sc->sched = sl_schedule_parse(p->schedule, &err);
+        if (!sc->sched) {
+            sl_error_prefix(&err, "%s: schedule '%s'", p->name, p->schedule);
+            code = SL_EXIT_CONFIG;
+            goto out;
+        }
+        nscheds++;
+        char when[64];
+        int64_t next = sl_schedule_next_after(sc->sched, (int64_t)now_unix());
+        sl_info("serve", "%s: scheduled '%s' (%s); next slot %s", p->name, p->schedule,
+                sl_schedule_zone(sc->sched),
+                next >= 0 ? sl_schedule_format(sc->sched, next, when, sizeof(when)) : "none");
+    }
+    if (nroutes == 0 && nscheds == 0) {
         sl_error_set(&err, SL_ERR_CONFIG,
-                     "%s: no pipeline has a `trigger:`, so there is nothing to serve", cfg->path);
+                     "%s: no pipeline has a `trigger:` or a `schedule:`, so there is nothing to "
+                     "serve",
+                     cfg->path);
         code = SL_EXIT_CONFIG;
         goto out;
     }
@@ -369,17 +631,26 @@ int sl_serve(sl_config *cfg, sl_state *st, const char *listen, volatile sig_atom
         }
     }
 
+    for (size_t i = 0; i < nscheds; i++) {
+        if (pthread_create(&scheds[i].th, NULL, scheduler_main, &scheds[i]) != 0) {
+            sl_error_set(&err, SL_ERR, "cannot start the scheduler of %s", scheds[i].p->name);
+            goto out;
+        }
+        nsched_threads++;
+    }
+
     while (!*stop) {
         usleep(100 * 1000);
     }
-    sl_info("serve", "shutting down: no new webhooks; running jobs are handed back");
+    sl_info("serve", "shutting down: no new webhooks; running jobs are handed back; running "
+                     "scheduled runs save their progress");
     code = SL_EXIT_OK;
 
 out:
     if (srv) {
         sl_server_stop(srv);
     }
-    if (nworkers) {
+    if (nworkers || nsched_threads) {
         *stop = 1;
         pthread_mutex_lock(&wake_mu);
         pthread_cond_broadcast(&wake_cv);
@@ -387,7 +658,14 @@ out:
         for (size_t i = 0; i < nworkers; i++) {
             pthread_join(workers[i].th, NULL);
         }
+        for (size_t i = 0; i < nsched_threads; i++) {
+            pthread_join(scheds[i].th, NULL);
+        }
     }
+    for (size_t i = 0; scheds && i < nscheds; i++) {
+        sl_schedule_free(scheds[i].sched);
+    }
+    free(scheds);
     if (code != SL_EXIT_OK && err.msg[0]) {
         fprintf(stderr, "sluice: serve: %s\n", err.msg);
     }

@@ -1596,6 +1596,73 @@ static void test_config_instantiate_threads(void **state)
     sl_secrets_clear();
 }
 
+/* `schedule:` is parsed by check: the schedule parser's message at the key's
+ * position; a schedule and a trigger do not go together. */
+static void test_config_schedule(void **state)
+{
+    (void)state;
+    char want[512];
+    sl_buf e = {0};
+    const char *path = write_config("sched.yml", "pipelines:\n"
+                                                 "  a:\n"
+                                                 "    schedule: banana\n"
+                                                 "    source: {type: csv, path: in.csv}\n"
+                                                 "    sink: {type: http, url: 'http://x/'}\n"
+                                                 "  b:\n"
+                                                 "    source: {type: csv, path: in.csv}\n"
+                                                 "    sink: {type: http, url: 'http://x/'}\n"
+                                                 "    schedule: '0 6 * * mon-fry Europe/London'\n"
+                                                 "  c:\n"
+                                                 "    source: {type: csv, path: in.csv}\n"
+                                                 "    sink: {type: http, url: 'http://x/'}\n"
+                                                 "    schedule: 0 6 * * * Mars/Olympus\n"
+                                                 "  ok:\n"
+                                                 "    source: {type: csv, path: in.csv}\n"
+                                                 "    sink: {type: http, url: 'http://x/'}\n"
+                                                 "    schedule: 30 1 * * * Europe/London\n");
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
+    assert_null(c);
+    const char *s = sl_buf_cstr(&e);
+    snprintf(want, sizeof(want),
+             "%s:3:15: pipelines.a.schedule: invalid schedule 'banana': found 1 word (expected "
+             "`every <duration>`",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want),
+             "%s:9:15: pipelines.b.schedule: invalid schedule '0 6 * * mon-fry Europe/London': "
+             "day-of-week field: found \"mon-fry\": cannot read the range \"mon-fry\"",
+             path);
+    assert_contains(s, want);
+    snprintf(want, sizeof(want), "%s:13:15: pipelines.c.schedule: invalid schedule", path);
+    assert_contains(s, want);
+    assert_contains(s, "\"Mars/Olympus\", which is not a zone in");
+    assert_not_contains(s, "pipelines.ok");
+    sl_buf_free(&e);
+
+    path = write_config("sched2.yml", "pipelines:\n"
+                                      "  hook:\n"
+                                      "    schedule: every 90m\n"
+                                      "    trigger: {type: controlshift, secret: x}\n"
+                                      "    source: {type: csv, path: in.csv}\n"
+                                      "    sink: {type: http, url: 'http://x/'}\n");
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
+    assert_null(c);
+    snprintf(want, sizeof(want), "%s:4:5: pipelines.hook.trigger: a pipeline has either", path);
+    assert_contains(sl_buf_cstr(&e), want);
+    sl_buf_free(&e);
+
+    path = write_config("sched3.yml", "pipelines:\n"
+                                      "  fine:\n"
+                                      "    schedule: TZ=America/New_York 0 6 * * 1-5\n"
+                                      "    source: {type: csv, path: in.csv}\n"
+                                      "    sink: {type: http, url: 'http://x/'}\n");
+    c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
+    assert_non_null(c);
+    assert_string_equal(c->pipelines[0].schedule, "TZ=America/New_York 0 6 * * 1-5");
+    sl_config_free(c);
+    sl_buf_free(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1627,6 +1694,7 @@ int main(void)
         cmocka_unit_test(test_config_job_variables_misplaced),
         cmocka_unit_test(test_config_job_variable_escape),
         cmocka_unit_test(test_config_instantiate_threads),
+        cmocka_unit_test(test_config_schedule),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }
