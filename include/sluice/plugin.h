@@ -214,6 +214,11 @@ typedef enum sl_verdict {
     SL_SEND_RETRY,  /* transient: the engine retries the batch later */
     SL_SEND_FAIL,   /* the batch cannot be delivered: all its records are dead-lettered */
     SL_SEND_FATAL,  /* the run cannot go on (bad credentials, ...): stop, keep checkpoint */
+    /* The batch was refused because of some of its records, without saying
+     * which (a 400 for a JSON array): the engine sends it again in halves
+     * until the refused records are alone and dead-letters just those, with
+     * the answer. For a batch of one record it means FAIL. */
+    SL_SEND_SPLIT,
 } sl_verdict;
 
 /* Defaults a sink brings (its preset), overridable by pipeline config. */

@@ -6,6 +6,7 @@
  * retried with the one retry policy. Completed batches are finalized in
  * window order (finalize.c). The loop also keeps the run's lease alive. */
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -47,6 +48,185 @@ static sl_verdict default_decode(const sl_http_resp *resp, sl_error *err)
     return SL_SEND_FAIL;
 }
 
+/* ---- isolating refused records (SL_SEND_SPLIT) -------------------------------
+ * A destination refused a batch because of some records without saying which.
+ * The batch's OK records are sent again in halves, each half as its own
+ * request (`sub`, copies of the records), recursively, until each refused
+ * record is alone: it is marked FAILED with the answer, the others were
+ * acknowledged by their half's request. At most SPLIT_MAX_REQUESTS requests
+ * per batch: a batch refused almost entirely (a wrong schema, not one bad
+ * member) is dead-lettered as it stands instead of costing 2n requests. */
+#define SPLIT_MAX_REQUESTS 64
+
+static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp);
+
+static int push_range(slot *s, size_t lo, size_t hi)
+{
+    if (s->nranges + 2 > s->cap_ranges) {
+        size_t cap = s->cap_ranges ? s->cap_ranges * 2 : 64;
+        size_t *n = realloc(s->ranges, cap * sizeof(*n));
+        if (!n) {
+            return SL_ERR_NOMEM;
+        }
+        s->ranges = n;
+        s->cap_ranges = cap;
+    }
+    s->ranges[s->nranges++] = lo;
+    s->ranges[s->nranges++] = hi;
+    return 0;
+}
+
+static size_t ok_in(const slot *s, size_t lo, size_t hi)
+{
+    size_t n = 0;
+    for (size_t i = lo; i < hi; i++) {
+        n += s->b.recs[i].status == SL_REC_OK;
+    }
+    return n;
+}
+
+static void fail_range(slot *s, size_t lo, size_t hi, const char *why)
+{
+    for (size_t i = lo; i < hi; i++) {
+        if (s->b.recs[i].status == SL_REC_OK) {
+            sl_record_fail(&s->b.recs[i], "%s", why);
+        }
+    }
+    if (s->fail_response.len == 0) {
+        sl_buf_append(&s->fail_response, s->response.data ? s->response.data : "", s->response.len);
+    }
+}
+
+/* The outcome of the current sub-request, back onto the batch's records. */
+static void copy_back(slot *s)
+{
+    for (size_t j = 0; j < s->sub.n; j++) {
+        sl_record *from = &s->sub.recs[j], *to = &s->b.recs[s->sub_map[j]];
+        if (from->status == SL_REC_FAILED || from->status == SL_REC_REJECTED) {
+            to->status = from->status;
+            to->stage = from->stage;
+            sl_buf_reset(&to->reason);
+            sl_buf_append(&to->reason, from->reason.data ? from->reason.data : "",
+                          from->reason.len);
+            if (s->fail_response.len == 0) {
+                sl_buf_append(&s->fail_response, s->response.data ? s->response.data : "",
+                              s->response.len);
+            }
+        }
+    }
+}
+
+/* Send the next range that still has records to send. 1 submitted, 0 none
+ * left (the batch is done), <0 error (err set). */
+static int send_next_range(runner *r, slot *s)
+{
+    while (s->nranges > 0) {
+        s->cur_hi = s->ranges[--s->nranges];
+        s->cur_lo = s->ranges[--s->nranges];
+        if (ok_in(s, s->cur_lo, s->cur_hi) == 0) {
+            continue;
+        }
+        if (s->sub_requests >= SPLIT_MAX_REQUESTS) {
+            char why[SL_ERRMSG_MAX + 96];
+            snprintf(why, sizeof(why), "%s (not isolated: more than %d requests for one batch)",
+                     s->err.msg, SPLIT_MAX_REQUESTS);
+            fail_range(s, s->cur_lo, s->cur_hi, why);
+            continue;
+        }
+        sl_batch_reset(&s->sub);
+        size_t *map = realloc(s->sub_map, (s->cur_hi - s->cur_lo) * sizeof(*map));
+        if (!map) {
+            return sl_error_set(&s->err, SL_ERR_NOMEM, "out of memory isolating refused records");
+        }
+        s->sub_map = map;
+        for (size_t i = s->cur_lo; i < s->cur_hi; i++) {
+            if (s->b.recs[i].status != SL_REC_OK) {
+                continue;
+            }
+            sl_record *rec = sl_batch_push(&s->sub);
+            if (!rec || sl_record_copy(rec, &s->b.recs[i]) < 0) {
+                return sl_error_set(&s->err, SL_ERR_NOMEM,
+                                    "out of memory isolating refused records");
+            }
+            s->sub_map[s->sub.n - 1] = i;
+            s->sub.nsend++;
+        }
+        s->sub.seq = s->b.seq;
+        sl_http_req_reset(&s->req);
+        if (r->p->sink_plugin->encode(r->sink, &s->sub, &s->req, &s->err) < 0) {
+            fail_range(s, s->cur_lo, s->cur_hi, s->err.msg);
+            continue;
+        }
+        if (s->req.body.len == 0 && strcmp(s->req.method, "GET") != 0) {
+            copy_back(s); /* nothing left to send in this range */
+            continue;
+        }
+        s->attempts = 0;
+        s->sub_requests++;
+        r->counts.requests++;
+        sl_error e;
+        if (sl_http_submit(r->http, &s->req, http_done, s, &e) < 0) {
+            s->err = e;
+            return SL_ERR;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* A sub-request (or the whole batch's request) of a batch being split got
+ * verdict v. 1 when another request went out; else the batch's final verdict
+ * is in *out. */
+static int split_continue(runner *r, slot *s, sl_verdict v, sl_verdict *out)
+{
+    if (!s->splitting) {
+        s->splitting = 1;
+        s->nranges = 0;
+        s->sub_requests = 0;
+        sl_buf_reset(&s->fail_response);
+        s->cur_lo = 0;
+        s->cur_hi = s->b.n;
+        sl_warn(sl_ctx_name(r->sink_ctx),
+                "batch of %zu records refused (%s); sending it in halves to find the records "
+                "refused",
+                s->b.nsend, s->err.msg);
+    } else if (v == SL_SEND_OK || v == SL_SEND_FAIL || v == SL_SEND_SPLIT) {
+        copy_back(s);
+    }
+    if (v == SL_SEND_FATAL) {
+        s->splitting = 0;
+        *out = SL_SEND_FATAL;
+        return 0;
+    }
+    size_t n = ok_in(s, s->cur_lo, s->cur_hi);
+    if (v == SL_SEND_FAIL || (v == SL_SEND_SPLIT && n <= 1)) {
+        fail_range(s, s->cur_lo, s->cur_hi, s->err.msg);
+    } else if (v == SL_SEND_SPLIT) {
+        /* halves by OK records, the first half sent first */
+        size_t half = n / 2, seen = 0, mid = s->cur_lo;
+        while (mid < s->cur_hi && seen < half) {
+            seen += s->b.recs[mid++].status == SL_REC_OK;
+        }
+        if (push_range(s, mid, s->cur_hi) < 0 || push_range(s, s->cur_lo, mid) < 0) {
+            sl_error_set(&s->err, SL_ERR_NOMEM, "out of memory isolating refused records");
+            s->splitting = 0;
+            *out = SL_SEND_FATAL;
+            return 0;
+        }
+    }
+    int rc = send_next_range(r, s);
+    if (rc == 1) {
+        return 1;
+    }
+    s->splitting = 0;
+    /* what the dead letters show: the answer that refused them */
+    sl_buf_reset(&s->response);
+    sl_buf_append(&s->response, s->fail_response.data ? s->fail_response.data : "",
+                  s->fail_response.len);
+    *out = rc < 0 ? SL_SEND_FATAL : SL_SEND_OK;
+    return 0;
+}
+
 static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
 {
     (void)req;
@@ -55,9 +235,9 @@ static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
     s->attempts += resp->attempts;
     keep_response(s, resp);
     sl_error_clear(&s->err);
-    sl_verdict v = r->p->sink_plugin->decode
-                       ? r->p->sink_plugin->decode(r->sink, &s->b, resp, &s->err)
-                       : default_decode(resp, &s->err);
+    sl_batch *b = s->splitting ? &s->sub : &s->b;
+    sl_verdict v = r->p->sink_plugin->decode ? r->p->sink_plugin->decode(r->sink, b, resp, &s->err)
+                                             : default_decode(resp, &s->err);
     if (v == SL_SEND_RETRY && s->attempts < r->p->max_attempts) {
         sl_error e;
         if (sl_http_submit(r->http, &s->req, http_done, s, &e) == 0) {
@@ -68,6 +248,12 @@ static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
     } else if (v == SL_SEND_RETRY) {
         sl_error_prefix(&s->err, "gave up after %d attempts", s->attempts);
         v = SL_SEND_FATAL;
+    }
+    if (v == SL_SEND_SPLIT && !s->splitting && s->b.nsend <= 1) {
+        v = SL_SEND_FAIL;
+    }
+    if ((v == SL_SEND_SPLIT || s->splitting) && split_continue(r, s, v, &v)) {
+        return; /* the next part is on its way */
     }
     if (v == SL_SEND_FATAL) {
         /* stop reading and dispatching now; the batch is finalized (as not
@@ -135,6 +321,9 @@ static void write_sync(runner *r, slot *s)
         s->attempts++;
         sl_error_clear(&s->err);
         s->verdict = sk->write(r->sink, &s->b, &s->err);
+        if (s->verdict == SL_SEND_SPLIT) {
+            s->verdict = SL_SEND_FAIL; /* a synchronous sink isolates records itself */
+        }
         if (s->verdict != SL_SEND_RETRY) {
             break;
         }
@@ -168,6 +357,7 @@ static void dispatch(runner *r, slot *s)
     s->done = 0;
     s->submitted = 0;
     s->attempts = 0;
+    s->splitting = 0;
     s->verdict = SL_SEND_OK;
     sl_error_clear(&s->err);
     sl_buf_reset(&s->response);

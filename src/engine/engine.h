@@ -56,6 +56,16 @@ typedef struct slot {
     sl_error err;
     sl_buf response; /* excerpt of the final response body */
     int attempts;
+    /* isolating the records a destination refused (SL_SEND_SPLIT): ranges
+     * [lo, hi) of b.recs still to send, the current one sent as `sub` */
+    int splitting;
+    sl_batch sub;
+    size_t *sub_map; /* sub.recs[j] is b.recs[sub_map[j]] */
+    size_t *ranges;  /* stack of lo, hi pairs */
+    size_t nranges, cap_ranges;
+    size_t cur_lo, cur_hi;
+    int sub_requests;
+    sl_buf fail_response; /* the answer that refused an isolated record */
     struct runner *r;
 } slot;
 

@@ -184,6 +184,10 @@ static void runner_free(runner *r)
     sl_ctx_free(r->sink_ctx);
     for (size_t i = 0; i < r->nslots; i++) {
         sl_batch_free(&r->slots[i].b);
+        sl_batch_free(&r->slots[i].sub);
+        free(r->slots[i].sub_map);
+        free(r->slots[i].ranges);
+        sl_buf_free(&r->slots[i].fail_response);
         sl_http_req_free(&r->slots[i].req);
         sl_buf_free(&r->slots[i].response);
     }
@@ -266,6 +270,8 @@ static int make_slots(runner *r, sl_error *err)
     }
     for (size_t i = 0; i < r->nslots; i++) {
         sl_batch_init(&r->slots[i].b);
+        sl_batch_init(&r->slots[i].sub);
+        sl_buf_init(&r->slots[i].fail_response, RESPONSE_EXCERPT + 1);
         sl_http_req_init(&r->slots[i].req);
         sl_buf_init(&r->slots[i].response, RESPONSE_EXCERPT + 1);
         r->slots[i].r = r;

@@ -64,6 +64,40 @@ expect_eq "200 instead of 201: exit 2 (dead-lettered)" 2 "$rc"
 expect_match "the reason names the expected status and the body" ok200.out \
     'expected HTTP 201 from http://127.0.0.1:[0-9]+/hook, got 200: \{"ok":true\}'
 
+# --- array bodies, the target refuses the whole array for two members in it
+# (a 400 that cannot say which): the batch is sent again in halves until the
+# two are alone; only they are dead-lettered, with the answer, the 38 others
+# arrive once each
+start_hook split --status 201 --reject @bad.
+python3 - >many.csv <<'PY'
+print("id,email_address,FNAME,LNAME,status")
+for i in range(40):
+    mail = "m%d@bad.example.org" % i if i in (7, 29) else "m%d@example.org" % i
+    print("m%d,%s,F%d,L%d,subscribed" % (i, mail, i, i))
+PY
+sed -e "s/:$(grep -o '127.0.0.1:[0-9]*' arr.yml | cut -d: -f2)\//:$PORT\//" \
+    -e 's/path: members.csv/path: many.csv/' arr.yml >split.yml
+rc=0
+"$SLUICE_BIN" run -c split.yml >split.out 2>&1 || rc=$?
+expect_eq "two refused members: exit 2" 2 "$rc"
+expect_match "read 40, sent 38, dead-lettered 2" split.out 'read 40 +sent 38 +dead-lettered 2'
+check "each of the 38 arrived exactly once, the two never" python3 - split.jsonl <<'PY'
+import json, sys, collections
+seen = collections.Counter()
+for line in open(sys.argv[1]):
+    body = json.loads(line)
+    if any("@bad." in m["email"] for m in body):
+        continue  # a refused request: nothing of it was delivered
+    for m in body:
+        seen[m["id"]] += 1
+want = {"m%d" % i for i in range(40)} - {"m7", "m29"}
+assert set(seen) == want, sorted(set(seen) ^ want)
+assert max(seen.values()) == 1, seen.most_common(3)
+PY
+"$SLUICE_BIN" status -c split.yml members >split.status 2>&1 || true
+expect_match "the dead letters carry the target's answer" split.status 'member rejected'
+expect_match "and name the two members" split.status 'm7@bad.example.org'
+
 # --- one request per record; the target refuses one member
 start_hook rec --status 201 --reject bad@
 cat >rec.yml <<YML

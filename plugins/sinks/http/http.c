@@ -762,7 +762,9 @@ static sl_verdict http_decode(void *self, sl_batch *b, const sl_http_resp *resp,
         return SL_SEND_RETRY;
     }
     sl_error_set(err, SL_ERR_INPUT, "HTTP %ld from %s: %s", st, h->url_shown, body);
-    return SL_SEND_FAIL;
+    /* a 400/422 for several records says nothing of which: let the engine
+     * isolate the refused ones */
+    return (st == 400 || st == 422) && b->nsend > 1 ? SL_SEND_SPLIT : SL_SEND_FAIL;
 }
 
 static int http_max_batch(void *self)
