@@ -179,6 +179,11 @@ typedef struct sl_step_plugin {
     int (*init)(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err);
     /* Check the upstream columns when the source knows them. Optional. */
     int (*columns)(void *self, const char *const *cols, size_t n, sl_error *err);
+    /* The columns records carry after this step, given those before it
+     * (called right after `columns`), for a step that changes them (a
+     * projection, a rename): later steps and the sink check these. NULL =
+     * unchanged. The array belongs to the instance. Optional. */
+    const char *const *(*output_columns)(void *self, const char *const *in, size_t n, size_t *nout);
     /* A step implements process (one record at a time, on the reader thread)
      * or process_batch (a whole batch at once), not both. */
 

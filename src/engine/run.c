@@ -85,6 +85,8 @@ static int init_plugins(runner *r, sl_error *err)
     return 0;
 }
 
+/* The source's columns (when it knows them) through every step to the
+ * sink: each checks what reaches it; a step that changes them says how. */
 static int check_columns(runner *r, sl_error *err)
 {
     if (r->o->mode == SL_RUN_RETRY || !r->srcp->columns) {
@@ -99,6 +101,14 @@ static int check_columns(runner *r, sl_error *err)
         const sl_step_plugin *sp = r->p->step_plugins[i];
         if (sp->columns && sp->columns(r->steps[i], cols, n, err) < 0) {
             return sl_error_prefix(err, "%s", sl_ctx_name(r->step_ctx[i]));
+        }
+        if (sp->output_columns) {
+            size_t nout = 0;
+            const char *const *out = sp->output_columns(r->steps[i], cols, n, &nout);
+            if (out) {
+                cols = out;
+                n = nout;
+            }
         }
     }
     if (r->p->sink_plugin->columns && r->p->sink_plugin->columns(r->sink, cols, n, err) < 0) {

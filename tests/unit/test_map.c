@@ -243,6 +243,12 @@ static void test_projection(void **state)
                  round == 1 ? "b2" : "a1");
         assert_string_equal(json_of(&r), want);
         assert_int_equal(r.nfields, 7);
+        const char *in[] = {"status", "email_address"};
+        size_t nout = 0;
+        const char *const *out = sl_step_map.output_columns(s.self, in, 2, &nout);
+        assert_int_equal(nout, 7); /* a projection: its own fields, in order */
+        assert_string_equal(out[0], "id");
+        assert_string_equal(out[6], "missing");
         /* constants and values taken out of JSON are typed: infer leaves them */
         assert_true(sl_record_get(&r, "source")->flags & SL_FIELD_FIXED);
         assert_true(sl_record_get(&r, "lastname")->flags & SL_FIELD_FIXED);
@@ -303,6 +309,16 @@ static void test_rename_drop_set(void **state)
                         "{\"b\":\"1\",\"a\":\"2\",\"email\":\"new@x.org\",\"c\":\"fixed\","
                         "\"is_member\":\"True\"}");
     assert_true(sl_record_get(&r, "is_member")->flags & SL_FIELD_FIXED);
+    /* and what it tells later steps and the sink about the columns */
+    const char *in[] = {"a", "secret", "b", "email", "email_address", "c", "secret"};
+    size_t nout = 0;
+    const char *const *out = sl_step_map.output_columns(s.self, in, 7, &nout);
+    assert_int_equal(nout, 5);
+    assert_string_equal(out[0], "b");
+    assert_string_equal(out[1], "a");
+    assert_string_equal(out[2], "email");
+    assert_string_equal(out[3], "c");
+    assert_string_equal(out[4], "is_member");
     /* no source field: rename does nothing, the existing name stays */
     sl_record_reset(&r);
     add(&r, "email", "kept");

@@ -107,6 +107,7 @@ typedef struct map_step {
     sl_buf scratch[2];
     uint8_t *marks;
     size_t nmarks;
+    const char **cols_out; /* output_columns */
 } map_step;
 
 static const sl_option map_options[] = {
@@ -627,6 +628,7 @@ static void map_destroy(void *self)
     sl_buf_free(&m->scratch[0]);
     sl_buf_free(&m->scratch[1]);
     free(m->marks);
+    free(m->cols_out);
     free(m);
 }
 
@@ -733,6 +735,58 @@ static int map_columns(void *self, const char *const *cols, size_t n, sl_error *
         }
     }
     return 0;
+}
+
+static int in_names(const mname *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(v[i].name, name) == 0) {
+            return (int)i + 1;
+        }
+    }
+    return 0;
+}
+
+/* What map_process makes of records with these columns: the projection's
+ * names, or the input renamed, less the dropped, plus the set. */
+static const char *const *map_output_columns(void *self, const char *const *in, size_t n,
+                                             size_t *nout)
+{
+    map_step *m = self;
+    free(m->cols_out);
+    m->cols_out = calloc(n + m->nexprs + m->nsets + 1, sizeof(*m->cols_out));
+    if (!m->cols_out) {
+        return NULL;
+    }
+    size_t k = 0;
+    if (m->nexprs) {
+        for (size_t i = 0; i < m->nexprs; i++) {
+            m->cols_out[k++] = m->exprs[i].out;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            int ri = in_names(m->renames, m->nrenames, in[i]);
+            const char *name = ri ? m->renames[ri - 1].to : in[i];
+            int dup = 0;
+            for (size_t j = 0; j < k && !dup; j++) {
+                dup = strcmp(m->cols_out[j], name) == 0;
+            }
+            if (!dup && !in_names(m->drops, m->ndrops, name)) {
+                m->cols_out[k++] = name;
+            }
+        }
+        for (size_t i = 0; i < m->nsets; i++) {
+            int have = 0;
+            for (size_t j = 0; j < k && !have; j++) {
+                have = strcmp(m->cols_out[j], m->sets[i].name) == 0;
+            }
+            if (!have) {
+                m->cols_out[k++] = m->sets[i].name;
+            }
+        }
+    }
+    *nout = k;
+    return m->cols_out;
 }
 
 /* ------------------------------------------------------------ JSON paths */
@@ -1537,6 +1591,7 @@ const sl_step_plugin sl_step_map = {
     .validate = map_validate,
     .init = map_init,
     .columns = map_columns,
+    .output_columns = map_output_columns,
     .process = map_process,
     .destroy = map_destroy,
 };
