@@ -143,6 +143,14 @@ typedef struct sl_source_plugin {
     /* Continue from a checkpoint produced by `checkpoint`. Optional. Called
      * right after init, before the first `next`. */
     int (*resume)(void *self, const char *checkpoint, sl_error *err);
+    /* `sluice retry`: from now on `next` yields only what earlier runs
+     * recorded as failed and the source can fetch again (the pages of a
+     * paged API that could not be fetched), after the pipeline's dead
+     * letters are replayed; its commit hook then records what is still
+     * failed and leaves its other progress (a watermark) as it was. Called
+     * right after init, instead of resume. Optional: without it a retry
+     * replays dead letters only and the source is not opened. */
+    int (*retry)(void *self, sl_error *err);
     /* Produce the next record into rec (already reset). Returns 1 when a
      * record was produced, 0 at end of input, <0 on a fatal error (err set).
      * A bad row is not fatal: produce it with sl_record_reject(rec,

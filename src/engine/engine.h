@@ -49,6 +49,7 @@ typedef struct slot {
     sl_batch b;
     uint64_t nread;    /* records the source produced into this batch */
     uint64_t nskipped; /* of which dropped on purpose by a step */
+    int replayed;      /* records are dead letters being replayed (pos = id) */
     sl_http_req req;
     int submitted;
     int done;

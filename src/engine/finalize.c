@@ -33,7 +33,7 @@ static int dead_letter(runner *r, const sl_record *rec, const slot *s, sl_error 
     d.stage = rec->stage;
     d.attempts = rec->status == SL_REC_FAILED ? (s->attempts ? s->attempts : 1) : 0;
     d.line = rec->line;
-    if (r->o->mode == SL_RUN_RETRY) {
+    if (s->replayed) {
         return sl_state_dl_bump(r->st, (int64_t)rec->pos, d.error, d.response, err);
     }
     return sl_state_dl_add(r->st, &d, err);
@@ -96,7 +96,7 @@ static int finalize(runner *r, slot *s, sl_error *err)
         switch ((sl_rec_status)rec->status) {
         case SL_REC_OK:
             r->counts.sent++;
-            if (r->o->mode == SL_RUN_RETRY && !r->o->dry_run &&
+            if (s->replayed && !r->o->dry_run &&
                 sl_state_dl_delete(r->st, (int64_t)rec->pos, err) < 0) {
                 return SL_ERR;
             }
@@ -203,7 +203,9 @@ static int call_hooks(runner *r, const sl_run_end *e, sl_error *err)
     if (r->src && r->srcp->commit && r->srcp->commit(r->src, e, err) < 0) {
         return sl_error_prefix(err, "%s: commit", sl_ctx_name(r->src_ctx));
     }
-    for (size_t i = 0; r->steps && i < r->p->nsteps; i++) {
+    /* a retry is not a run over the input: the steps keep what they have
+     * (a diff step's snapshot) */
+    for (size_t i = 0; r->steps && r->o->mode != SL_RUN_RETRY && i < r->p->nsteps; i++) {
         const sl_step_plugin *sp = r->p->step_plugins[i];
         if (r->steps[i] && sp->commit && sp->commit(r->steps[i], e, err) < 0) {
             return sl_error_prefix(err, "%s: commit", sl_ctx_name(r->step_ctx[i]));
@@ -214,8 +216,8 @@ static int call_hooks(runner *r, const sl_run_end *e, sl_error *err)
 
 int sl_finalize_run(runner *r, int complete, sl_error *err)
 {
-    if (r->o->mode == SL_RUN_RETRY) {
-        return 0; /* a replay is not a run of the source: nothing to commit */
+    if (r->o->mode == SL_RUN_RETRY && !r->src) {
+        return 0; /* dead letters only: nothing of the source's to commit */
     }
     sl_run_end e = {
         .complete = complete,

@@ -110,30 +110,42 @@ static int finish_batch(runner *r, slot *s, size_t from, sl_error *err)
     return 0;
 }
 
-/* Where the reader is: what produces the next record. */
+/* Where the reader is: what produces the next record. In order: the dead
+ * letters being replayed (`sluice retry`), the source (in a retry, only if
+ * it can re-fetch what it recorded as failed), then each step's drain (not
+ * in a retry: a retry is not the end of an input). */
+typedef enum feed_kind { FEED_REPLAY, FEED_SOURCE, FEED_DRAIN } feed_kind;
+
 typedef struct feed {
-    int drain_step;             /* -1: the source (or replay); else the step being drained */
+    feed_kind kind;
+    size_t drain_step;          /* FEED_DRAIN: the step being drained */
     uint64_t end_pos, end_line; /* just past the last source record */
 } feed;
+
+static feed first_feed(const runner *r)
+{
+    feed f = {.kind = r->o->mode == SL_RUN_RETRY ? FEED_REPLAY : FEED_SOURCE};
+    return f;
+}
 
 /* Next record into rec: 1 produced (*from = the stage it enters the steps
  * at), 0 this feed is exhausted, <0 fatal. */
 static int produce(runner *r, feed *f, sl_record *rec, size_t *from, uint64_t *next_pos,
                    sl_error *err)
 {
-    if (f->drain_step < 0) {
-        int n = r->o->mode == SL_RUN_RETRY ? sl_replay_next(r, rec, next_pos, err)
-                                           : r->srcp->next(r->src, rec, next_pos, err);
+    if (f->kind == FEED_REPLAY) {
+        int n = sl_replay_next(r, rec, next_pos, err);
         if (n == 1) {
-            *from = 0;
-            if (r->o->mode == SL_RUN_RETRY) {
-                *from = rec->stage >= 0 && rec->stage != SL_STAGE_SINK ? (size_t)rec->stage
-                                                                       : r->p->nsteps;
-            }
+            *from =
+                rec->stage >= 0 && rec->stage != SL_STAGE_SINK ? (size_t)rec->stage : r->p->nsteps;
         }
         return n;
     }
-    size_t i = (size_t)f->drain_step;
+    if (f->kind == FEED_SOURCE) {
+        *from = 0;
+        return r->srcp->next(r->src, rec, next_pos, err);
+    }
+    size_t i = f->drain_step;
     int n = r->p->step_plugins[i]->drain(r->steps[i], rec, (int)i, err);
     if (n < 0) {
         return step_failed(r, i, err);
@@ -148,13 +160,24 @@ static int produce(runner *r, feed *f, sl_record *rec, size_t *from, uint64_t *n
     return n;
 }
 
-/* Move to the next feed after the current one ran dry: the next step with
- * a drain. 0 when there is none left. */
+/* Move to the feed after the current one ran dry. 0 when there is none. */
 static int next_feed(runner *r, feed *f)
 {
-    for (size_t i = (size_t)(f->drain_step + 1); i < r->p->nsteps; i++) {
+    if (f->kind == FEED_REPLAY) {
+        if (!r->src) {
+            return 0;
+        }
+        f->kind = FEED_SOURCE;
+        return 1;
+    }
+    if (r->o->mode == SL_RUN_RETRY) {
+        return 0;
+    }
+    size_t from = f->kind == FEED_DRAIN ? f->drain_step + 1 : 0;
+    for (size_t i = from; i < r->p->nsteps; i++) {
         if (r->p->step_plugins[i]->drain) {
-            f->drain_step = (int)i;
+            f->kind = FEED_DRAIN;
+            f->drain_step = i;
             return 1;
         }
     }
@@ -162,9 +185,9 @@ static int next_feed(runner *r, feed *f)
 }
 
 /* The stage the next replayed record enters at, or -1. */
-static long replay_peek_from(const runner *r)
+static long replay_peek_from(const runner *r, const feed *f)
 {
-    if (r->o->mode != SL_RUN_RETRY || r->next_item >= r->nitems) {
+    if (f->kind != FEED_REPLAY || r->next_item >= r->nitems) {
         return -1;
     }
     int st = r->items[r->next_item].stage;
@@ -177,7 +200,7 @@ void *sl_reader_main(void *arg)
     sl_error err = {0};
     int rc = 0;
     int done = 0;
-    feed f = {.drain_step = -1};
+    feed f = first_feed(r);
 
     while (!done && rc == 0 && !sl_engine_stopping(r)) {
         slot *s = take_free(r);
@@ -186,13 +209,14 @@ void *sl_reader_main(void *arg)
         }
         sl_batch_reset(&s->b);
         s->nread = s->nskipped = 0;
+        s->replayed = f.kind == FEED_REPLAY;
         size_t batch_from = 0;
         int first = 1;
         int feed_dry = 0;
         while (s->b.nsend < (size_t)r->batch_records && s->b.n < (size_t)r->max_batch_n &&
                (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r)) {
-            long peek = replay_peek_from(r);
-            if (!first && f.drain_step < 0 && peek >= 0 && (size_t)peek != batch_from) {
+            long peek = replay_peek_from(r, &f);
+            if (!first && peek >= 0 && (size_t)peek != batch_from) {
                 break; /* one entry stage per batch */
             }
             sl_record *rec = sl_batch_push(&s->b);
@@ -212,7 +236,7 @@ void *sl_reader_main(void *arg)
                 }
                 break;
             }
-            if (f.drain_step < 0) {
+            if (f.kind != FEED_DRAIN) {
                 s->nread++;
                 f.end_pos = next_pos;
                 f.end_line = rec->next_line ? rec->next_line : rec->line + 1;
@@ -247,7 +271,7 @@ void *sl_reader_main(void *arg)
         if (rc == 0 && !first && finish_batch(r, s, batch_from, &err) < 0) {
             rc = SL_ERR;
         }
-        if (r->srcp && r->srcp->progress && r->o->mode != SL_RUN_RETRY) {
+        if (r->src && r->srcp->progress && f.kind == FEED_SOURCE) {
             int64_t pd = 0, total = -1;
             r->srcp->progress(r->src, &pd, &total);
             atomic_store(&r->prog_done, pd);
@@ -262,7 +286,7 @@ void *sl_reader_main(void *arg)
         if (feed_dry && rc == 0) {
             /* Drains run only once the input ended; a batch in flight
              * already went through every step (finish_batch above). */
-            if (r->o->mode == SL_RUN_RETRY || !next_feed(r, &f)) {
+            if (!next_feed(r, &f)) {
                 done = 1;
             }
         }

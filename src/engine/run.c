@@ -62,9 +62,12 @@ static int init_plugins(runner *r, sl_error *err)
     r->src_ctx->run_started = r->started_at;
     r->sink_ctx->run_started = r->started_at;
     r->src_ctx->again = r->o->again;
-    if (r->o->mode != SL_RUN_RETRY) {
+    if (r->o->mode != SL_RUN_RETRY || r->srcp->retry) {
         if (r->srcp->init(&r->src, p->source.opts, r->src_ctx, err) < 0) {
             return sl_error_prefix(err, "%s", sl_ctx_name(r->src_ctx));
+        }
+        if (r->o->mode == SL_RUN_RETRY && r->srcp->retry(r->src, err) < 0) {
+            return sl_error_prefix(err, "%s: retry", sl_ctx_name(r->src_ctx));
         }
     }
     for (size_t i = 0; i < p->nsteps; i++) {

@@ -45,6 +45,8 @@ static struct script {
     int drained;
     int step_commit_complete;
     int64_t steal_at; /* record step: another run takes the lease here (-1 never) */
+    int retrying;     /* the source's retry hook was called */
+    uint64_t refetch; /* in a retry, the source yields ids 5001.. this many */
     sl_state *st;
 } S;
 
@@ -81,9 +83,25 @@ static int src_resume(void *self, const char *cp, sl_error *err)
     return 0;
 }
 
+static int src_retry(void *self, sl_error *err)
+{
+    S.retrying = 1;
+    return 0;
+}
+
 static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *err)
 {
     src *s = self;
+    if (S.retrying) {
+        if (s->next >= S.refetch) {
+            return 0;
+        }
+        rec->pos = s->next;
+        rec->line = s->next + 1;
+        sl_record_add_int(rec, "id", 2, (int64_t)(5001 + s->next++));
+        *next_pos = s->next;
+        return 1;
+    }
     if (s->next >= S.nrecords) {
         return 0;
     }
@@ -124,6 +142,7 @@ static const sl_source_plugin test_source = {
     .name = "script",
     .init = src_init,
     .resume = src_resume,
+    .retry = src_retry,
     .next = src_next,
     .checkpoint = src_checkpoint,
     .commit = src_commit,
@@ -655,10 +674,23 @@ static void test_replay_from_dead_letters(void **state)
     assert_int_equal(sl_state_dl_count(st, "t", &err), 4);
     script_reset();
     S.nrecords = 30;
-    assert_int_equal(run(&d, st, SL_RUN_RETRY, &res), SL_EXIT_OK);
-    assert_int_equal(res.counts.sent, 4);
-    assert_int_equal(S.commit_calls, 0);
-    assert_int_equal(sl_state_dl_count(st, "t", &err), 0);
+    S.refetch = 6;
+    S.reject_every = 10; /* still refused by the step; 25 is now accepted by the sink */
+    assert_int_equal(run(&d, st, SL_RUN_RETRY, &res), SL_EXIT_PARTIAL);
+    /* the 4 dead letters (3 rejected by the step again: 0,10,20 still fail
+     * it; 25 now accepted) first, then what the source re-fetched */
+    assert_int_equal(S.retrying, 1);
+    assert_int_equal(res.counts.sent, 1 + 6);
+    assert_int_equal(S.sent_ids[0], 25);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(S.sent_ids[1 + i], 5001 + i);
+    }
+    /* the source's commit hook ran (it records what is still failed) */
+    assert_int_equal(S.commit_calls, 1);
+    assert_int_equal(S.commit_complete, 1);
+    /* the replayed dead letters the step still rejects stay, with their
+     * attempts raised; nothing new was added for them */
+    assert_int_equal(sl_state_dl_count(st, "t", &err), 3);
     sl_state_close(st);
 }
 
