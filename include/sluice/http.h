@@ -97,6 +97,10 @@ void sl_http_free(sl_http *h);
 /* Queue a request. req is borrowed until its callback has run. Never blocks;
  * requests beyond `concurrency` wait inside the client. */
 int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud, sl_error *err);
+/* The same, started no earlier than delay_ms from now (a retry the caller
+ * decided on, after the retry policy's wait). */
+int sl_http_submit_after(sl_http *h, sl_http_req *req, int64_t delay_ms, sl_http_done_fn done,
+                         void *ud, sl_error *err);
 /* Drive transfers and timers for up to timeout_ms, invoking callbacks;
  * returns early once at least one request completed (so the caller can
  * queue more work).

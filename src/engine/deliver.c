@@ -239,8 +239,12 @@ static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
     sl_verdict v = r->p->sink_plugin->decode ? r->p->sink_plugin->decode(r->sink, b, resp, &s->err)
                                              : default_decode(resp, &s->err);
     if (v == SL_SEND_RETRY && s->attempts < r->p->max_attempts) {
+        /* the sink asked for another try (a 2xx whose body says "later"):
+         * after the retry policy's wait, like any retry */
+        int64_t ra = resp->retry_after_s >= 0 ? (int64_t)(resp->retry_after_s * 1000.0) : -1;
+        int64_t wait = sl_retry_delay_ms(&r->retry, s->attempts, ra, &r->rng);
         sl_error e;
-        if (sl_http_submit(r->http, &s->req, http_done, s, &e) == 0) {
+        if (sl_http_submit_after(r->http, &s->req, wait, http_done, s, &e) == 0) {
             return;
         }
         s->err = e;

@@ -1090,6 +1090,12 @@ void sl_http_free(sl_http *h)
 
 int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud, sl_error *err)
 {
+    return sl_http_submit_after(h, req, 0, done, ud, err);
+}
+
+int sl_http_submit_after(sl_http *h, sl_http_req *req, int64_t delay_ms, sl_http_done_fn done,
+                         void *ud, sl_error *err)
+{
     if (!h || !req || !done) {
         return sl_error_set(err, SL_ERR_USAGE, "http: submit needs a client, request and callback");
     }
@@ -1138,7 +1144,17 @@ int sl_http_submit(sl_http *h, sl_http_req *req, sl_http_done_fn done, void *ud,
     x->done = done;
     x->ud = ud;
     x->t_submit = mono_now();
-    ready_push_back(h, x);
+    if (delay_ms > 0) {
+        x->not_before = x->t_submit + (double)delay_ms / 1000.0;
+        if (heap_push(h, x) != 0) {
+            curl_slist_free_all(x->hdrs);
+            x->next = h->free_xfers;
+            h->free_xfers = x;
+            return sl_error_set(err, SL_ERR_NOMEM, "http: out of memory scheduling a request");
+        }
+    } else {
+        ready_push_back(h, x);
+    }
     h->pending++;
     h->stats.requests++;
     return 0;

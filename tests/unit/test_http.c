@@ -910,6 +910,40 @@ static void test_fifo_order(void **state)
     sl_http_free(h);
 }
 
+/* A delayed submit (the engine's retry of a batch its sink asked to try
+ * again) does not start before its delay, and does not hold up others. */
+static void test_submit_after(void **state)
+{
+    (void)state;
+    sl_http_opts o = fast_opts();
+    sl_error err;
+    sl_http *h = sl_http_new(&o, &err);
+    sl_http_req late, now;
+    got gl, gn;
+    memset(&gl, 0, sizeof(gl));
+    memset(&gn, 0, sizeof(gn));
+    order_counter = 0;
+    sl_http_req_init(&late);
+    sl_http_req_init(&now);
+    set_url(&late, "/ok");
+    set_url(&now, "/ok");
+    double t0 = now_s();
+    assert_int_equal(sl_http_submit_after(h, &late, 300, on_done, &gl, &err), 0);
+    assert_int_equal(sl_http_submit(h, &now, on_done, &gn, &err), 0);
+    assert_int_equal(sl_http_pending(h), 2);
+    while (sl_http_run(h, 1000) > 0) {
+    }
+    double took = now_s() - t0;
+    assert_int_equal(gl.called, 1);
+    assert_int_equal(gn.called, 1);
+    assert_int_equal(gn.order, 0); /* submitted second, done first */
+    assert_int_equal(gl.order, 1);
+    assert_true(took >= 0.3);
+    sl_http_req_free(&late);
+    sl_http_req_free(&now);
+    sl_http_free(h);
+}
+
 static void test_rate_limit(void **state)
 {
     (void)state;
@@ -1640,6 +1674,7 @@ int main(void)
         cmocka_unit_test_setup(test_timeout, test_setup),
         cmocka_unit_test_setup(test_concurrency_cap, test_setup),
         cmocka_unit_test_setup(test_fifo_order, test_setup),
+        cmocka_unit_test_setup(test_submit_after, test_setup),
         cmocka_unit_test_setup(test_rate_limit, test_setup),
         cmocka_unit_test_setup(test_rate_limit_window, test_setup),
         cmocka_unit_test_setup(test_submit_from_callback, test_setup),
