@@ -805,7 +805,7 @@ static void test_schema_file_and_refused_rows(void **state)
         }
     }
     if (e->pg) {
-        assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "column n"));
+        assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "abc"));
         assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "integer"));
         assert_int_equal(count(e, "t"), 3);
     } else {
@@ -845,6 +845,85 @@ static void test_schema_file_and_refused_rows(void **state)
     }
     sl_batch_free(&b);
     sink_close(&s);
+}
+
+/* Refused rows are found whatever language the server speaks: with
+ * lc_messages German the error's CONTEXT reads "COPY t, Zeile 3, ..." (issue
+ * 7 item 17: the English text used to be parsed, and the whole batch was
+ * dead-lettered). Runs in English too, and with a key repeated inside the
+ * batch (replace: the staging table has the primary key). */
+static void test_bad_rows_any_language(void **state)
+{
+    env *e = *state;
+    if (!e->pg) {
+        skip();
+    }
+    const char *loc = getenv("SLUICE_TEST_PG_LOCALE");
+    for (int lang = 0; lang < 2; lang++) {
+        char saved[1024];
+        snprintf(saved, sizeof(saved), "%s", e->url);
+        if (lang == 1) {
+            if (!loc || !*loc) {
+                printf("SKIP: another lc_messages (set SLUICE_TEST_PG_LOCALE, as "
+                       "tests/integration/test_sql_table_pg.sh does)\n");
+                break;
+            }
+            size_t n = strlen(e->url);
+            snprintf(e->url + n, sizeof(e->url) - n, "%%20-clc_messages%%3D%s", loc);
+            /* the server really answers in that language */
+            char q[128];
+            snprintf(q, sizeof(q), "SET lc_messages = '%s'", loc);
+            sql(e, q);
+            PGresult *r = PQexec(e->conn, "SELECT 'abc'::int");
+            const char *ctx = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+            assert_non_null(ctx);
+            assert_null(strstr(ctx, "invalid input syntax"));
+            PQclear(r);
+            sql(e, "RESET lc_messages");
+        }
+        sql(e, "DROP TABLE IF EXISTS t");
+        sql(e, "CREATE TABLE t (id integer PRIMARY KEY, n integer NOT NULL CHECK (n >= 0))");
+        for (int mode = 0; mode < 2; mode++) {
+            const char *const pairs[] = {"table=t", mode ? "mode=replace" : "mode=append"};
+            sink s;
+            sink_open(e, &s, pairs, 2);
+            const char *const cols[] = {"id", "n"};
+            cols_ok(&s, cols, 2);
+            sl_batch b;
+            sl_batch_init(&b);
+            /* 40 rows; bad: 3 (not a number), 17 (negative), 30 (NULL),
+             * 38 (replace: the key of row 5 again) */
+            for (int i = 0; i < 40; i++) {
+                char id[16], n[16];
+                snprintf(id, sizeof(id), "%d", mode * 100 + (i == 38 && mode ? 5 : i));
+                snprintf(n, sizeof(n), "%d", i == 17 ? -1 : i);
+                const char *const v[] = {id, i == 3 ? "abc" : i == 30 ? NULL : n};
+                row(&b, (uint64_t)(2 + i), cols, v, 2);
+            }
+            write_ok(&s, &b);
+            int nfailed = 0;
+            for (int i = 0; i < 40; i++) {
+                int bad = i == 3 || i == 17 || i == 30 || (mode && i == 38);
+                if (bad != (b.recs[i].status == SL_REC_FAILED)) {
+                    fail_msg("lang %d mode %d: row %d: status %d (%s)", lang, mode, i,
+                             (int)b.recs[i].status, sl_buf_cstr(&b.recs[i].reason));
+                }
+                if (bad) {
+                    nfailed++;
+                    char want[64];
+                    snprintf(want, sizeof(want),
+                             "line %d: postgres table \"t\" refused the row: ", 2 + i);
+                    assert_memory_equal(sl_buf_cstr(&b.recs[i].reason), want, strlen(want));
+                }
+            }
+            finish_ok(&s, 1);
+            assert_int_equal(count(e, "t"), 40 - nfailed);
+            sl_batch_free(&b);
+            sink_close(&s);
+            sql(e, "DELETE FROM t");
+        }
+        snprintf(e->url, sizeof(e->url), "%s", saved);
+    }
 }
 
 static void test_schema_file_without_the_table(void **state)
@@ -975,7 +1054,7 @@ static void test_connection_errors_hide_password(void **state)
             T(test_columns_matched_by_name, kind), T(test_quoting_and_nulls, kind),                \
             T(test_typed_values, kind), T(test_evil_table_name, kind),                             \
             T(test_invalid_utf8_fails_only_that_record, kind),                                     \
-            T(test_schema_file_and_refused_rows, kind),                                            \
+            T(test_schema_file_and_refused_rows, kind), T(test_bad_rows_any_language, kind),       \
             T(test_schema_file_without_the_table, kind), T(test_without_header, kind),             \
             T(test_big_load, kind), T(test_connection_errors_hide_password, kind),                 \
     }
