@@ -449,6 +449,97 @@ static void test_replace_failure_keeps_old_table(void **state)
     }
 }
 
+/* A full replace of a table that views depend on (issue 7 item 3): the
+ * swap cannot drop such a table, so the rows are replaced in place; the
+ * views keep working and see the new rows, grants stay. */
+static void test_replace_keeps_views(void **state)
+{
+    env *e = *state;
+    old_table(e, 3);
+    sql(e, "CREATE VIEW v AS SELECT id, name FROM t");
+    sql(e, "CREATE VIEW vv AS SELECT count(*) AS n FROM v");
+    if (e->pg) {
+        sql(e, "DROP ROLE IF EXISTS sltest_viewer");
+        sql(e, "CREATE ROLE sltest_viewer");
+        sql(e, "GRANT SELECT ON t TO sltest_viewer");
+        sql(e, "GRANT SELECT ON v TO sltest_viewer");
+        sql(e, "CREATE TABLE child (tid text)");
+        sql(e, "CREATE UNIQUE INDEX t_id ON t (id)");
+    }
+    const char *const pairs[] = {"table=t", "mode=replace", "new_columns=add"};
+    const char *const cols[] = {"id", "name", "email", "extra"};
+    const char *const vals[] = {"n1", "New 1", "a@x", "e1", "n2", "New 2", "b@x", "e2"};
+    for (int round = 0; round < 2; round++) {
+        load(e, pairs, 3, cols, 4, vals, 2);
+        assert_int_equal(count(e, "t"), 2);
+        if (round == 0 || !e->pg) {
+            assert_int_equal(count(e, "v"), 2);
+            assert_string_equal(q1(e, "SELECT n FROM vv"), "2");
+            assert_string_equal(q1(e, "SELECT name FROM v WHERE id = 'n2'"), "New 2");
+        }
+        assert_string_equal(q1(e, "SELECT extra FROM t WHERE id = 'n1'"), "e1");
+        assert_int_equal(stray_tables(e), 0);
+        if (e->pg) {
+            assert_string_equal(q1(e, "SELECT has_table_privilege('sltest_viewer', 'sltest.t', "
+                                      "'SELECT')"),
+                                "t");
+            /* a foreign key pointing at the table holds it in place too */
+            if (round == 0) {
+                sql(e, "DROP VIEW vv");
+                sql(e, "DROP VIEW v");
+                sql(e, "ALTER TABLE child ADD FOREIGN KEY (tid) REFERENCES t (id)");
+                sql(e, "INSERT INTO child VALUES (NULL)");
+            }
+        }
+    }
+    if (e->pg) {
+        assert_string_equal(q1(e, "SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                                  "'sltest.child'::regclass AND contype = 'f'"),
+                            "1");
+        sql(e, "DROP OWNED BY sltest_viewer");
+        sql(e, "DROP ROLE sltest_viewer");
+    }
+}
+
+/* Database errors carry their SQLSTATE and a code the job runner uses:
+ * data and schema errors are permanent (a job fails at once), a lost
+ * connection is not (issue 7 item 3). */
+static void test_error_classes(void **state)
+{
+    env *e = *state;
+    if (!e->pg) {
+        skip();
+    }
+    sql(e, "CREATE TABLE t (id text PRIMARY KEY, name text, email text)");
+    sql(e, "INSERT INTO t VALUES ('a', 'A', NULL)");
+    const char *const pairs[] = {"table=t", "mode=append"};
+    const char *const vals[] = {"a", "again", "x"};
+    for (int how = 0; how < 2; how++) {
+        sink s;
+        sink_open(e, &s, pairs, 2);
+        cols_ok(&s, C3, 3);
+        sl_batch b;
+        sl_batch_init(&b);
+        row(&b, 2, C3, vals, 3);
+        write_ok(&s, &b);
+        if (how == 1) {
+            sql(e, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                   "application_name = 'sluice'");
+        }
+        sl_error err = {0};
+        assert_int_not_equal(sl_sink_sql_table.finish(s.self, 1, &err), 0);
+        if (how == 0) {
+            assert_int_equal(err.code, SL_ERR_INPUT);
+            assert_non_null(strstr(err.msg, "postgres table \"t\""));
+            assert_non_null(strstr(err.msg, "SQLSTATE 23505"));
+        } else {
+            assert_int_equal(err.code, SL_ERR_IO);
+        }
+        sl_batch_free(&b);
+        sink_close(&s);
+    }
+}
+
 static void test_append(void **state)
 {
     env *e = *state;
@@ -1048,12 +1139,12 @@ static void test_connection_errors_hide_password(void **state)
     {                                                                                              \
         T(test_create_from_header, kind), T(test_create_false_missing_table, kind),                \
             T(test_replace_is_atomic, kind), T(test_replace_failure_keeps_old_table, kind),        \
-            T(test_append, kind), T(test_upsert_redelivery, kind),                                 \
-            T(test_upsert_null_key_fails_record, kind), T(test_upsert_multi_column_key, kind),     \
-            T(test_upsert_needs_key, kind), T(test_new_columns, kind),                             \
-            T(test_columns_matched_by_name, kind), T(test_quoting_and_nulls, kind),                \
-            T(test_typed_values, kind), T(test_evil_table_name, kind),                             \
-            T(test_invalid_utf8_fails_only_that_record, kind),                                     \
+            T(test_replace_keeps_views, kind), T(test_error_classes, kind), T(test_append, kind),  \
+            T(test_upsert_redelivery, kind), T(test_upsert_null_key_fails_record, kind),           \
+            T(test_upsert_multi_column_key, kind), T(test_upsert_needs_key, kind),                 \
+            T(test_new_columns, kind), T(test_columns_matched_by_name, kind),                      \
+            T(test_quoting_and_nulls, kind), T(test_typed_values, kind),                           \
+            T(test_evil_table_name, kind), T(test_invalid_utf8_fails_only_that_record, kind),      \
             T(test_schema_file_and_refused_rows, kind), T(test_bad_rows_any_language, kind),       \
             T(test_schema_file_without_the_table, kind), T(test_without_header, kind),             \
             T(test_big_load, kind), T(test_connection_errors_hide_password, kind),                 \

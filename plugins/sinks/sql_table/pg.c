@@ -6,7 +6,9 @@
  *   commit the target's grants are copied to it, sequences owned by the
  *   target's columns are handed over, the target is dropped and the staging
  *   table renamed (its indexes too); then COMMIT. Readers see the old rows
- *   until that commit and the new ones after.
+ *   until that commit and the new ones after. A table that views or foreign
+ *   keys depend on cannot be dropped (2BP01): then the swap is undone and
+ *   the rows are replaced in place (DELETE, INSERT ... SELECT from staging).
  * append / upsert: a TEMP staging table with the load columns (the target's
  *   types, NOT NULL and CHECK constraints, so COPY checks rows batch by
  *   batch; unique and foreign keys only at the merge); at commit, in the same
@@ -103,6 +105,40 @@ static void describe(char *dst, size_t cap, const PGresult *res, PGconn *conn)
         size_t n = strlen(dst);
         snprintf(dst + n, cap - n, "; hint: %s", sqlt_first_line(c, sizeof(c), hint));
     }
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (st) {
+        size_t n = strlen(dst);
+        snprintf(dst + n, cap - n, " [SQLSTATE %s]", st);
+    }
+}
+
+/* The sluice error code for a failed statement, by SQLSTATE (never by the
+ * message, which is in the server's language):
+ *   SL_ERR_INPUT  the data: 22 data exception, 23 integrity constraint;
+ *   SL_ERR_CONFIG the schema, rights or setup: 42 syntax / undefined object /
+ *                 insufficient privilege, 2BP01 dependent objects, 28
+ *                 authorization, 3D000 no such database, 3F000 no such
+ *                 schema, 0A feature not supported, 44 check option;
+ *   SL_ERR_IO     everything else, retried: 08 connection, 40001 / 40P01
+ *                 serialization / deadlock, 53 resources, 57P0x shutdown,
+ *                 55P03 lock timeout, and unknown states.
+ * A job whose load fails with INPUT or CONFIG fails at once (serve mode):
+ * retrying cannot fix it. */
+static int pg_code(const PGresult *res, PGconn *conn)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!st || PQstatus(conn) == CONNECTION_BAD) {
+        return SL_ERR_IO;
+    }
+    if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0) {
+        return SL_ERR_INPUT;
+    }
+    if (strncmp(st, "42", 2) == 0 || strcmp(st, "2BP01") == 0 || strncmp(st, "28", 2) == 0 ||
+        strcmp(st, "3D000") == 0 || strcmp(st, "3F000") == 0 || strncmp(st, "0A", 2) == 0 ||
+        strncmp(st, "44", 2) == 0) {
+        return SL_ERR_CONFIG;
+    }
+    return SL_ERR_IO;
 }
 
 /* Is the failure about the connection (or the server going away) rather than
@@ -130,7 +166,7 @@ static int exec_sql(pgb *p, const char *sql, const char *what, sl_error *err)
             rc = sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", p->cfg->label,
                               what, p->where, m);
         } else {
-            rc = sl_error_set(err, SL_ERR_IO, "%s: %s: %s", p->cfg->label, what, m);
+            rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         }
     }
     PQclear(res);
@@ -147,7 +183,7 @@ static int exec_generated(pgb *p, const char *query, int nparams, const char *co
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: %s: %s", p->cfg->label, what, m);
+        rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         goto done;
     }
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
@@ -371,8 +407,8 @@ static int pg_columns(void *be, sqlt_names *out, sl_error *err)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: cannot read its columns (%s): %s", p->cfg->label,
-                          p->where, m);
+        rc = sl_error_set(err, pg_code(res, p->conn), "%s: cannot read its columns (%s): %s",
+                          p->cfg->label, p->where, m);
         goto done;
     }
     if (PQntuples(res) == 0) {
@@ -818,6 +854,7 @@ static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *fai
     why->lost = conn_failure(res, p->conn);
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
+    int code = pg_code(res, p->conn);
     PQclear(res);
     if (why->lost) {
         sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
@@ -826,7 +863,7 @@ static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *fai
         return -1;
     }
     if (c == COPY_START) {
-        sl_error_set(err, SL_ERR_IO, "%s: cannot start COPY: %s", p->cfg->label, m);
+        sl_error_set(err, code, "%s: cannot start COPY: %s", p->cfg->label, m);
         why->v = SL_SEND_FATAL;
         return -1;
     }
@@ -838,7 +875,7 @@ static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *fai
         return -1;
     }
     if (!rowerr) {
-        sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s", p->cfg->label, m);
+        sl_error_set(err, code, "%s: COPY failed: %s", p->cfg->label, m);
         why->v = transient ? SL_SEND_RETRY : SL_SEND_FAIL;
         return -1;
     }
@@ -849,7 +886,7 @@ static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *fai
         }
         sl_record *r = &b->recs[idx[k]];
         if (++*failures > SQLT_MAX_ROW_FAILURES) {
-            sl_error_set(err, SL_ERR_IO,
+            sl_error_set(err, SL_ERR_INPUT,
                          "%s: COPY failed: %s (and more than %d rows of this batch were refused)",
                          p->cfg->label, m, SQLT_MAX_ROW_FAILURES);
             why->v = SL_SEND_FAIL;
@@ -941,9 +978,9 @@ static int end_stream(pgb *p, sl_error *err)
                 /* the CONTEXT line in the server's language still names the row */
                 const char *cx = PQresultErrorField(res, PG_DIAG_CONTEXT);
                 char cl[256];
-                rc = sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s%s%s%s", p->cfg->label, m,
-                                  cx ? " (" : "", cx ? sqlt_first_line(cl, sizeof(cl), cx) : "",
-                                  cx ? ")" : "");
+                rc = sl_error_set(err, pg_code(res, p->conn), "%s: COPY failed: %s%s%s%s",
+                                  p->cfg->label, m, cx ? " (" : "",
+                                  cx ? sqlt_first_line(cl, sizeof(cl), cx) : "", cx ? ")" : "");
             }
         }
         PQclear(res);
@@ -992,6 +1029,7 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
     int lost = conn_failure(res, p->conn);
     int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
     int rowerr = c == COPY_ERR && row_error(res);
+    int code = pg_code(res, p->conn);
     PQclear(res);
     if (lost) {
         sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
@@ -1001,7 +1039,7 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
     if (c == COPY_START) {
         /* not about a row (permissions, the staging table gone): the
          * load cannot go on */
-        sl_error_set(err, SL_ERR_IO, "%s: cannot start COPY: %s", p->cfg->label, m);
+        sl_error_set(err, code, "%s: cannot start COPY: %s", p->cfg->label, m);
         return SL_SEND_FATAL;
     }
     sl_error e2;
@@ -1010,7 +1048,7 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
         return SL_SEND_FATAL;
     }
     if (!rowerr) {
-        sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s", p->cfg->label, m);
+        sl_error_set(err, code, "%s: COPY failed: %s", p->cfg->label, m);
         return transient ? SL_SEND_RETRY : SL_SEND_FAIL;
     }
     /* some row was refused: find it (them) by halving the batch */
@@ -1027,11 +1065,55 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
     return SL_SEND_OK;
 }
 
-static int commit_replace(pgb *p, sl_error *err)
+/* replace when the table cannot be dropped (views, rules or other tables'
+ * foreign keys depend on it): the table stays, with its grants, owner,
+ * triggers and dependents; its rows are deleted and the staged ones
+ * inserted, in the load's transaction. Columns the input added go to the
+ * table first. */
+static int refill(pgb *p, sl_error *err)
+{
+    int rc;
+    const char *qs = sl_buf_cstr(&p->qstage);
+    if ((rc = add_columns(p, sl_buf_cstr(&p->qtarget), &p->added, err)) != 0) {
+        return rc;
+    }
+    sl_buf_reset(&p->sql);
+    sl_buf_printf(&p->sql, "DELETE FROM %s", sl_buf_cstr(&p->qtarget));
+    if ((rc = exec_sql(p, sl_buf_cstr(&p->sql), "cannot delete the old rows", err)) != 0) {
+        return rc;
+    }
+    /* every stored column of the staging table (LIKE the table, plus the
+     * added ones), so defaults already applied there are kept */
+    const char *params[2] = {sl_buf_cstr(&p->qtarget), qs};
+    rc = exec_generated(
+        p,
+        "SELECT format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',"
+        " $1::text, l, l, $2::text) FROM (SELECT string_agg(quote_ident(attname),"
+        " ',' ORDER BY attnum) AS l FROM pg_attribute WHERE attrelid ="
+        " to_regclass($2) AND attnum > 0 AND NOT attisdropped"
+        " AND attgenerated = '') x",
+        2, params, "cannot insert the new rows", err);
+    if (rc != 0) {
+        return rc;
+    }
+    sl_buf_reset(&p->sql);
+    sl_buf_printf(&p->sql, "DROP TABLE %s", qs);
+    return exec_sql(p, sl_buf_cstr(&p->sql), "cannot drop the staging table", err);
+}
+
+/* The fast replace: the staging table takes the table's place. When the
+ * table has dependents, DROP TABLE fails (SQLSTATE 2BP01): everything since
+ * the savepoint is undone and the rows are replaced in place (refill).
+ * *in_place tells which happened. */
+static int commit_replace(pgb *p, int *in_place, sl_error *err)
 {
     int rc;
     const char *qs = sl_buf_cstr(&p->qstage);
     const char *params[3] = {sl_buf_cstr(&p->qtarget), qs, NULL};
+    *in_place = 0;
+    if ((rc = exec_sql(p, "SAVEPOINT sluice_swap", "cannot start the swap", err)) != 0) {
+        return rc;
+    }
     /* who could read the old table can read the new one */
     rc = exec_generated(
         p,
@@ -1061,9 +1143,28 @@ static int commit_replace(pgb *p, sl_error *err)
     }
     sl_buf_reset(&p->sql);
     sl_buf_printf(&p->sql, "DROP TABLE %s", sl_buf_cstr(&p->qtarget));
-    if ((rc = exec_sql(p, sl_buf_cstr(&p->sql), "cannot replace it", err)) != 0) {
-        return rc;
+    PGresult *res = PQexec(p->conn, sl_buf_cstr(&p->sql));
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        int dependents = st && strcmp(st, "2BP01") == 0;
+        char m[1024];
+        describe(m, sizeof(m), res, p->conn);
+        rc =
+            sl_error_set(err, pg_code(res, p->conn), "%s: cannot replace it: %s", p->cfg->label, m);
+        PQclear(res);
+        if (!dependents) {
+            return rc;
+        }
+        if ((rc = exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_swap", "cannot undo the swap", err)) !=
+            0) {
+            return rc;
+        }
+        sl_debug(p->cfg->prefix, "%s has dependent objects: replacing its rows in place",
+                 p->cfg->label);
+        *in_place = 1;
+        return refill(p, err);
     }
+    PQclear(res);
     sl_buf_reset(&p->sql);
     sl_buf_printf(&p->sql, "ALTER TABLE %s RENAME TO ", qs);
     if ((rc = qident(p, &p->sql, p->cfg->table, err)) != 0 ||
@@ -1136,8 +1237,9 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             char m[1024];
             describe(m, sizeof(m), res, p->conn);
+            int code = pg_code(res, p->conn);
             PQclear(res);
-            return sl_error_set(err, SL_ERR_IO, "%s: cannot delete the rows being replaced: %s",
+            return sl_error_set(err, code, "%s: cannot delete the rows being replaced: %s",
                                 p->cfg->label, m);
         }
         *deleted = strtoll(PQcmdTuples(res), NULL, 10);
@@ -1152,9 +1254,9 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
+        int code = pg_code(res, p->conn);
         PQclear(res);
-        return sl_error_set(err, SL_ERR_IO, "%s: cannot insert the staged rows: %s", p->cfg->label,
-                            m);
+        return sl_error_set(err, code, "%s: cannot insert the staged rows: %s", p->cfg->label, m);
     }
     *inserted = strtoll(PQcmdTuples(res), NULL, 10);
     PQclear(res);
@@ -1178,9 +1280,10 @@ static int pg_commit(void *be, sl_error *err)
         err_append(err, "; the load was rolled back, the table is unchanged");
         return rc;
     }
+    int in_place = 0;
     if (p->cfg->mode == SQLT_REPLACE) {
         rows = p->copied;
-        rc = commit_replace(p, err);
+        rc = commit_replace(p, &in_place, err);
     } else {
         rc = commit_merge(p, &deleted, &rows, err);
     }
@@ -1196,9 +1299,9 @@ static int pg_commit(void *be, sl_error *err)
     if (PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdStatus(res), "COMMIT") != 0) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: cannot commit the load: %s", p->cfg->label,
-                          PQresultStatus(res) == PGRES_COMMAND_OK ? "the transaction had failed"
-                                                                  : m);
+        rc = sl_error_set(
+            err, pg_code(res, p->conn), "%s: cannot commit the load: %s", p->cfg->label,
+            PQresultStatus(res) == PGRES_COMMAND_OK ? "the transaction had failed" : m);
     }
     PQclear(res);
     if (rc != 0) {
@@ -1208,7 +1311,8 @@ static int pg_commit(void *be, sl_error *err)
         return rc;
     }
     if (p->cfg->mode == SQLT_REPLACE) {
-        sl_info(p->cfg->prefix, "replaced %s: %lld rows", p->cfg->label, rows);
+        sl_info(p->cfg->prefix, "replaced %s: %lld rows%s", p->cfg->label, rows,
+                in_place ? " (in place: views or foreign keys depend on it)" : "");
     } else if (p->cfg->mode == SQLT_UPSERT) {
         sl_info(p->cfg->prefix, "upserted into %s: %lld rows (%lld replaced)", p->cfg->label, rows,
                 deleted);
