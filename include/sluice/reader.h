@@ -31,6 +31,10 @@ typedef enum sl_compression {
 int sl_compression_parse(const char *s);
 const char *sl_compression_name(sl_compression c);
 
+/* Decompressed bytes allowed before max_ratio is applied (small inputs
+ * compress well: a 1 MB file of one repeated byte is no bomb). */
+#define SL_READER_RATIO_FLOOR ((uint64_t)64 << 20)
+
 typedef struct sl_reader_opts {
     sl_compression compression;
     /* Extra request headers for URLs, as "Name: value\n" lines. Borrowed for
@@ -44,6 +48,12 @@ typedef struct sl_reader_opts {
     /* Cap on decompressed bytes delivered; 0 = none. Exceeding it is an
      * error ("input is larger than max_bytes"), not a silent truncation. */
     uint64_t max_bytes;
+    /* Cap on the expansion of compressed input: once more than
+     * SL_READER_RATIO_FLOOR bytes came out, at most max_ratio decompressed
+     * bytes per compressed byte consumed; 0 = none. A compression bomb (1 KB
+     * of bzip2 that expands to gigabytes) then fails early with an
+     * SL_ERR_LIMIT error naming the input and the limit. */
+    uint32_t max_ratio;
     /* Start reading at this decompressed offset (as sl_reader_skip after
      * open: an uncompressed URL is re-requested with a Range header). */
     uint64_t start_offset;

@@ -115,6 +115,67 @@ static void on_webhook(void *ud, const sl_webhook_req *req, sl_server_resp *resp
     sl_buf_free(&job.vars);
 }
 
+/* Outcomes the workers could not write to the state store (a full disk):
+ * while any is pending, /healthz answers 503 with the reason. */
+static pthread_mutex_t unrecorded_mu = PTHREAD_MUTEX_INITIALIZER;
+static int unrecorded;
+static char unrecorded_why[SL_ERRMSG_MAX + 256];
+
+/* Bounded retries of one job-status write: 5 tries, 0.1 s doubling. */
+#define RECORD_TRIES 5
+#define RECORD_BACKOFF_US 100000
+
+static int record_try(worker *w, int64_t id, const char *status, double not_before, int64_t rows,
+                      const char *error, sl_error *e)
+{
+    useconds_t wait = RECORD_BACKOFF_US;
+    for (int i = 0; i < RECORD_TRIES; i++) {
+        if (sl_state_job_finish(w->st, id, status, not_before, rows, error, e) >= 0) {
+            return 0;
+        }
+        if (i + 1 < RECORD_TRIES && !(w->stop && *w->stop)) {
+            usleep(wait);
+            wait *= 2;
+        }
+    }
+    return -1;
+}
+
+/* Record a job's outcome. A write that still fails after the retries leaves
+ * the job `running` in the store, which would hold its table's queue until
+ * a restart: the worker then keeps the job and, before it takes another,
+ * hands it back to the queue (status queued) once the store accepts
+ * writes again; meanwhile /healthz reports it. */
+static void record(worker *w, sl_job *job, const char *status, double not_before, int64_t rows,
+                   const char *error)
+{
+    sl_error e = {0};
+    if (record_try(w, job->id, status, not_before, rows, error, &e) == 0) {
+        return;
+    }
+    sl_error_log(w->p->name,
+                 "job %" PRId64 ": cannot record its outcome (%s) after %d tries: %s; it goes "
+                 "back to the queue once the state store accepts writes",
+                 job->id, status, RECORD_TRIES, e.msg);
+    pthread_mutex_lock(&unrecorded_mu);
+    unrecorded++;
+    snprintf(unrecorded_why, sizeof(unrecorded_why),
+             "job worker of %s cannot record job outcomes: %s", w->p->name, e.msg);
+    pthread_mutex_unlock(&unrecorded_mu);
+    /* hand it back; a done load runs again (loads are idempotent per job:
+     * replace, or upsert on the key) */
+    while (!(w->stop && *w->stop)) {
+        if (record_try(w, job->id, "queued", 0, -1, "its outcome could not be recorded", &e) == 0) {
+            sl_warn(w->p->name, "job %" PRId64 " handed back to the queue", job->id);
+            break;
+        }
+        sleep(1);
+    }
+    pthread_mutex_lock(&unrecorded_mu);
+    unrecorded--;
+    pthread_mutex_unlock(&unrecorded_mu);
+}
+
 /* Run one claimed job to its end and record the outcome. */
 static void run_job(worker *w, sl_job *job)
 {
@@ -125,8 +186,7 @@ static void run_job(worker *w, sl_job *job)
     if (!inst) {
         /* the job's variables do not fit the config: no retry can fix that */
         sl_error_log(pn, "job %" PRId64 " failed: %s", job->id, sl_buf_cstr(&errors));
-        sl_error e;
-        sl_state_job_finish(w->st, job->id, "failed", 0, 0, sl_buf_cstr(&errors), &e);
+        record(w, job, "failed", 0, 0, sl_buf_cstr(&errors));
         snprintf(labels, sizeof(labels), "pipeline=\"%s\",result=\"failed\"", pn);
         sl_metric_add("sluice_jobs_finished_total", labels, 1);
         sl_buf_free(&errors);
@@ -143,19 +203,18 @@ static void run_job(worker *w, sl_job *job)
     int rc = sl_run_pipeline(w->cfg, inst, w->st, &o, &res);
     sl_pipeline_cfg_free(inst);
 
-    sl_error e = {0};
     const char *outcome;
     if (rc == SL_EXIT_OK || rc == SL_EXIT_PARTIAL) {
         outcome = "done";
-        sl_state_job_finish(w->st, job->id, "done", 0, (int64_t)res.counts.sent,
-                            rc == SL_EXIT_PARTIAL ? "some records were dead-lettered" : NULL, &e);
+        record(w, job, "done", 0, (int64_t)res.counts.sent,
+               rc == SL_EXIT_PARTIAL ? "some records were dead-lettered" : NULL);
         sl_info(pn, "job %" PRId64 " done: %" PRIu64 " rows into %s in %.2fs", job->id,
                 res.counts.sent, job->order_key, res.duration_s);
         snprintf(labels, sizeof(labels), "pipeline=\"%s\"", pn);
         sl_metric_add("sluice_rows_loaded_total", labels, (double)res.counts.sent);
     } else if (w->stop && *w->stop) {
         outcome = "requeued";
-        sl_state_job_finish(w->st, job->id, "queued", 0, 0, "interrupted by shutdown", &e);
+        record(w, job, "queued", 0, 0, "interrupted by shutdown");
         sl_info(pn, "job %" PRId64 " handed back to the queue (shutting down)", job->id);
     } else {
         double now = now_unix();
@@ -173,20 +232,17 @@ static void run_job(worker *w, sl_job *job)
                          res.error_code == SL_ERR_CONFIG || res.error_code == SL_ERR_LIMIT;
         if (data_error || (job->expires_at > 0 && now + wait >= job->expires_at)) {
             outcome = "failed";
-            sl_state_job_finish(w->st, job->id, "failed", 0, 0, res.error, &e);
+            record(w, job, "failed", 0, 0, res.error);
             sl_error_log(pn, "job %" PRId64 " failed%s: %s", job->id,
                          data_error ? " (not retried: retrying cannot fix it)"
                                     : " (its URL has expired)",
                          res.error);
         } else {
             outcome = "retry";
-            sl_state_job_finish(w->st, job->id, "retry", now + wait, 0, res.error, &e);
+            record(w, job, "retry", now + wait, 0, res.error);
             sl_warn(pn, "job %" PRId64 " attempt %d failed, retry in %.1fs: %s", job->id,
                     job->attempts, wait, res.error);
         }
-    }
-    if (e.msg[0]) {
-        sl_error_log(pn, "job %" PRId64 ": %s", job->id, e.msg);
     }
     snprintf(labels, sizeof(labels), "pipeline=\"%s\",result=\"%s\"", pn, outcome);
     sl_metric_add("sluice_jobs_finished_total", labels, 1);
@@ -249,6 +305,15 @@ static void collect_jobs(void *ud)
 static int health(void *ud, sl_buf *detail)
 {
     sl_state *st = ud;
+    pthread_mutex_lock(&unrecorded_mu);
+    int bad = unrecorded > 0;
+    if (bad) {
+        sl_buf_puts(detail, unrecorded_why);
+    }
+    pthread_mutex_unlock(&unrecorded_mu);
+    if (bad) {
+        return 0;
+    }
     int64_t c[5];
     sl_error err;
     if (sl_state_job_counts(st, NULL, c, &err) < 0) {

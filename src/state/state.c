@@ -661,9 +661,40 @@ int sl_state_job_claim(sl_state *s, const char *pipeline, double now, sl_job *ou
     return rc;
 }
 
+/* Test hook, for tests only: SLUICE_FAULT=job_finish_fail:N makes the first N
+ * sl_state_job_finish calls of the process fail as a full disk would, so
+ * the job worker's handling of an outcome it cannot record is testable
+ * without a full file system. Read once; unset in production. */
+static int fault_job_finish(void)
+{
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static int init, left;
+    int hit = 0;
+    pthread_mutex_lock(&mu);
+    if (!init) {
+        init = 1;
+        const char *f = getenv("SLUICE_FAULT");
+        if (f && strncmp(f, "job_finish_fail:", 16) == 0) {
+            left = atoi(f + 16);
+        }
+    }
+    if (left > 0) {
+        left--;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&mu);
+    return hit;
+}
+
 int sl_state_job_finish(sl_state *s, int64_t id, const char *status, double not_before,
                         int64_t rows, const char *error, sl_error *err)
 {
+    if (fault_job_finish()) {
+        return sl_error_set(err, SL_ERR_IO,
+                            "state %s: cannot finish job %lld: database or disk is full "
+                            "(injected by SLUICE_FAULT)",
+                            s->where, (long long)id);
+    }
     if (!status || (strcmp(status, "done") != 0 && strcmp(status, "retry") != 0 &&
                     strcmp(status, "failed") != 0 && strcmp(status, "queued") != 0)) {
         return sl_error_set(err, SL_ERR_USAGE,

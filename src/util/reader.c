@@ -40,6 +40,7 @@ struct sl_reader {
     int64_t size;
     int64_t mtime;
     uint64_t max_bytes;
+    uint32_t max_ratio;
 
     unsigned char *in;
     size_t in_pos, in_len;
@@ -379,8 +380,18 @@ long sl_reader_read(sl_reader *r, void *buf, size_t n, sl_error *err)
     }
     r->out_off += (uint64_t)k;
     if (r->max_bytes && r->out_off > r->max_bytes) {
-        sl_error_set(&e, SL_ERR_LIMIT, "%s: input is larger than max_bytes (%llu)", r->name,
-                     (unsigned long long)r->max_bytes);
+        sl_error_set(&e, SL_ERR_LIMIT, "%s: input is larger than the limit of %llu bytes%s",
+                     r->name, (unsigned long long)r->max_bytes,
+                     r->comp != SL_COMPRESS_NONE ? " after decompression" : "");
+        return fail(r, err, &e);
+    }
+    if (r->max_ratio && r->comp != SL_COMPRESS_NONE && r->out_off > SL_READER_RATIO_FLOOR &&
+        r->out_off / (r->raw_off ? r->raw_off : 1) >= r->max_ratio) {
+        sl_error_set(&e, SL_ERR_LIMIT,
+                     "%s: %s data expanded to %llu bytes from %llu: more than %u times its "
+                     "compressed size (max_ratio %u; a compression bomb?)",
+                     r->name, sl_compression_name(r->comp), (unsigned long long)r->out_off,
+                     (unsigned long long)r->raw_off, r->max_ratio, r->max_ratio);
         return fail(r, err, &e);
     }
     return k;
@@ -547,6 +558,7 @@ sl_reader *sl_reader_open(const char *spec, const sl_reader_opts *o, sl_error *e
     r->size = -1;
     r->headers = o->http_headers;
     r->max_bytes = o->max_bytes;
+    r->max_ratio = o->max_ratio;
     r->comp = o->compression;
     if (strcmp(spec, "-") == 0) {
         r->kind = SL_READER_STDIN;

@@ -13,6 +13,15 @@ if [ ! -x "$bin" ]; then
     echo "missing $bin (build the test_sql_table target)" >&2
     exit 1
 fi
+# A server speaking German (lc_messages) for the bad-row case: the locale is
+# compiled into a temp dir (LOCPATH) rather than installed system-wide.
+locdir=$(mktemp -d /tmp/sluice-locale.XXXXXX)
+chmod 755 "$locdir"
+if localedef -i de_DE -f UTF-8 "$locdir/de_DE.UTF-8" >/dev/null 2>&1; then
+    export LOCPATH=$locdir SLUICE_TEST_PG_LOCALE=de_DE.UTF-8
+else
+    echo "NOTE: localedef de_DE failed; the other-language case is skipped"
+fi
 pg_start
 export SLUICE_TEST_PG_URL=$PG_URL
 out=$(mktemp /tmp/sluice-sqlt-pg.XXXXXX)
@@ -66,4 +75,5 @@ else
     echo "SKIP: no sluice binary at $SLUICE_BIN for the end-to-end case"
 fi
 pg_stop
+rm -rf "$locdir"
 exit "$rc"

@@ -443,10 +443,56 @@ static void test_max_bytes(void **state)
     r = sl_reader_open(path, &o, &err);
     assert_int_equal(read_all(r, out, sizeof(out), &err), -1);
     char want[200];
-    snprintf(want, sizeof(want), "%s: input is larger than max_bytes (999)", path);
+    snprintf(want, sizeof(want), "%s: input is larger than the limit of 999 bytes", path);
     assert_string_equal(err.msg, want);
     assert_int_equal(err.code, SL_ERR_LIMIT);
     sl_reader_close(r);
+}
+
+/* A compression bomb (issue 7 item 11): 80 MB of one byte, a few hundred
+ * bytes as bzip2. With max_ratio it fails once 64 MB came out, naming the
+ * input and the ratio; without a cap it reads through (a limit, not a
+ * refusal of compressed data). */
+static void test_max_ratio(void **state)
+{
+    (void)state;
+    const size_t big = (size_t)80 << 20;
+    char *data = malloc(big);
+    assert_non_null(data);
+    memset(data, 'a', big);
+    size_t zlen = 0;
+    char *z = bzip2_data(data, big, &zlen);
+    free(data);
+    assert_true(zlen < 4096);
+    char path[128];
+    path_in(path, sizeof(path), "bomb.csv.bz2");
+    write_file(path, z, zlen);
+    free(z);
+    char *buf = malloc((size_t)1 << 20);
+    assert_non_null(buf);
+    for (int capped = 1; capped >= 0; capped--) {
+        sl_error err = {0};
+        sl_reader_opts o = {.max_ratio = capped ? 1000 : 0};
+        sl_reader *r = sl_reader_open(path, &o, &err);
+        assert_non_null(r);
+        uint64_t total = 0;
+        long k;
+        while ((k = sl_reader_read(r, buf, (size_t)1 << 20, &err)) > 0) {
+            total += (uint64_t)k;
+        }
+        if (capped) {
+            assert_int_equal(k, -1);
+            assert_int_equal(err.code, SL_ERR_LIMIT);
+            assert_true(total >= SL_READER_RATIO_FLOOR && total < big);
+            assert_non_null(strstr(err.msg, path));
+            assert_non_null(strstr(err.msg, "more than 1000 times its compressed size"));
+        } else {
+            assert_int_equal(k, 0);
+            assert_int_equal(total, big);
+        }
+        sl_reader_close(r);
+    }
+    free(buf);
 }
 
 static void test_stdin(void **state)
@@ -632,8 +678,8 @@ int main(void)
         cmocka_unit_test(test_plain),     cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_gzip),      cmocka_unit_test(test_gzip_truncated_and_corrupt),
         cmocka_unit_test(test_bzip2),     cmocka_unit_test(test_skip),
-        cmocka_unit_test(test_max_bytes), cmocka_unit_test(test_stdin),
-        cmocka_unit_test(test_http),
+        cmocka_unit_test(test_max_bytes), cmocka_unit_test(test_max_ratio),
+        cmocka_unit_test(test_stdin),     cmocka_unit_test(test_http),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -449,6 +449,97 @@ static void test_replace_failure_keeps_old_table(void **state)
     }
 }
 
+/* A full replace of a table that views depend on (issue 7 item 3): the
+ * swap cannot drop such a table, so the rows are replaced in place; the
+ * views keep working and see the new rows, grants stay. */
+static void test_replace_keeps_views(void **state)
+{
+    env *e = *state;
+    old_table(e, 3);
+    sql(e, "CREATE VIEW v AS SELECT id, name FROM t");
+    sql(e, "CREATE VIEW vv AS SELECT count(*) AS n FROM v");
+    if (e->pg) {
+        sql(e, "DROP ROLE IF EXISTS sltest_viewer");
+        sql(e, "CREATE ROLE sltest_viewer");
+        sql(e, "GRANT SELECT ON t TO sltest_viewer");
+        sql(e, "GRANT SELECT ON v TO sltest_viewer");
+        sql(e, "CREATE TABLE child (tid text)");
+        sql(e, "CREATE UNIQUE INDEX t_id ON t (id)");
+    }
+    const char *const pairs[] = {"table=t", "mode=replace", "new_columns=add"};
+    const char *const cols[] = {"id", "name", "email", "extra"};
+    const char *const vals[] = {"n1", "New 1", "a@x", "e1", "n2", "New 2", "b@x", "e2"};
+    for (int round = 0; round < 2; round++) {
+        load(e, pairs, 3, cols, 4, vals, 2);
+        assert_int_equal(count(e, "t"), 2);
+        if (round == 0 || !e->pg) {
+            assert_int_equal(count(e, "v"), 2);
+            assert_string_equal(q1(e, "SELECT n FROM vv"), "2");
+            assert_string_equal(q1(e, "SELECT name FROM v WHERE id = 'n2'"), "New 2");
+        }
+        assert_string_equal(q1(e, "SELECT extra FROM t WHERE id = 'n1'"), "e1");
+        assert_int_equal(stray_tables(e), 0);
+        if (e->pg) {
+            assert_string_equal(q1(e, "SELECT has_table_privilege('sltest_viewer', 'sltest.t', "
+                                      "'SELECT')"),
+                                "t");
+            /* a foreign key pointing at the table holds it in place too */
+            if (round == 0) {
+                sql(e, "DROP VIEW vv");
+                sql(e, "DROP VIEW v");
+                sql(e, "ALTER TABLE child ADD FOREIGN KEY (tid) REFERENCES t (id)");
+                sql(e, "INSERT INTO child VALUES (NULL)");
+            }
+        }
+    }
+    if (e->pg) {
+        assert_string_equal(q1(e, "SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                                  "'sltest.child'::regclass AND contype = 'f'"),
+                            "1");
+        sql(e, "DROP OWNED BY sltest_viewer");
+        sql(e, "DROP ROLE sltest_viewer");
+    }
+}
+
+/* Database errors carry their SQLSTATE and a code the job runner uses:
+ * data and schema errors are permanent (a job fails at once), a lost
+ * connection is not (issue 7 item 3). */
+static void test_error_classes(void **state)
+{
+    env *e = *state;
+    if (!e->pg) {
+        skip();
+    }
+    sql(e, "CREATE TABLE t (id text PRIMARY KEY, name text, email text)");
+    sql(e, "INSERT INTO t VALUES ('a', 'A', NULL)");
+    const char *const pairs[] = {"table=t", "mode=append"};
+    const char *const vals[] = {"a", "again", "x"};
+    for (int how = 0; how < 2; how++) {
+        sink s;
+        sink_open(e, &s, pairs, 2);
+        cols_ok(&s, C3, 3);
+        sl_batch b;
+        sl_batch_init(&b);
+        row(&b, 2, C3, vals, 3);
+        write_ok(&s, &b);
+        if (how == 1) {
+            sql(e, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                   "application_name = 'sluice'");
+        }
+        sl_error err = {0};
+        assert_int_not_equal(sl_sink_sql_table.finish(s.self, 1, &err), 0);
+        if (how == 0) {
+            assert_int_equal(err.code, SL_ERR_INPUT);
+            assert_non_null(strstr(err.msg, "postgres table \"t\""));
+            assert_non_null(strstr(err.msg, "SQLSTATE 23505"));
+        } else {
+            assert_int_equal(err.code, SL_ERR_IO);
+        }
+        sl_batch_free(&b);
+        sink_close(&s);
+    }
+}
+
 static void test_append(void **state)
 {
     env *e = *state;
@@ -805,7 +896,7 @@ static void test_schema_file_and_refused_rows(void **state)
         }
     }
     if (e->pg) {
-        assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "column n"));
+        assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "abc"));
         assert_non_null(strstr(sl_buf_cstr(&b.recs[3].reason), "integer"));
         assert_int_equal(count(e, "t"), 3);
     } else {
@@ -845,6 +936,85 @@ static void test_schema_file_and_refused_rows(void **state)
     }
     sl_batch_free(&b);
     sink_close(&s);
+}
+
+/* Refused rows are found whatever language the server speaks: with
+ * lc_messages German the error's CONTEXT reads "COPY t, Zeile 3, ..." (issue
+ * 7 item 17: the English text used to be parsed, and the whole batch was
+ * dead-lettered). Runs in English too, and with a key repeated inside the
+ * batch (replace: the staging table has the primary key). */
+static void test_bad_rows_any_language(void **state)
+{
+    env *e = *state;
+    if (!e->pg) {
+        skip();
+    }
+    const char *loc = getenv("SLUICE_TEST_PG_LOCALE");
+    for (int lang = 0; lang < 2; lang++) {
+        char saved[1024];
+        snprintf(saved, sizeof(saved), "%s", e->url);
+        if (lang == 1) {
+            if (!loc || !*loc) {
+                printf("SKIP: another lc_messages (set SLUICE_TEST_PG_LOCALE, as "
+                       "tests/integration/test_sql_table_pg.sh does)\n");
+                break;
+            }
+            size_t n = strlen(e->url);
+            snprintf(e->url + n, sizeof(e->url) - n, "%%20-clc_messages%%3D%s", loc);
+            /* the server really answers in that language */
+            char q[128];
+            snprintf(q, sizeof(q), "SET lc_messages = '%s'", loc);
+            sql(e, q);
+            PGresult *r = PQexec(e->conn, "SELECT 'abc'::int");
+            const char *ctx = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+            assert_non_null(ctx);
+            assert_null(strstr(ctx, "invalid input syntax"));
+            PQclear(r);
+            sql(e, "RESET lc_messages");
+        }
+        sql(e, "DROP TABLE IF EXISTS t");
+        sql(e, "CREATE TABLE t (id integer PRIMARY KEY, n integer NOT NULL CHECK (n >= 0))");
+        for (int mode = 0; mode < 2; mode++) {
+            const char *const pairs[] = {"table=t", mode ? "mode=replace" : "mode=append"};
+            sink s;
+            sink_open(e, &s, pairs, 2);
+            const char *const cols[] = {"id", "n"};
+            cols_ok(&s, cols, 2);
+            sl_batch b;
+            sl_batch_init(&b);
+            /* 40 rows; bad: 3 (not a number), 17 (negative), 30 (NULL),
+             * 38 (replace: the key of row 5 again) */
+            for (int i = 0; i < 40; i++) {
+                char id[16], n[16];
+                snprintf(id, sizeof(id), "%d", mode * 100 + (i == 38 && mode ? 5 : i));
+                snprintf(n, sizeof(n), "%d", i == 17 ? -1 : i);
+                const char *const v[] = {id, i == 3 ? "abc" : i == 30 ? NULL : n};
+                row(&b, (uint64_t)(2 + i), cols, v, 2);
+            }
+            write_ok(&s, &b);
+            int nfailed = 0;
+            for (int i = 0; i < 40; i++) {
+                int bad = i == 3 || i == 17 || i == 30 || (mode && i == 38);
+                if (bad != (b.recs[i].status == SL_REC_FAILED)) {
+                    fail_msg("lang %d mode %d: row %d: status %d (%s)", lang, mode, i,
+                             (int)b.recs[i].status, sl_buf_cstr(&b.recs[i].reason));
+                }
+                if (bad) {
+                    nfailed++;
+                    char want[64];
+                    snprintf(want, sizeof(want),
+                             "line %d: postgres table \"t\" refused the row: ", 2 + i);
+                    assert_memory_equal(sl_buf_cstr(&b.recs[i].reason), want, strlen(want));
+                }
+            }
+            finish_ok(&s, 1);
+            assert_int_equal(count(e, "t"), 40 - nfailed);
+            sl_batch_free(&b);
+            sink_close(&s);
+            sql(e, "DELETE FROM t");
+        }
+        snprintf(e->url, sizeof(e->url), "%s", saved);
+    }
 }
 
 static void test_schema_file_without_the_table(void **state)
@@ -969,13 +1139,13 @@ static void test_connection_errors_hide_password(void **state)
     {                                                                                              \
         T(test_create_from_header, kind), T(test_create_false_missing_table, kind),                \
             T(test_replace_is_atomic, kind), T(test_replace_failure_keeps_old_table, kind),        \
-            T(test_append, kind), T(test_upsert_redelivery, kind),                                 \
-            T(test_upsert_null_key_fails_record, kind), T(test_upsert_multi_column_key, kind),     \
-            T(test_upsert_needs_key, kind), T(test_new_columns, kind),                             \
-            T(test_columns_matched_by_name, kind), T(test_quoting_and_nulls, kind),                \
-            T(test_typed_values, kind), T(test_evil_table_name, kind),                             \
-            T(test_invalid_utf8_fails_only_that_record, kind),                                     \
-            T(test_schema_file_and_refused_rows, kind),                                            \
+            T(test_replace_keeps_views, kind), T(test_error_classes, kind), T(test_append, kind),  \
+            T(test_upsert_redelivery, kind), T(test_upsert_null_key_fails_record, kind),           \
+            T(test_upsert_multi_column_key, kind), T(test_upsert_needs_key, kind),                 \
+            T(test_new_columns, kind), T(test_columns_matched_by_name, kind),                      \
+            T(test_quoting_and_nulls, kind), T(test_typed_values, kind),                           \
+            T(test_evil_table_name, kind), T(test_invalid_utf8_fails_only_that_record, kind),      \
+            T(test_schema_file_and_refused_rows, kind), T(test_bad_rows_any_language, kind),       \
             T(test_schema_file_without_the_table, kind), T(test_without_header, kind),             \
             T(test_big_load, kind), T(test_connection_errors_hide_password, kind),                 \
     }

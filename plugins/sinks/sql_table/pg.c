@@ -6,7 +6,9 @@
  *   commit the target's grants are copied to it, sequences owned by the
  *   target's columns are handed over, the target is dropped and the staging
  *   table renamed (its indexes too); then COMMIT. Readers see the old rows
- *   until that commit and the new ones after.
+ *   until that commit and the new ones after. A table that views or foreign
+ *   keys depend on cannot be dropped (2BP01): then the swap is undone and
+ *   the rows are replaced in place (DELETE, INSERT ... SELECT from staging).
  * append / upsert: a TEMP staging table with the load columns (the target's
  *   types, NOT NULL and CHECK constraints, so COPY checks rows batch by
  *   batch; unique and foreign keys only at the merge); at commit, in the same
@@ -14,9 +16,11 @@
  *   staging table is deduplicated (last row per key wins) and target rows
  *   with a staged key deleted, then INSERT ... SELECT.
  *
- * A row the server refuses (a typed column, a constraint) is found from the
- * COPY error's line number: that record fails with the server's message, the
- * savepoint is rolled back and the batch re-sent without it. */
+ * A row the server refuses (a typed column, a constraint: SQLSTATE class 22,
+ * 23 or 54) is found by halving the batch, each part in its own savepoint:
+ * that record fails with the server's message, the rest loads. The error's
+ * CONTEXT line would name the row, but in the server's language
+ * (lc_messages), so it is not parsed for that. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,10 +54,10 @@ typedef struct pgb {
     size_t *sent; /* batch index of each row of the current COPY */
     size_t sent_cap;
     int in_tx;
-    int sp_open;      /* the last batch's savepoint is still to be released */
-    int copy_open;    /* on_bad_row fail: the load's one COPY is streaming */
+    int sp_open;        /* the last batch's savepoint is still to be released */
+    int copy_open;      /* on_bad_row fail: the load's one COPY is streaming */
     long long streamed; /* rows sent into that COPY */
-    long long copied; /* rows committed by this load's COPYs so far */
+    long long copied;   /* rows committed by this load's COPYs so far */
 } pgb;
 
 /* ---------------------------------------------------------------- helpers */
@@ -101,6 +105,40 @@ static void describe(char *dst, size_t cap, const PGresult *res, PGconn *conn)
         size_t n = strlen(dst);
         snprintf(dst + n, cap - n, "; hint: %s", sqlt_first_line(c, sizeof(c), hint));
     }
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (st) {
+        size_t n = strlen(dst);
+        snprintf(dst + n, cap - n, " [SQLSTATE %s]", st);
+    }
+}
+
+/* The sluice error code for a failed statement, by SQLSTATE (never by the
+ * message, which is in the server's language):
+ *   SL_ERR_INPUT  the data: 22 data exception, 23 integrity constraint;
+ *   SL_ERR_CONFIG the schema, rights or setup: 42 syntax / undefined object /
+ *                 insufficient privilege, 2BP01 dependent objects, 28
+ *                 authorization, 3D000 no such database, 3F000 no such
+ *                 schema, 0A feature not supported, 44 check option;
+ *   SL_ERR_IO     everything else, retried: 08 connection, 40001 / 40P01
+ *                 serialization / deadlock, 53 resources, 57P0x shutdown,
+ *                 55P03 lock timeout, and unknown states.
+ * A job whose load fails with INPUT or CONFIG fails at once (serve mode):
+ * retrying cannot fix it. */
+static int pg_code(const PGresult *res, PGconn *conn)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!st || PQstatus(conn) == CONNECTION_BAD) {
+        return SL_ERR_IO;
+    }
+    if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0) {
+        return SL_ERR_INPUT;
+    }
+    if (strncmp(st, "42", 2) == 0 || strcmp(st, "2BP01") == 0 || strncmp(st, "28", 2) == 0 ||
+        strcmp(st, "3D000") == 0 || strcmp(st, "3F000") == 0 || strncmp(st, "0A", 2) == 0 ||
+        strncmp(st, "44", 2) == 0) {
+        return SL_ERR_CONFIG;
+    }
+    return SL_ERR_IO;
 }
 
 /* Is the failure about the connection (or the server going away) rather than
@@ -128,7 +166,7 @@ static int exec_sql(pgb *p, const char *sql, const char *what, sl_error *err)
             rc = sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", p->cfg->label,
                               what, p->where, m);
         } else {
-            rc = sl_error_set(err, SL_ERR_IO, "%s: %s: %s", p->cfg->label, what, m);
+            rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         }
     }
     PQclear(res);
@@ -145,7 +183,7 @@ static int exec_generated(pgb *p, const char *query, int nparams, const char *co
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: %s: %s", p->cfg->label, what, m);
+        rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         goto done;
     }
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
@@ -369,8 +407,8 @@ static int pg_columns(void *be, sqlt_names *out, sl_error *err)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: cannot read its columns (%s): %s", p->cfg->label,
-                          p->where, m);
+        rc = sl_error_set(err, pg_code(res, p->conn), "%s: cannot read its columns (%s): %s",
+                          p->cfg->label, p->where, m);
         goto done;
     }
     if (PQntuples(res) == 0) {
@@ -673,7 +711,9 @@ static int flush_data(pgb *p)
     return rc == 1 ? 0 : -1;
 }
 
-/* "COPY sluice_stage, line 3, column age: ..." -> 3 and "column age". */
+/* "COPY sluice_stage, line 3, column age: ..." -> 3 and "column age", when
+ * the server speaks English (lc_messages); 0 otherwise. Only used to word
+ * the error of a streamed load (on_bad_row: fail), never to pick a row. */
 static uint64_t copy_line(const PGresult *res, char *col, size_t cap)
 {
     col[0] = '\0';
@@ -692,41 +732,31 @@ static uint64_t copy_line(const PGresult *res, char *col, size_t cap)
     return n;
 }
 
-typedef enum copy_rc { COPY_OK, COPY_ROW, COPY_ERR, COPY_START } copy_rc;
+typedef enum copy_rc { COPY_OK, COPY_ERR, COPY_START } copy_rc;
 
-/* Send the batch's OK records in one COPY, inside the savepoint
- * "sluice_batch". first: also (release the previous batch's savepoint and)
- * set the savepoint, in the same round trip as the COPY. On a row error,
- * returns COPY_ROW with *bad = the batch index of the record the server
- * refused; *resp holds the error result (caller clears). */
-static copy_rc copy_batch(pgb *p, sl_batch *b, int first, size_t *bad, PGresult **resp)
+/* Send the records idx[0..n) of b (those still OK) in one COPY, after the
+ * statements in prefix (savepoint handling, sent in the same round trip).
+ * On an error *resp holds the result (caller clears; NULL when libpq gave
+ * none). */
+static copy_rc copy_rows(pgb *p, sl_batch *b, const char *prefix, const size_t *idx, size_t n,
+                         PGresult **resp)
 {
     const sqlt_cols *cols = sqlt_sink_cols(p->cfg->sink);
-    size_t n = 0;
     *resp = NULL;
-    const char *q = sl_buf_cstr(&p->copy_sql);
-    if (first) {
-        sl_buf_reset(&p->sql);
-        if (sl_buf_printf(&p->sql, "%sSAVEPOINT sluice_batch; %s",
-                          p->sp_open ? "RELEASE SAVEPOINT sluice_batch; " : "", q) < 0) {
-            return COPY_START;
-        }
-        q = sl_buf_cstr(&p->sql);
-        p->sp_open = 0;
+    sl_buf_reset(&p->sql);
+    if (sl_buf_printf(&p->sql, "%s%s", prefix, sl_buf_cstr(&p->copy_sql)) < 0) {
+        return COPY_START;
     }
-    PGresult *res = PQexec(p->conn, q);
+    PGresult *res = PQexec(p->conn, sl_buf_cstr(&p->sql));
     if (PQresultStatus(res) != PGRES_COPY_IN) {
         *resp = res;
         return COPY_START;
     }
     PQclear(res);
-    if (first) {
-        p->sp_open = 1;
-    }
     sl_buf_reset(&p->data);
     int sendfail = 0;
-    for (size_t i = 0; i < b->n && !sendfail; i++) {
-        sl_record *r = &b->recs[i];
+    for (size_t k = 0; k < n && !sendfail; k++) {
+        sl_record *r = &b->recs[idx[k]];
         if (r->status != SL_REC_OK) {
             continue;
         }
@@ -740,7 +770,6 @@ static copy_rc copy_batch(pgb *p, sl_batch *b, int first, size_t *bad, PGresult 
             }
             continue;
         }
-        p->sent[n++] = i;
         if (p->data.len >= COPY_CHUNK) {
             sendfail = flush_data(p) < 0;
         }
@@ -754,8 +783,12 @@ static copy_rc copy_batch(pgb *p, sl_batch *b, int first, size_t *bad, PGresult 
     copy_rc out = COPY_OK;
     long long rows = 0;
     while ((res = PQgetResult(p->conn))) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && !*resp) {
-            *resp = res;
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            if (!*resp) {
+                *resp = res;
+            } else {
+                PQclear(res);
+            }
             out = COPY_ERR;
             continue;
         }
@@ -768,15 +801,105 @@ static copy_rc copy_batch(pgb *p, sl_batch *b, int first, size_t *bad, PGresult 
     if (out == COPY_OK) {
         p->copied += rows;
     }
-    if (out == COPY_ERR && *resp && !conn_failure(*resp, p->conn)) {
-        char col[128];
-        uint64_t line = copy_line(*resp, col, sizeof(col));
-        if (line >= 1 && line <= n) {
-            *bad = p->sent[line - 1];
-            return COPY_ROW;
-        }
-    }
     return out;
+}
+
+/* Is the error about the rows sent (a value, a constraint, a row too large
+ * for an index), so that the batch without the offending row would load?
+ * Decided by SQLSTATE class alone: the message text depends on the server's
+ * lc_messages. */
+static int row_error(const PGresult *res)
+{
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    return st &&
+           (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0 || strncmp(st, "54", 2) == 0);
+}
+
+/* Why a load of rows stopped for a reason that is not one row's fault. */
+typedef struct stop_why {
+    sl_verdict v;
+    int lost; /* the connection is gone */
+} stop_why;
+
+/* Load rows idx[0..n) of b inside the batch's savepoint, finding the rows
+ * the server refuses by halving: a part that fails is rolled back (its own
+ * savepoint) and its halves are tried in turn, down to single rows, which
+ * fail alone with the server's message. Rows that load stay loaded, so the
+ * outcome is the same as inserting the rows one by one in order (a
+ * duplicate key fails the later row). This needs no part of the error's
+ * text: the CONTEXT line names the row in the server's language
+ * (lc_messages), so it cannot be parsed portably.
+ * Returns 0, or -1 with err set and *why filled (give up the batch). */
+static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *failures,
+                      stop_why *why, sl_error *err)
+{
+    size_t live = 0;
+    for (size_t k = 0; k < n; k++) {
+        live += b->recs[idx[k]].status == SL_REC_OK;
+    }
+    if (live == 0) {
+        return 0;
+    }
+    PGresult *res = NULL;
+    copy_rc c = copy_rows(p, b, "SAVEPOINT sluice_part; ", idx, n, &res);
+    if (c == COPY_OK) {
+        PQclear(res);
+        return exec_sql(p, "RELEASE SAVEPOINT sluice_part", "cannot keep the rows", err) == 0
+                   ? 0
+                   : (why->v = SL_SEND_FATAL, -1);
+    }
+    char m[1024];
+    describe(m, sizeof(m), res, p->conn);
+    int rowerr = c == COPY_ERR && row_error(res);
+    why->lost = conn_failure(res, p->conn);
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
+    int code = pg_code(res, p->conn);
+    PQclear(res);
+    if (why->lost) {
+        sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
+                     p->where, m);
+        why->v = SL_SEND_FATAL;
+        return -1;
+    }
+    if (c == COPY_START) {
+        sl_error_set(err, code, "%s: cannot start COPY: %s", p->cfg->label, m);
+        why->v = SL_SEND_FATAL;
+        return -1;
+    }
+    sl_error e2;
+    if (exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_part; RELEASE SAVEPOINT sluice_part",
+                 "cannot undo the batch", &e2) != 0) {
+        *err = e2;
+        why->v = SL_SEND_FATAL;
+        return -1;
+    }
+    if (!rowerr) {
+        sl_error_set(err, code, "%s: COPY failed: %s", p->cfg->label, m);
+        why->v = transient ? SL_SEND_RETRY : SL_SEND_FAIL;
+        return -1;
+    }
+    if (live == 1) {
+        size_t k = 0;
+        while (b->recs[idx[k]].status != SL_REC_OK) {
+            k++;
+        }
+        sl_record *r = &b->recs[idx[k]];
+        if (++*failures > SQLT_MAX_ROW_FAILURES) {
+            sl_error_set(err, SL_ERR_INPUT,
+                         "%s: COPY failed: %s (and more than %d rows of this batch were refused)",
+                         p->cfg->label, m, SQLT_MAX_ROW_FAILURES);
+            why->v = SL_SEND_FAIL;
+            return -1;
+        }
+        sl_record_fail(r, "line %" PRIu64 ": %s refused the row: %s", r->line, p->cfg->label, m);
+        return 0;
+    }
+    size_t half = n / 2;
+    if (load_parts(p, b, idx, half, failures, why, err) != 0) {
+        return -1;
+    }
+    return load_parts(p, b, idx + half, n - half, failures, why, err);
 }
 
 /* on_bad_row: fail. All batches go into one COPY that stays open until the
@@ -848,11 +971,16 @@ static int end_stream(pgb *p, sl_error *err)
             describe(m, sizeof(m), res, p->conn);
             uint64_t line = copy_line(res, col, sizeof(col));
             if (line) {
-                rc = sl_error_set(err, SL_ERR_INPUT, "%s refused row %" PRIu64
-                                  " of the load%s%s: %s", p->cfg->label, line,
-                                  col[0] ? ", " : "", col, m);
+                rc = sl_error_set(err, SL_ERR_INPUT,
+                                  "%s refused row %" PRIu64 " of the load%s%s: %s", p->cfg->label,
+                                  line, col[0] ? ", " : "", col, m);
             } else {
-                rc = sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s", p->cfg->label, m);
+                /* the CONTEXT line in the server's language still names the row */
+                const char *cx = PQresultErrorField(res, PG_DIAG_CONTEXT);
+                char cl[256];
+                rc = sl_error_set(err, pg_code(res, p->conn), "%s: COPY failed: %s%s%s%s",
+                                  p->cfg->label, m, cx ? " (" : "",
+                                  cx ? sqlt_first_line(cl, sizeof(cl), cx) : "", cx ? ")" : "");
             }
         }
         PQclear(res);
@@ -875,57 +1003,117 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
         p->sent = s;
         p->sent_cap = b->n;
     }
-    int failures = 0;
-    for (int first = 1;; first = 0) {
-        size_t bad = 0;
-        PGresult *res = NULL;
-        copy_rc c = copy_batch(p, b, first, &bad, &res);
-        if (c == COPY_OK) {
-            return SL_SEND_OK;
+    size_t n = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        if (b->recs[i].status == SL_REC_OK) {
+            p->sent[n++] = i;
         }
-        char m[1024];
-        describe(m, sizeof(m), res, p->conn);
-        const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-        int lost = conn_failure(res, p->conn);
-        int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
-        char col[128] = "";
-        if (c == COPY_ROW) {
-            copy_line(res, col, sizeof(col));
-        }
+    }
+    /* the whole batch at once (release the previous batch's savepoint and
+     * set this one's in the same round trip) */
+    PGresult *res = NULL;
+    copy_rc c = copy_rows(p, b,
+                          p->sp_open ? "RELEASE SAVEPOINT sluice_batch; SAVEPOINT sluice_batch; "
+                                     : "SAVEPOINT sluice_batch; ",
+                          p->sent, n, &res);
+    if (c != COPY_START) {
+        p->sp_open = 1;
+    }
+    if (c == COPY_OK) {
         PQclear(res);
-        if (lost) {
-            sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
-                         p->where, m);
-            return SL_SEND_FATAL;
-        }
-        if (c == COPY_START) {
-            /* not about a row (permissions, the staging table gone): the
-             * load cannot go on */
-            sl_error_set(err, SL_ERR_IO, "%s: cannot start COPY: %s", p->cfg->label, m);
-            return SL_SEND_FATAL;
-        }
-        sl_error e2;
-        if (exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_batch", "cannot undo the batch", &e2) != 0) {
+        return SL_SEND_OK;
+    }
+    char m[1024];
+    describe(m, sizeof(m), res, p->conn);
+    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    int lost = conn_failure(res, p->conn);
+    int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
+    int rowerr = c == COPY_ERR && row_error(res);
+    int code = pg_code(res, p->conn);
+    PQclear(res);
+    if (lost) {
+        sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
+                     p->where, m);
+        return SL_SEND_FATAL;
+    }
+    if (c == COPY_START) {
+        /* not about a row (permissions, the staging table gone): the
+         * load cannot go on */
+        sl_error_set(err, code, "%s: cannot start COPY: %s", p->cfg->label, m);
+        return SL_SEND_FATAL;
+    }
+    sl_error e2;
+    if (exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_batch", "cannot undo the batch", &e2) != 0) {
+        *err = e2;
+        return SL_SEND_FATAL;
+    }
+    if (!rowerr) {
+        sl_error_set(err, code, "%s: COPY failed: %s", p->cfg->label, m);
+        return transient ? SL_SEND_RETRY : SL_SEND_FAIL;
+    }
+    /* some row was refused: find it (them) by halving the batch */
+    int failures = 0;
+    stop_why why = {SL_SEND_FAIL, 0};
+    if (load_parts(p, b, p->sent, n, &failures, &why, err) != 0) {
+        if (!why.lost &&
+            exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_batch", "cannot undo the batch", &e2) != 0) {
             *err = e2;
             return SL_SEND_FATAL;
         }
-        if (c == COPY_ROW && ++failures <= SQLT_MAX_ROW_FAILURES) {
-            sl_record *r = &b->recs[bad];
-            sl_record_fail(r, "line %" PRIu64 ": %s refused the row: %s%s%s", r->line,
-                           p->cfg->label, col, col[0] ? ": " : "", m);
-            continue;
-        }
-        sl_error_set(err, SL_ERR_IO, "%s: COPY failed: %s%s", p->cfg->label, m,
-                     c == COPY_ROW ? " (and too many rows of this batch were refused)" : "");
-        return transient ? SL_SEND_RETRY : SL_SEND_FAIL;
+        return why.v;
     }
+    return SL_SEND_OK;
 }
 
-static int commit_replace(pgb *p, sl_error *err)
+/* replace when the table cannot be dropped (views, rules or other tables'
+ * foreign keys depend on it): the table stays, with its grants, owner,
+ * triggers and dependents; its rows are deleted and the staged ones
+ * inserted, in the load's transaction. Columns the input added go to the
+ * table first. */
+static int refill(pgb *p, sl_error *err)
+{
+    int rc;
+    const char *qs = sl_buf_cstr(&p->qstage);
+    if ((rc = add_columns(p, sl_buf_cstr(&p->qtarget), &p->added, err)) != 0) {
+        return rc;
+    }
+    sl_buf_reset(&p->sql);
+    sl_buf_printf(&p->sql, "DELETE FROM %s", sl_buf_cstr(&p->qtarget));
+    if ((rc = exec_sql(p, sl_buf_cstr(&p->sql), "cannot delete the old rows", err)) != 0) {
+        return rc;
+    }
+    /* every stored column of the staging table (LIKE the table, plus the
+     * added ones), so defaults already applied there are kept */
+    const char *params[2] = {sl_buf_cstr(&p->qtarget), qs};
+    rc = exec_generated(
+        p,
+        "SELECT format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s',"
+        " $1::text, l, l, $2::text) FROM (SELECT string_agg(quote_ident(attname),"
+        " ',' ORDER BY attnum) AS l FROM pg_attribute WHERE attrelid ="
+        " to_regclass($2) AND attnum > 0 AND NOT attisdropped"
+        " AND attgenerated = '') x",
+        2, params, "cannot insert the new rows", err);
+    if (rc != 0) {
+        return rc;
+    }
+    sl_buf_reset(&p->sql);
+    sl_buf_printf(&p->sql, "DROP TABLE %s", qs);
+    return exec_sql(p, sl_buf_cstr(&p->sql), "cannot drop the staging table", err);
+}
+
+/* The fast replace: the staging table takes the table's place. When the
+ * table has dependents, DROP TABLE fails (SQLSTATE 2BP01): everything since
+ * the savepoint is undone and the rows are replaced in place (refill).
+ * *in_place tells which happened. */
+static int commit_replace(pgb *p, int *in_place, sl_error *err)
 {
     int rc;
     const char *qs = sl_buf_cstr(&p->qstage);
     const char *params[3] = {sl_buf_cstr(&p->qtarget), qs, NULL};
+    *in_place = 0;
+    if ((rc = exec_sql(p, "SAVEPOINT sluice_swap", "cannot start the swap", err)) != 0) {
+        return rc;
+    }
     /* who could read the old table can read the new one */
     rc = exec_generated(
         p,
@@ -955,9 +1143,28 @@ static int commit_replace(pgb *p, sl_error *err)
     }
     sl_buf_reset(&p->sql);
     sl_buf_printf(&p->sql, "DROP TABLE %s", sl_buf_cstr(&p->qtarget));
-    if ((rc = exec_sql(p, sl_buf_cstr(&p->sql), "cannot replace it", err)) != 0) {
-        return rc;
+    PGresult *res = PQexec(p->conn, sl_buf_cstr(&p->sql));
+    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        int dependents = st && strcmp(st, "2BP01") == 0;
+        char m[1024];
+        describe(m, sizeof(m), res, p->conn);
+        rc =
+            sl_error_set(err, pg_code(res, p->conn), "%s: cannot replace it: %s", p->cfg->label, m);
+        PQclear(res);
+        if (!dependents) {
+            return rc;
+        }
+        if ((rc = exec_sql(p, "ROLLBACK TO SAVEPOINT sluice_swap", "cannot undo the swap", err)) !=
+            0) {
+            return rc;
+        }
+        sl_debug(p->cfg->prefix, "%s has dependent objects: replacing its rows in place",
+                 p->cfg->label);
+        *in_place = 1;
+        return refill(p, err);
     }
+    PQclear(res);
     sl_buf_reset(&p->sql);
     sl_buf_printf(&p->sql, "ALTER TABLE %s RENAME TO ", qs);
     if ((rc = qident(p, &p->sql, p->cfg->table, err)) != 0 ||
@@ -1030,8 +1237,9 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             char m[1024];
             describe(m, sizeof(m), res, p->conn);
+            int code = pg_code(res, p->conn);
             PQclear(res);
-            return sl_error_set(err, SL_ERR_IO, "%s: cannot delete the rows being replaced: %s",
+            return sl_error_set(err, code, "%s: cannot delete the rows being replaced: %s",
                                 p->cfg->label, m);
         }
         *deleted = strtoll(PQcmdTuples(res), NULL, 10);
@@ -1046,9 +1254,9 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
+        int code = pg_code(res, p->conn);
         PQclear(res);
-        return sl_error_set(err, SL_ERR_IO, "%s: cannot insert the staged rows: %s", p->cfg->label,
-                            m);
+        return sl_error_set(err, code, "%s: cannot insert the staged rows: %s", p->cfg->label, m);
     }
     *inserted = strtoll(PQcmdTuples(res), NULL, 10);
     PQclear(res);
@@ -1072,9 +1280,10 @@ static int pg_commit(void *be, sl_error *err)
         err_append(err, "; the load was rolled back, the table is unchanged");
         return rc;
     }
+    int in_place = 0;
     if (p->cfg->mode == SQLT_REPLACE) {
         rows = p->copied;
-        rc = commit_replace(p, err);
+        rc = commit_replace(p, &in_place, err);
     } else {
         rc = commit_merge(p, &deleted, &rows, err);
     }
@@ -1090,9 +1299,9 @@ static int pg_commit(void *be, sl_error *err)
     if (PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdStatus(res), "COMMIT") != 0) {
         char m[1024];
         describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, SL_ERR_IO, "%s: cannot commit the load: %s", p->cfg->label,
-                          PQresultStatus(res) == PGRES_COMMAND_OK ? "the transaction had failed"
-                                                                  : m);
+        rc = sl_error_set(
+            err, pg_code(res, p->conn), "%s: cannot commit the load: %s", p->cfg->label,
+            PQresultStatus(res) == PGRES_COMMAND_OK ? "the transaction had failed" : m);
     }
     PQclear(res);
     if (rc != 0) {
@@ -1102,7 +1311,8 @@ static int pg_commit(void *be, sl_error *err)
         return rc;
     }
     if (p->cfg->mode == SQLT_REPLACE) {
-        sl_info(p->cfg->prefix, "replaced %s: %lld rows", p->cfg->label, rows);
+        sl_info(p->cfg->prefix, "replaced %s: %lld rows%s", p->cfg->label, rows,
+                in_place ? " (in place: views or foreign keys depend on it)" : "");
     } else if (p->cfg->mode == SQLT_UPSERT) {
         sl_info(p->cfg->prefix, "upserted into %s: %lld rows (%lld replaced)", p->cfg->label, rows,
                 deleted);

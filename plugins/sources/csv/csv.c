@@ -59,6 +59,12 @@ static const sl_option csv_options[] = {
     {"max_download", SL_OPT_SIZE, NULL, 0, NULL,
      "largest accepted download when path is a URL, in bytes as transferred (default: "
      "unlimited)"},
+    {"max_decompressed", SL_OPT_SIZE, NULL, 0, NULL,
+     "largest accepted input after decompression, in bytes (default: unlimited); a larger "
+     "one fails the run naming the input and the limit"},
+    {"max_ratio", SL_OPT_INT, "1000", 0, NULL,
+     "compressed input may expand at most this many times (checked once 64MB came out; 0 = "
+     "no limit): stops a compression bomb early"},
     SL_OPTIONS_END,
 };
 
@@ -986,6 +992,25 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     }
     sl_reader_opts ro = {0};
     ro.compression = (sl_compression)c;
+    if (sl_opt_isset(o, "max_decompressed")) {
+        int64_t max = sl_opt_size(o, "max_decompressed");
+        if (max <= 0) {
+            rc = sl_error_set(err, SL_ERR_CONFIG,
+                              "%s: max_decompressed: must be more than 0 bytes (leave it out for "
+                              "no limit)",
+                              sl_opt_where(o, "max_decompressed"));
+            goto fail;
+        }
+        ro.max_bytes = (uint64_t)max;
+    }
+    int64_t ratio = sl_opt_int(o, "max_ratio");
+    if (ratio < 0 || ratio > UINT32_MAX) {
+        rc = sl_error_set(err, SL_ERR_CONFIG,
+                          "%s: max_ratio: expected 0 (no limit) to 4294967295, got %lld",
+                          sl_opt_where(o, "max_ratio"), (long long)ratio);
+        goto fail;
+    }
+    ro.max_ratio = (uint32_t)ratio;
     ro.http_headers = s->http_headers;
     ro.http = &s->http;
     s->r = sl_reader_open(s->path, &ro, err);
