@@ -9,7 +9,7 @@
 source "$(dirname "$0")/lib.sh"
 
 FAKE=$FAKES_DIR/fake_controlshift
-export CONTROLSHIFT_WEBHOOK_SECRET=whsec-$RANDOM$RANDOM
+export CONTROLSHIFT_WEBHOOK_SECRET=whsec-0f3a9c2e-$RANDOM$RANDOM
 EX=$T_DIR/exports
 mkdir -p "$EX"
 "$FAKE" gen --table t --rows 200 --cols 4 --out "$EX/a.csv.bz2" --bz2 --seed 1 >/dev/null

@@ -8,7 +8,7 @@ pg_start
 
 CFG=$SRC_DIR/examples/controlshift.yml
 FAKE=$FAKES_DIR/fake_controlshift
-export CONTROLSHIFT_WEBHOOK_SECRET=whsec-$RANDOM$RANDOM
+export CONTROLSHIFT_WEBHOOK_SECRET=whsec-0f3a9c2e-$RANDOM$RANDOM
 export CONTROLSHIFT_EXPORT_HOSTS=127.0.0.1
 export WAREHOUSE_URL=$PG_URL
 export SLUICE_STATE=$T_DIR/state.db

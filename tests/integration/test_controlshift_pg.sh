@@ -11,7 +11,7 @@ pg_start
 # the EXIT trap of lib.sh runs after pg_stop (pg.sh chains itself in front)
 
 FAKE=$FAKES_DIR/fake_controlshift
-export CONTROLSHIFT_WEBHOOK_SECRET=whsec-$RANDOM$RANDOM
+export CONTROLSHIFT_WEBHOOK_SECRET=whsec-0f3a9c2e-$RANDOM$RANDOM
 EX=$T_DIR/exports
 mkdir -p "$EX"
 "$FAKE" gen --table petitions --rows 300 --cols 4 --out "$EX/p.csv" --seed 3 >/dev/null

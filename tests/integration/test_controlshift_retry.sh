@@ -6,7 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 
 FAKE=$FAKES_DIR/fake_controlshift
-export CONTROLSHIFT_WEBHOOK_SECRET=whsec-$RANDOM$RANDOM
+export CONTROLSHIFT_WEBHOOK_SECRET=whsec-0f3a9c2e-$RANDOM$RANDOM
 export SLUICE_STATE=$T_DIR/state.db
 EX=$T_DIR/exports
 mkdir -p "$EX"

@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 
 FAKE=$FAKES_DIR/fake_controlshift
-export CONTROLSHIFT_WEBHOOK_SECRET=whsec-$RANDOM$RANDOM
+export CONTROLSHIFT_WEBHOOK_SECRET=whsec-0f3a9c2e-$RANDOM$RANDOM
 EX=$T_DIR/exports
 mkdir -p "$EX"
 "$FAKE" gen --table petitions --rows 100 --cols 4 --out "$EX/p.csv" --seed 1 >/dev/null

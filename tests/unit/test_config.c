@@ -662,7 +662,7 @@ static void required_options(sl_buf *y, const sl_option *t, const char *indent)
         if (t[i].choices) {
             snprintf(first, sizeof(first), "%.*s", (int)strcspn(t[i].choices, "|"), t[i].choices);
         }
-        const char *v = "value-1234";
+        const char *v = "value-1234567890ab";
         char buf[96];
         switch (t[i].type) {
         case SL_OPT_INT:
@@ -1598,6 +1598,35 @@ static void test_config_instantiate_threads(void **state)
 
 /* `schedule:` is parsed by check: the schedule parser's message at the key's
  * position; a schedule and a trigger do not go together. */
+/* A plugin's validate hook runs when the configuration is loaded, so
+ * `check` refuses what `serve` would: a webhook secret of one character. */
+static void test_config_plugin_validate(void **state)
+{
+    (void)state;
+    sl_buf e = {0};
+    const char *path = write_config("weak.yml", "pipelines:\n"
+                                                "  hook:\n"
+                                                "    trigger:\n"
+                                                "      type: controlshift\n"
+                                                "      secret: s3\n"
+                                                "      route: no-slash\n"
+                                                "    source: {type: csv, path: \"{{url}}\"}\n"
+                                                "    sink: {type: http, url: 'http://x/'}\n");
+    sl_config *c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
+    assert_null(c);
+    char want[1024];
+    snprintf(want, sizeof(want),
+             "%s:5:15: pipelines.hook.trigger.secret: 2 characters is too short for a webhook "
+             "secret (expected at least 16: the secret from ControlShift's webhook settings)\n"
+             "%s:6:14: pipelines.hook.trigger.route: 'no-slash' is not a path (expected e.g. "
+             "/webhooks/controlshift)\n",
+             path, path);
+    assert_string_equal(sl_buf_cstr(&e), want);
+    assert_null(strstr(sl_buf_cstr(&e), "s3\n")); /* never the secret */
+    sl_buf_free(&e);
+    sl_secrets_clear();
+}
+
 static void test_config_schedule(void **state)
 {
     (void)state;
@@ -1639,12 +1668,13 @@ static void test_config_schedule(void **state)
     assert_not_contains(s, "pipelines.ok");
     sl_buf_free(&e);
 
-    path = write_config("sched2.yml", "pipelines:\n"
-                                      "  hook:\n"
-                                      "    schedule: every 90m\n"
-                                      "    trigger: {type: controlshift, secret: x}\n"
-                                      "    source: {type: csv, path: in.csv}\n"
-                                      "    sink: {type: http, url: 'http://x/'}\n");
+    path = write_config("sched2.yml",
+                        "pipelines:\n"
+                        "  hook:\n"
+                        "    schedule: every 90m\n"
+                        "    trigger: {type: controlshift, secret: 0123456789abcdef0123}\n"
+                        "    source: {type: csv, path: in.csv}\n"
+                        "    sink: {type: http, url: 'http://x/'}\n");
     c = sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e);
     assert_null(c);
     snprintf(want, sizeof(want), "%s:4:5: pipelines.hook.trigger: a pipeline has either", path);
@@ -1695,6 +1725,7 @@ int main(void)
         cmocka_unit_test(test_config_job_variable_escape),
         cmocka_unit_test(test_config_instantiate_threads),
         cmocka_unit_test(test_config_schedule),
+        cmocka_unit_test(test_config_plugin_validate),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

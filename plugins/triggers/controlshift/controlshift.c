@@ -49,6 +49,43 @@ typedef struct cs_trigger {
     char prefix[128]; /* log prefix */
 } cs_trigger;
 
+/* A webhook secret shorter than this is guessable or a placeholder
+ * ("x", "changeme"); ControlShift generates long random ones. */
+#define CS_SECRET_MIN 16
+
+/* What `sluice check` refuses (configuration loading calls this for every
+ * trigger, so `serve` refuses the same). */
+static int cs_validate(const sl_opts *o, sl_report_fn report, void *ud)
+{
+    int bad = 0;
+    const char *secret = sl_opt_str(o, "secret");
+    size_t n = secret ? strlen(secret) : 0;
+    if (n < CS_SECRET_MIN) {
+        /* never the value itself: it is a secret */
+        report(ud, "secret",
+               "%zu characters is too short for a webhook secret (expected at least %d: the "
+               "secret from ControlShift's webhook settings)",
+               n, CS_SECRET_MIN);
+        bad++;
+    }
+    const char *route = sl_opt_str(o, "route");
+    if (!route || route[0] != '/' || strpbrk(route, "?# \t\r\n")) {
+        report(ud, "route", "'%s' is not a path (expected e.g. /webhooks/controlshift)",
+               route ? route : "");
+        bad++;
+    }
+    if (sl_opt_size(o, "max_body") < 1024) {
+        report(ud, "max_body", "%lld bytes is too small for a webhook (expected at least 1KB)",
+               (long long)sl_opt_size(o, "max_body"));
+        bad++;
+    }
+    if (sl_opt_duration_ms(o, "url_lifetime") <= 0) {
+        report(ud, "url_lifetime", "must be more than 0 (expected e.g. 6h)");
+        bad++;
+    }
+    return bad;
+}
+
 static int cs_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
     cs_trigger *t = calloc(1, sizeof(*t));
@@ -280,6 +317,7 @@ const sl_trigger_plugin sl_trigger_controlshift = {
     .name = "controlshift",
     .summary = "ControlShift bulk-data webhooks (full and incremental table exports) as jobs",
     .options = cs_options,
+    .validate = cs_validate,
     .init = cs_init,
     .route = cs_route,
     .max_body = cs_max_body,
