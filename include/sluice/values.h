@@ -45,6 +45,11 @@ int sl_is_blank(const char *s, size_t len);
  * empty or NULL lit never matches. */
 int sl_is_null_literal(const char *s, size_t len, const char *lit);
 
+/* 1 if s[0..len) is valid UTF-8 (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF), else 0 with the offset of the first
+ * byte of the bad sequence in *bad_at (may be NULL). */
+int sl_utf8_valid(const char *s, size_t len, size_t *bad_at);
+
 /* Strict parsers for forced types. Surrounding ASCII whitespace is allowed,
  * anything else must be part of the value. 0 ok, -1 not that type. */
 /* [+-]?[0-9]+ fitting int64; leading zeros allowed ("007" -> 7). */

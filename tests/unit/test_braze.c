@@ -200,10 +200,88 @@ static void test_encode_types_and_headers(void **state)
     for (int i = 4; i <= 6; i++) {
         assert_int_equal(b.recs[i].status, SL_REC_FAILED);
         assert_int_equal(b.recs[i].stage, SL_STAGE_SINK);
-        assert_string_equal(sl_buf_cstr(&b.recs[i].reason), "empty external_id");
+        assert_string_equal(sl_buf_cstr(&b.recs[i].reason),
+                            i == 5 ? "external_id is null: not sent (Braze would merge every such "
+                                     "row into one user)"
+                                   : "empty external_id");
     }
     assert_int_equal(b.recs[7].status, SL_REC_OK);
     assert_int_equal(b.recs[8].status, SL_REC_OK);
+
+    sl_http_req_free(&req);
+    sl_batch_free(&b);
+    sink_close(&s);
+}
+
+/* A key is sent as the exact text of its cell or not at all: bytes that are
+ * not UTF-8 would be repaired to U+FFFD (two ids, one user) and the text
+ * null would make every such row one user named "null". */
+static void test_encode_unfaithful_keys(void **state)
+{
+    static const struct {
+        const char *id;
+        const char *reason; /* NULL: sent as is */
+    } cases[] = {
+        {"ab\xFF", "external_id is not valid UTF-8 (byte 0xFF at offset 2)"},
+        {"ab\xFE", "external_id is not valid UTF-8 (byte 0xFE at offset 2)"},
+        {"\xC0\x80x", "external_id is not valid UTF-8 (byte 0xC0 at offset 0)"},     /* overlong */
+        {"a\xED\xA0\x80", "external_id is not valid UTF-8 (byte 0xED at offset 1)"}, /* surrogate */
+        {"Zo\xC3", "external_id is not valid UTF-8 (byte 0xC3 at offset 2)"},        /* cut short */
+        {"null", "external_id is the text 'null'"},
+        {"NULL", "external_id is the text 'NULL'"},
+        {" Null ", "external_id is the text ' Null '"},
+        {"Zo\xC3\xAB", NULL},
+        {"nullable", NULL},
+        {" 12 ", NULL}, /* exact text, spaces included */
+        {"\xF0\x9F\x98\x80", NULL},
+    };
+    const size_t n = sizeof(cases) / sizeof(cases[0]);
+    sink s;
+    sink_open(&s, &sl_sink_braze, braze_pairs, 2);
+    sl_batch b;
+    sl_batch_init(&b);
+    for (size_t i = 0; i < n; i++) {
+        sl_record *r = push(&b, 2 + i, cases[i].id);
+        add_str(r, "a", "1");
+    }
+    sl_http_req req;
+    sl_http_req_init(&req);
+    sl_error err = {0};
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    json_t *root = body_json(&req);
+    json_t *attrs = json_object_get(root, "attributes");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cases[i].reason) {
+            assert_int_equal(b.recs[i].status, SL_REC_FAILED);
+            const char *why = sl_buf_cstr(&b.recs[i].reason);
+            if (strncmp(why, cases[i].reason, strlen(cases[i].reason)) != 0) {
+                fail_msg("case %zu: reason '%s', expected it to start with '%s'", i, why,
+                         cases[i].reason);
+            }
+            continue;
+        }
+        assert_int_equal(b.recs[i].status, SL_REC_OK);
+        json_t *o = json_array_get(attrs, k++);
+        assert_string_equal(json_string_value(json_object_get(o, "external_id")), cases[i].id);
+    }
+    assert_int_equal(json_array_size(attrs), k);
+    /* nothing was repaired into the body */
+    assert_null(strstr(req.body.data, "\xEF\xBF\xBD"));
+    json_decref(root);
+
+    /* a decimal key keeps the text it had in the cell */
+    sl_batch_reset(&b);
+    sl_record *r = push(&b, 20, NULL);
+    assert_int_equal(sl_record_add_str(r, "external_id", 11, "1.50", 4), 0);
+    r->fields[0].toff = r->fields[0].v.s.off;
+    r->fields[0].tlen = 4;
+    r->fields[0].type = SL_T_FLOAT;
+    r->fields[0].v.f = 1.5;
+    r->fields[0].flags |= SL_FIELD_NUMTEXT;
+    add_str(r, "a", "1");
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    assert_non_null(strstr(req.body.data, "{\"external_id\":\"1.50\","));
 
     sl_http_req_free(&req);
     sl_batch_free(&b);
@@ -658,6 +736,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_types_and_headers),
+        cmocka_unit_test(test_encode_unfaithful_keys),
         cmocka_unit_test(test_encode_reuses_request),
         cmocka_unit_test(test_encode_nothing_to_send),
         cmocka_unit_test(test_encode_options),

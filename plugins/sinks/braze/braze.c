@@ -167,8 +167,8 @@ static int is_key(const braze *bz, const sl_field *f)
     return f->name_len == bz->key_len && memcmp(f->name, bz->key, bz->key_len) == 0;
 }
 
-/* Write the key as a JSON string whatever a step made of it (key_usable()
- * was checked first). */
+/* Write the key as a JSON string whatever a step made of it (key_check()
+ * passed first). */
 static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
 {
     char tmp[48] = "";
@@ -182,6 +182,11 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
         n = (size_t)snprintf(tmp, sizeof(tmp), "%lld", (long long)f->v.i);
         break;
     case SL_T_FLOAT:
+        if (f->flags & SL_FIELD_NUMTEXT) {
+            /* the decimal as written in the cell ("1.50", not "1.5") */
+            sl_jw_str(w, rec->data.data + f->toff, f->tlen);
+            return;
+        }
         n = sl_format_double(tmp, sizeof(tmp), f->v.f);
         break;
     case SL_T_BOOL:
@@ -193,16 +198,48 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
     sl_jw_str(w, tmp, n);
 }
 
-/* Validity of the key, decided before anything of the record is written. */
-static int key_usable(const sl_record *rec, const sl_field *f)
+/* Whether the key can be sent as the exact text of its cell, decided before
+ * anything of the record is written. 0 when it can; else -1 with the reason
+ * in why. Every refusal is one where sending something would be worse than
+ * not sending: a repaired key (U+FFFD for bad bytes, the text "null") is a
+ * different user, and distinct keys repaired the same way become one user. */
+static int key_check(const braze *bz, const sl_record *rec, const sl_field *f, char *why,
+                     size_t cap)
 {
-    if (!f || (f->flags & SL_FIELD_OMIT) || f->type == SL_T_NULL) {
+    if (!f || (f->flags & SL_FIELD_OMIT)) {
+        snprintf(why, cap, "empty %s", bz->key);
+        return -1;
+    }
+    if (f->type == SL_T_NULL) {
+        snprintf(why, cap, "%s is null: not sent (Braze would merge every such row into one user)",
+                 bz->key);
+        return -1;
+    }
+    if (f->type != SL_T_STRING && f->type != SL_T_JSON) {
         return 0;
     }
-    if (f->type == SL_T_STRING || f->type == SL_T_JSON) {
-        return !sl_is_blank(sl_field_str(rec, f), f->v.s.len);
+    const char *s = sl_field_str(rec, f);
+    size_t len = f->v.s.len;
+    size_t at = 0;
+    if (sl_is_blank(s, len)) {
+        snprintf(why, cap, "empty %s", bz->key);
+        return -1;
     }
-    return 1;
+    if (sl_is_null_literal(s, len, "null")) {
+        snprintf(why, cap,
+                 "%s is the text '%.*s': not sent (it means no id; Braze would merge every such "
+                 "row into one user)",
+                 bz->key, (int)(len < 16 ? len : 16), s);
+        return -1;
+    }
+    if (!sl_utf8_valid(s, len, &at)) {
+        snprintf(why, cap,
+                 "%s is not valid UTF-8 (byte 0x%02X at offset %zu): not sent, since repairing "
+                 "it could merge different users",
+                 bz->key, (unsigned)(unsigned char)s[at], at);
+        return -1;
+    }
+    return 0;
 }
 
 static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
@@ -227,8 +264,9 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
                 nattr++;
             }
         }
-        if (!key_usable(rec, key)) {
-            sl_record_fail(rec, "empty %s", bz->key);
+        char why[256];
+        if (key_check(bz, rec, key, why, sizeof(why)) != 0) {
+            sl_record_fail(rec, "%s", why);
             continue;
         }
         if (nattr == 0 && bz->skip_empty) {
