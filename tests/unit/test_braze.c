@@ -288,6 +288,61 @@ static void test_encode_unfaithful_keys(void **state)
     sink_close(&s);
 }
 
+/* Braze refuses a whole request holding \u0000: a record with a NUL in any
+ * value it would send fails alone, before the request; the rest is sent. */
+static void test_encode_nul_fails_one_record(void **state)
+{
+    sink s;
+    sink_open(&s, &sl_sink_braze, braze_pairs, 2);
+    sl_batch b;
+    sl_batch_init(&b);
+    sl_record *r = push(&b, 2, "u1");
+    assert_int_equal(sl_record_add_str(r, "nick", 4, "a\0b", 3), 0);
+    r = push(&b, 3, "u2");
+    assert_int_equal(sl_record_add_json(r, "tags", 4, "[\"x\\u0000\"]", 11), 0);
+    r = push(&b, 4, NULL);
+    assert_int_equal(sl_record_add_str(r, "external_id", 11, "k\0", 2), 0);
+    add_str(r, "a", "1");
+    r = push(&b, 5, "u4"); /* an escaped backslash before u0000 is no NUL */
+    assert_int_equal(sl_record_add_json(r, "tags", 4, "[\"\\\\u0000\"]", 11), 0);
+    r = push(&b, 6, "u5");
+    add_str(r, "nick", "ok");
+    r = push(&b, 7, "u6"); /* an omitted cell is not sent, so its NUL does not matter */
+    assert_int_equal(sl_record_add_str(r, "gone", 4, "\0", 1), 0);
+    r->fields[r->nfields - 1].flags |= SL_FIELD_OMIT;
+    add_str(r, "nick", "ok");
+
+    sl_http_req req;
+    sl_http_req_init(&req);
+    sl_error err = {0};
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    assert_int_equal(b.recs[0].status, SL_REC_FAILED);
+    assert_string_equal(sl_buf_cstr(&b.recs[0].reason),
+                        "column 'nick' holds a NUL character at offset 1: not sent (Braze refuses "
+                        "a request holding \\u0000, so it would fail its whole batch)");
+    assert_int_equal(b.recs[1].status, SL_REC_FAILED);
+    assert_non_null(strstr(sl_buf_cstr(&b.recs[1].reason), "column 'tags' holds a NUL"));
+    assert_int_equal(b.recs[2].status, SL_REC_FAILED);
+    assert_non_null(strstr(sl_buf_cstr(&b.recs[2].reason), "column 'external_id' holds a NUL"));
+    assert_int_equal(b.recs[3].status, SL_REC_OK);
+    assert_int_equal(b.recs[4].status, SL_REC_OK);
+    assert_int_equal(b.recs[5].status, SL_REC_OK);
+    assert_null(strstr(req.body.data, "a\\u0000b"));
+    assert_null(strstr(req.body.data, "x\\u0000"));
+    json_t *root = body_json(&req);
+    json_t *attrs = json_object_get(root, "attributes");
+    assert_int_equal(json_array_size(attrs), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attrs, 0), "external_id")),
+                        "u4");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(json_array_get(attrs, 0), "tags"), 0)),
+        "\\u0000");
+    json_decref(root);
+    sl_http_req_free(&req);
+    sl_batch_free(&b);
+    sink_close(&s);
+}
+
 /* Encoding into a reused request replaces what was there. */
 static void test_encode_reuses_request(void **state)
 {
@@ -737,6 +792,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_types_and_headers),
         cmocka_unit_test(test_encode_unfaithful_keys),
+        cmocka_unit_test(test_encode_nul_fails_one_record),
         cmocka_unit_test(test_encode_reuses_request),
         cmocka_unit_test(test_encode_nothing_to_send),
         cmocka_unit_test(test_encode_options),

@@ -242,6 +242,31 @@ static int key_check(const braze *bz, const sl_record *rec, const sl_field *f, c
     return 0;
 }
 
+/* Offset of a NUL character in a field's value, or -1. Braze refuses a
+ * request holding \u0000 as a whole, so such a record must not join one. A
+ * JSON value (an array from infer) holds it as the escape \u0000. */
+static long nul_at(const sl_record *rec, const sl_field *f)
+{
+    if (f->type != SL_T_STRING && f->type != SL_T_JSON) {
+        return -1;
+    }
+    const char *s = sl_field_str(rec, f);
+    size_t len = f->v.s.len;
+    if (f->type == SL_T_STRING) {
+        const char *p = memchr(s, '\0', len);
+        return p ? (long)(p - s) : -1;
+    }
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (s[i] == '\\') {
+            if (s[i + 1] == 'u' && i + 6 <= len && memcmp(s + i + 2, "0000", 4) == 0) {
+                return (long)i;
+            }
+            i++; /* skip the escaped character */
+        }
+    }
+    return -1;
+}
+
 static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
 {
     braze *bz = self;
@@ -255,6 +280,8 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
             continue;
         }
         const sl_field *key = NULL;
+        const sl_field *nul = NULL;
+        long nul_off = -1;
         size_t nattr = 0;
         for (uint32_t i = 0; i < rec->nfields; i++) {
             const sl_field *f = &rec->fields[i];
@@ -262,11 +289,23 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
                 key = key ? key : f;
             } else if (!(f->flags & SL_FIELD_OMIT)) {
                 nattr++;
+            } else {
+                continue;
+            }
+            if (!nul && (nul_off = nul_at(rec, f)) >= 0) {
+                nul = f;
             }
         }
         char why[256];
         if (key_check(bz, rec, key, why, sizeof(why)) != 0) {
             sl_record_fail(rec, "%s", why);
+            continue;
+        }
+        if (nul) {
+            sl_record_fail(rec,
+                           "column '%.*s' holds a NUL character at offset %ld: not sent (Braze "
+                           "refuses a request holding \\u0000, so it would fail its whole batch)",
+                           (int)nul->name_len, nul->name, nul_off);
             continue;
         }
         if (nattr == 0 && bz->skip_empty) {
