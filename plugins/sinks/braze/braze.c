@@ -10,6 +10,7 @@
  *
  * The instance holds no per-batch state, so several batches may be in
  * flight at once. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,8 @@ typedef struct braze {
     int key_first;
     int bulk;
     int skip_empty;
+    /* 2xx answers whose body could not be read, and the users they carried */
+    atomic_ullong unread_answers, unread_users;
 } braze;
 
 static const sl_option braze_options[] = {
@@ -362,14 +365,69 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
     return 0;
 }
 
-/* Map the `errors` of a 2xx answer to the records of the request. A body
- * that is not the expected JSON is still a success: the users landed. */
+/* Log unread 2xx answers one by one up to this many, then only count them. */
+#define UNREAD_LOG_MAX 10
+
+/* A 2xx whose body is not the JSON object Braze sends (an HTML page from a
+ * proxy, a body cut at the client's response cap): Braze's 201 means the
+ * request was accepted and its users landed, except those its `errors` list
+ * names, and that list is what was lost. Re-sending cannot recover it (a body
+ * over the cap is cut the same way every time) and Braze bills every data
+ * point again, so the users count as delivered; the loss is logged and the
+ * run is reported partial, so nobody takes it for a clean import. */
+static void unread_answer(braze *bz, sl_batch *b, const sl_http_resp *resp, const char *what)
+{
+    size_t nsent = 0;
+    uint64_t first = 0, last = 0;
+    for (size_t r = 0; r < b->n; r++) {
+        if (b->recs[r].status == SL_REC_OK) {
+            first = nsent++ ? first : b->recs[r].line;
+            last = b->recs[r].line;
+        }
+    }
+    unsigned long long k = atomic_fetch_add(&bz->unread_answers, 1) + 1;
+    unsigned long long users = atomic_fetch_add(&bz->unread_users, nsent) + nsent;
+    if (k <= UNREAD_LOG_MAX) {
+        char shown[128];
+        sl_excerpt(shown, sizeof(shown), resp->body, resp->body_len, 100);
+        sl_plog(bz->ctx, SL_LOG_WARN,
+                "Braze answered HTTP %ld at %s for lines %llu-%llu but %s (%zu bytes: '%s'): "
+                "its %zu users count as delivered; per-record errors, if any, are unknown%s",
+                resp->status, bz->url_shown, (unsigned long long)first, (unsigned long long)last,
+                what, resp->body_len, shown, nsent,
+                k == UNREAD_LOG_MAX ? " (further such answers are only counted)" : "");
+    }
+    sl_ctx_set_partial(bz->ctx,
+                       "Braze accepted %llu request%s (%llu users) with an answer that could not "
+                       "be read: their per-record errors, if any, are unknown",
+                       k, k == 1 ? "" : "s", users);
+}
+
+/* Map the `errors` of a 2xx answer to the records of the request. */
 static void mark_errors(braze *bz, sl_batch *b, const sl_http_resp *resp)
 {
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_error_t jerr;
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, &jerr);
     json_t *errors = root ? json_object_get(root, "errors") : NULL;
     sl_record **sent = NULL;
-    if (!json_is_array(errors) || json_array_size(errors) == 0) {
+    if (!json_is_object(root)) {
+        char what[200];
+        if (root) {
+            snprintf(what, sizeof(what), "its body is not a JSON object");
+        } else if (resp->body_len == 0) {
+            snprintf(what, sizeof(what), "its body is empty");
+        } else {
+            snprintf(what, sizeof(what), "its body is not JSON (%s at byte %d)", jerr.text,
+                     jerr.position);
+        }
+        unread_answer(bz, b, resp, what);
+        goto done;
+    }
+    if (errors && !json_is_array(errors)) {
+        unread_answer(bz, b, resp, "its `errors` is not an array");
+        goto done;
+    }
+    if (json_array_size(errors) == 0) {
         goto done;
     }
     /* The request held, in order, the records still OK after encode. */
