@@ -23,7 +23,7 @@
     "--port N (0 = any free port) [--port-file FILE] --api-key KEY [--record FILE.jsonl]\n"        \
     "       [--latency-ms N] [--fault-rate P] [--faults 500,429,html502,drop] [--retry-after S]\n" \
     "       [--reject-id SUBSTR] [--seed N] [--require-bulk | --no-require-bulk]\n"                \
-    "       [--cross-check]"
+    "       [--cross-check] [--garble-201 html|huge]"
 
 /* Braze's documented limit of attribute objects per /users/track request. */
 #define BRAZE_MAX_ATTRIBUTES 75
@@ -34,6 +34,13 @@ enum route { R_TRACK, R_STATS, R_RESET, R_NOTFOUND };
 enum fault { F_500, F_429, F_HTML502, F_DROP };
 
 static const char *const fault_names[] = {"500", "429", "html502", "drop"};
+
+/* --garble-201: accepted requests are processed (recorded, counted) as usual,
+ * but the 201 carries a body the client cannot read: an HTML page (a proxy in
+ * the way), or the JSON answer padded past 2 MiB (over a client's response
+ * cap; the errors list comes first, so a cut body loses its end). */
+enum garble { G_NONE = 0, G_HTML, G_HUGE };
+#define GARBLE_HUGE_BYTES ((size_t)2 * 1024 * 1024)
 
 static struct {
     const char *api_key;
@@ -47,6 +54,7 @@ static struct {
     int require_bulk;
     int cross_check; /* run jansson too and fail on any disagreement */
     int record_fd;   /* -1 when not recording */
+    int garble;      /* --garble-201: G_* */
 } g_opt = {.retry_after = 1, .require_bulk = 1, .record_fd = -1};
 
 /* All counters, the PRNG and the seen-id set live under one mutex: each request
@@ -1046,7 +1054,7 @@ static enum MHD_Result answer_track(struct MHD_Connection *c, struct fk_req *r)
     json_t *root = NULL, *root2 = NULL;
     sl_buf lines, out;
     sl_buf_init(&lines, 2 * FK_BODY_MAX);
-    sl_buf_init(&out, 64 * 1024);
+    sl_buf_init(&out, 64 * 1024 + GARBLE_HUGE_BYTES);
     enum MHD_Result rc = MHD_NO;
     struct doc doc, doc2;
     struct verdict v, v2;
@@ -1162,6 +1170,20 @@ static enum MHD_Result answer_track(struct MHD_Connection *c, struct fk_req *r)
             }
         }
         sl_buf_putc(&out, ']');
+    }
+    if (g_opt.garble == G_HTML) {
+        static const char html[] = "<html><body><h1>201 Created</h1></body></html>\r\n";
+        rc = fk_respond(c, 201, "text/html", html, sizeof(html) - 1);
+        goto done;
+    }
+    if (g_opt.garble == G_HUGE) {
+        sl_buf_puts(&out, ",\"padding\":\"");
+        if (sl_buf_reserve(&out, GARBLE_HUGE_BYTES + 4) == 0) {
+            memset(out.data + out.len, 'x', GARBLE_HUGE_BYTES);
+            out.len += GARBLE_HUGE_BYTES;
+            out.data[out.len] = '\0';
+        }
+        sl_buf_putc(&out, '"');
     }
     sl_buf_putc(&out, '}');
     rc = fk_respond(c, 201, "application/json", sl_buf_cstr(&out), out.len);
@@ -1383,6 +1405,14 @@ int main(int argc, char **argv)
             }
             g_opt.reject_id = v;
             g_opt.reject_len = strlen(v);
+        } else if (strcmp(a, "--garble-201") == 0) {
+            if (strcmp(v, "html") == 0) {
+                g_opt.garble = G_HTML;
+            } else if (strcmp(v, "huge") == 0) {
+                g_opt.garble = G_HUGE;
+            } else {
+                fk_die_usage(PROG, USAGE, "--garble-201: expected html or huge, got '%s'", v);
+            }
         } else if (strcmp(a, "--seed") == 0) {
             if (fk_parse_long(v, 0, LONG_MAX, &seed) != 0) {
                 fk_die_usage(PROG, USAGE, "--seed: expected a non-negative integer, got '%s'", v);

@@ -14,35 +14,58 @@ implementation against another.
 are written to <expect>.bad.
 """
 import argparse
+import ast
 import json
 import random
 import re
 
 INT_RE = re.compile(r"^-?(0|[1-9][0-9]*)$")
-DEC_RE = re.compile(r"^-?(0|[1-9][0-9]*)\.[0-9]+$")
+# Python's float() on what passes the leading-zero rule: "5." and ".5" too
+DEC_RE = re.compile(r"^-?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+)$")
+WS = " \t\r\n\v\f"
+
+
+def py_plain(x):
+    """A Python literal of the subset sluice reads (lists, str, int64, float, bool, None)."""
+    if isinstance(x, list):
+        return all(py_plain(i) for i in x)
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return True
+    if isinstance(x, int):
+        return -(2**63) <= x < 2**63
+    return isinstance(x, float) and x == x and abs(x) != float("inf")
 
 
 def infer(v):
-    """The Braze importer's inference (contracts.md). Returns (send, value)."""
-    if v.strip() == "":
+    """The Braze importer's inference (contracts.md): the type is decided on
+    the text stripped of surrounding whitespace; text stays as written.
+    Returns (send, value)."""
+    s = v.strip(WS)
+    if s == "":
         return False, None
-    if v.strip().lower() == "null":
+    if s.lower() == "null":
         return True, None
-    if INT_RE.match(v):
-        n = int(v)
+    if INT_RE.match(s):
+        n = int(s)
         if -(2**63) <= n < 2**63:
             return True, n
         return True, v
-    if DEC_RE.match(v):
-        return True, float(v)
-    if v.lower() in ("true", "false"):
-        return True, v.lower() == "true"
-    if v.startswith("[") and v.endswith("]"):
+    if DEC_RE.match(s) and len(s) <= 64:
+        return True, float(s)
+    if s.lower() in ("true", "false"):
+        return True, s.lower() == "true"
+    if len(s) > 1 and s.startswith("[") and s.endswith("]"):
         try:
-            parsed = json.loads(v)
+            parsed = json.loads(s)
             if isinstance(parsed, list):
                 return True, parsed
         except ValueError:
+            pass
+        try:
+            parsed = ast.literal_eval(s)
+            if isinstance(parsed, list) and py_plain(parsed):
+                return True, parsed
+        except (ValueError, SyntaxError):
             pass
     return True, v
 
@@ -59,9 +82,10 @@ def as_string(v):
 NAMES = ["Ana", "José", "Zoë", "O'Brien", 'Say "hi"', "Smith, Jr.", "line\nbreak",
          "  padded  ", "日本", "emoji 🎉", "", "NULL", "tab\there"]
 SCORES = ["0.5", "1e5", "1,000", "NaN", "-3", "0123", "3.14", "+7", "", "0", "-0.25",
-          "99999999999999999999", "12", ".5", "5."]
-BOOLS = ["true", "FALSE", "True", "false", "", "yes", "null"]
-TAGS = ['["a","b"]', "[1,2]", "[bad", "[]", "", '["x", {"k": 1}]', "plain"]
+          "99999999999999999999", "12", ".5", "5.", " 12", "7 ", " 0.25 "]
+BOOLS = ["true", "FALSE", "True", "false", "", "yes", "null", " true "]
+TAGS = ['["a","b"]', "[1,2]", "[bad", "[]", "", '["x", {"k": 1}]', "plain",
+        "['a', 'b']", "[True, False, None]", " [1, 'x'] ", "['it\\'s', \"Zo\u00eb\"]"]
 ZIPS = ["02134", "12345", "00501", "", "9021", "null"]
 PHONES = ["972-000-0000", "+7", "5551234", "", "(555) 123-4567", "0044 20 1234"]
 DATES = ["11/11/2011", "2024-01-02", ""]

@@ -200,11 +200,144 @@ static void test_encode_types_and_headers(void **state)
     for (int i = 4; i <= 6; i++) {
         assert_int_equal(b.recs[i].status, SL_REC_FAILED);
         assert_int_equal(b.recs[i].stage, SL_STAGE_SINK);
-        assert_string_equal(sl_buf_cstr(&b.recs[i].reason), "empty external_id");
+        assert_string_equal(sl_buf_cstr(&b.recs[i].reason),
+                            i == 5 ? "external_id is null: not sent (Braze would merge every such "
+                                     "row into one user)"
+                                   : "empty external_id");
     }
     assert_int_equal(b.recs[7].status, SL_REC_OK);
     assert_int_equal(b.recs[8].status, SL_REC_OK);
 
+    sl_http_req_free(&req);
+    sl_batch_free(&b);
+    sink_close(&s);
+}
+
+/* A key is sent as the exact text of its cell or not at all: bytes that are
+ * not UTF-8 would be repaired to U+FFFD (two ids, one user) and the text
+ * null would make every such row one user named "null". */
+static void test_encode_unfaithful_keys(void **state)
+{
+    static const struct {
+        const char *id;
+        const char *reason; /* NULL: sent as is */
+    } cases[] = {
+        {"ab\xFF", "external_id is not valid UTF-8 (byte 0xFF at offset 2)"},
+        {"ab\xFE", "external_id is not valid UTF-8 (byte 0xFE at offset 2)"},
+        {"\xC0\x80x", "external_id is not valid UTF-8 (byte 0xC0 at offset 0)"},     /* overlong */
+        {"a\xED\xA0\x80", "external_id is not valid UTF-8 (byte 0xED at offset 1)"}, /* surrogate */
+        {"Zo\xC3", "external_id is not valid UTF-8 (byte 0xC3 at offset 2)"},        /* cut short */
+        {"null", "external_id is the text 'null'"},
+        {"NULL", "external_id is the text 'NULL'"},
+        {" Null ", "external_id is the text ' Null '"},
+        {"Zo\xC3\xAB", NULL},
+        {"nullable", NULL},
+        {" 12 ", NULL}, /* exact text, spaces included */
+        {"\xF0\x9F\x98\x80", NULL},
+    };
+    const size_t n = sizeof(cases) / sizeof(cases[0]);
+    sink s;
+    sink_open(&s, &sl_sink_braze, braze_pairs, 2);
+    sl_batch b;
+    sl_batch_init(&b);
+    for (size_t i = 0; i < n; i++) {
+        sl_record *r = push(&b, 2 + i, cases[i].id);
+        add_str(r, "a", "1");
+    }
+    sl_http_req req;
+    sl_http_req_init(&req);
+    sl_error err = {0};
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    json_t *root = body_json(&req);
+    json_t *attrs = json_object_get(root, "attributes");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cases[i].reason) {
+            assert_int_equal(b.recs[i].status, SL_REC_FAILED);
+            const char *why = sl_buf_cstr(&b.recs[i].reason);
+            if (strncmp(why, cases[i].reason, strlen(cases[i].reason)) != 0) {
+                fail_msg("case %zu: reason '%s', expected it to start with '%s'", i, why,
+                         cases[i].reason);
+            }
+            continue;
+        }
+        assert_int_equal(b.recs[i].status, SL_REC_OK);
+        json_t *o = json_array_get(attrs, k++);
+        assert_string_equal(json_string_value(json_object_get(o, "external_id")), cases[i].id);
+    }
+    assert_int_equal(json_array_size(attrs), k);
+    /* nothing was repaired into the body */
+    assert_null(strstr(req.body.data, "\xEF\xBF\xBD"));
+    json_decref(root);
+
+    /* a decimal key keeps the text it had in the cell */
+    sl_batch_reset(&b);
+    sl_record *r = push(&b, 20, NULL);
+    assert_int_equal(sl_record_add_str(r, "external_id", 11, "1.50", 4), 0);
+    r->fields[0].toff = r->fields[0].v.s.off;
+    r->fields[0].tlen = 4;
+    r->fields[0].type = SL_T_FLOAT;
+    r->fields[0].v.f = 1.5;
+    r->fields[0].flags |= SL_FIELD_NUMTEXT;
+    add_str(r, "a", "1");
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    assert_non_null(strstr(req.body.data, "{\"external_id\":\"1.50\","));
+
+    sl_http_req_free(&req);
+    sl_batch_free(&b);
+    sink_close(&s);
+}
+
+/* Braze refuses a whole request holding \u0000: a record with a NUL in any
+ * value it would send fails alone, before the request; the rest is sent. */
+static void test_encode_nul_fails_one_record(void **state)
+{
+    sink s;
+    sink_open(&s, &sl_sink_braze, braze_pairs, 2);
+    sl_batch b;
+    sl_batch_init(&b);
+    sl_record *r = push(&b, 2, "u1");
+    assert_int_equal(sl_record_add_str(r, "nick", 4, "a\0b", 3), 0);
+    r = push(&b, 3, "u2");
+    assert_int_equal(sl_record_add_json(r, "tags", 4, "[\"x\\u0000\"]", 11), 0);
+    r = push(&b, 4, NULL);
+    assert_int_equal(sl_record_add_str(r, "external_id", 11, "k\0", 2), 0);
+    add_str(r, "a", "1");
+    r = push(&b, 5, "u4"); /* an escaped backslash before u0000 is no NUL */
+    assert_int_equal(sl_record_add_json(r, "tags", 4, "[\"\\\\u0000\"]", 11), 0);
+    r = push(&b, 6, "u5");
+    add_str(r, "nick", "ok");
+    r = push(&b, 7, "u6"); /* an omitted cell is not sent, so its NUL does not matter */
+    assert_int_equal(sl_record_add_str(r, "gone", 4, "\0", 1), 0);
+    r->fields[r->nfields - 1].flags |= SL_FIELD_OMIT;
+    add_str(r, "nick", "ok");
+
+    sl_http_req req;
+    sl_http_req_init(&req);
+    sl_error err = {0};
+    assert_int_equal(sl_sink_braze.encode(s.self, &b, &req, &err), 0);
+    assert_int_equal(b.recs[0].status, SL_REC_FAILED);
+    assert_string_equal(sl_buf_cstr(&b.recs[0].reason),
+                        "column 'nick' holds a NUL character at offset 1: not sent (Braze refuses "
+                        "a request holding \\u0000, so it would fail its whole batch)");
+    assert_int_equal(b.recs[1].status, SL_REC_FAILED);
+    assert_non_null(strstr(sl_buf_cstr(&b.recs[1].reason), "column 'tags' holds a NUL"));
+    assert_int_equal(b.recs[2].status, SL_REC_FAILED);
+    assert_non_null(strstr(sl_buf_cstr(&b.recs[2].reason), "column 'external_id' holds a NUL"));
+    assert_int_equal(b.recs[3].status, SL_REC_OK);
+    assert_int_equal(b.recs[4].status, SL_REC_OK);
+    assert_int_equal(b.recs[5].status, SL_REC_OK);
+    assert_null(strstr(req.body.data, "a\\u0000b"));
+    assert_null(strstr(req.body.data, "x\\u0000"));
+    json_t *root = body_json(&req);
+    json_t *attrs = json_object_get(root, "attributes");
+    assert_int_equal(json_array_size(attrs), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(attrs, 0), "external_id")),
+                        "u4");
+    assert_string_equal(
+        json_string_value(json_array_get(json_object_get(json_array_get(attrs, 0), "tags"), 0)),
+        "\\u0000");
+    json_decref(root);
     sl_http_req_free(&req);
     sl_batch_free(&b);
     sink_close(&s);
@@ -383,12 +516,32 @@ static void test_decode_success_bodies(void **state)
                             "[1,2]",
                             "{\"errors\":\"not an array\"}",
                             "{\"errors\":[{\"index\":\"0\"}]}"};
+    /* 1..4 cannot be read: their per-record errors are unknown, and the run
+     * says so (partial) while the users count as delivered */
+    const int unread_after[] = {0, 1, 2, 3, 4, 4};
     for (size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++) {
         sl_http_resp rs = resp(i % 2 ? 200 : 201, bodies[i]);
         sl_error err = {0};
         assert_int_equal(sl_sink_braze.decode(s.self, &b, &rs, &err), SL_SEND_OK);
         assert_int_equal(b.recs[0].status, SL_REC_OK);
+        char want[256] = "";
+        if (unread_after[i]) {
+            snprintf(want, sizeof(want),
+                     "Braze accepted %d request%s (%d users) with an answer that could not be "
+                     "read: their per-record errors, if any, are unknown",
+                     unread_after[i], unread_after[i] == 1 ? "" : "s", unread_after[i]);
+        }
+        assert_string_equal(s.ctx->partial, want);
     }
+    /* a body cut at the response cap: the errors it names are lost, not guessed */
+    add_str(push(&b, 3, "u1"), "a", "1");
+    sl_http_resp rs = resp(201, "{\"message\":\"success\",\"errors\":[{\"type\":\"bad\","
+                                "\"input_array\":\"attributes\",\"index\":1}");
+    sl_error err = {0};
+    assert_int_equal(sl_sink_braze.decode(s.self, &b, &rs, &err), SL_SEND_OK);
+    assert_int_equal(b.recs[0].status, SL_REC_OK);
+    assert_int_equal(b.recs[1].status, SL_REC_OK);
+    assert_non_null(strstr(s.ctx->partial, "5 requests (6 users)"));
     sl_batch_free(&b);
     sink_close(&s);
 }
@@ -658,6 +811,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_encode_types_and_headers),
+        cmocka_unit_test(test_encode_unfaithful_keys),
+        cmocka_unit_test(test_encode_nul_fails_one_record),
         cmocka_unit_test(test_encode_reuses_request),
         cmocka_unit_test(test_encode_nothing_to_send),
         cmocka_unit_test(test_encode_options),

@@ -68,19 +68,29 @@ static const classify_case cases[] = {
     STR("972-000-0000"),
     STR("11/11/2011"),
     STR("2011-11-11"),
-    STR(".5"),
-    STR("5."),
-    STR("-.5"),
+    /* the original (Python float()) reads these as numbers too */
+    FLT(".5", 0.5),
+    FLT("5.", 5.0),
+    FLT("-.5", -0.5),
+    FLT("0.", 0.0),
+    STR("."),
+    STR("-."),
+    STR("-012.5"),
     STR("1.2.3"),
     STR("0x10"),
     STR("12abc"),
     STR("-"),
     STR("--5"),
-    STR(" 12"),
-    STR("12 "),
-    STR("  5"),
-    STR("\t5"),
+    /* the original strips surrounding whitespace before deciding */
+    INT(" 12", 12),
+    INT("12 ", 12),
+    INT("  5", 5),
+    INT("\t5\r\n", 5),
+    FLT(" 0.5 ", 0.5),
+    STR(" 012"),
+    STR("1 2"),
     STR(""),
+    STR("   "),
     /* int64 edges */
     INT("9223372036854775807", INT64_MAX),
     INT("-9223372036854775808", INT64_MIN),
@@ -97,7 +107,9 @@ static const classify_case cases[] = {
     STR("yes"),
     STR("t"),
     STR("truee"),
-    STR(" true"),
+    BOOL(" true", 1),
+    BOOL("FALSE\t", 0),
+    STR("tr ue"),
     STR("1true"),
     /* arrays */
     ARR("[1,2]", "[1,2]"),
@@ -109,12 +121,51 @@ static const classify_case cases[] = {
     STR("[bad"),
     STR("[bad]"),
     STR("[1,2"),
-    STR("[1,]"),
+    ARR("[1,]", "[1]"), /* a trailing comma is fine in Python */
     STR("[1] [2]"),
     STR("{\"a\":1}"),
-    STR(" [1]"),
+    ARR(" [1] ", "[1]"),
     STR("["),
     STR("]"),
+    /* Python list literals, as the original's README and tests write them */
+    ARR("['a', 'b']", "[\"a\",\"b\"]"),
+    ARR("[True, False, None]", "[true,false,null]"),
+    ARR("['Value1', 'Value2']", "[\"Value1\",\"Value2\"]"),
+    ARR("[ 'x' , ]", "[\"x\"]"),
+    ARR("[\"it's\", 'say \"hi\"', 'it\\'s']", "[\"it's\",\"say \\\"hi\\\"\",\"it's\"]"),
+    ARR("['caf\\xe9', u'\\u00e9', '\\U0001F600', 'a\\nb', '\\101', 'c:\\d']",
+        "[\"caf\xC3\xA9\",\"\xC3\xA9\",\"\xF0\x9F\x98\x80\",\"a\\nb\",\"A\",\"c:\\\\d\"]"),
+    ARR("['caf\xC3\xA9']", "[\"caf\xC3\xA9\"]"),
+    ARR("[1, -2, 3.5, -.5, 5., 1e3, +4, - 6, 00]", "[1,-2,3.5,-0.5,5.0,1000.0,4,-6,0]"),
+    ARR("[[1, 'a'], [], [[None]]]", "[[1,\"a\"],[],[[null]]]"),
+    ARR("['a\\x00']", "[\"a\\u0000\"]"),
+    ARR("[\n  'multi',\n  'line'\n]", "[\"multi\",\"line\"]"),
+    STR("['a' 'b']"),
+    STR("[(1, 2)]"),
+    STR("[{'a': 1}]"),
+    STR("[{1, 2}]"),
+    STR("[b'x']"),
+    STR("[r'x']"),
+    STR("['''x''']"),
+    STR("[0x10]"),
+    STR("[1_000]"),
+    STR("[007]"),
+    STR("[1j]"),
+    STR("[1e400]"),
+    STR("[99999999999999999999]"),
+    STR("['a]"),
+    STR("['a\nb']"),
+    STR("['\\N{DASH}']"),
+    STR("['\\ud800']"),
+    STR("['\\x4']"),
+    STR("[true, 'a']"),
+    STR("[nan]"),
+    STR("[Truee]"),
+    STR("[none]"),
+    STR("[1,,2]"),
+    STR("[,]"),
+    STR("['a'] + ['b']"),
+    STR("['\xFF']"),
     /* the null literal is the step's business, not classification's */
     STR("null"),
     STR("NULL"),
@@ -293,7 +344,8 @@ static void test_step_defaults(void **state)
                         "score",       "0.5",   "big",    "1e5",  "sub",   "TRUE",
                         "tags",        "[1,2]", "bad",    "[bad", "nick",  "",
                         "blank",       "   ",   "gone",   "NULL", "phone", "972-000-0000",
-                        "neg",         "-12",   "spaced", " 12",  "date",  "11/11/2011"};
+                        "neg",         "-12",   "spaced", " 12",  "date",  "11/11/2011",
+                        "pad",         " x ",   "half",   " .5 ", "py",    "['a', True]"};
     fill(&r, nv, sizeof(nv) / sizeof(nv[0]));
     run(&s, &r);
     /* no except: the key is inferred too (the braze sink writes it as a string) */
@@ -316,8 +368,12 @@ static void test_step_defaults(void **state)
     assert_false(get(&r, "gone")->flags & SL_FIELD_OMIT);
     assert_text(&r, "phone", "972-000-0000");
     assert_int_equal(get(&r, "neg")->v.i, -12);
-    assert_text(&r, "spaced", " 12");
+    assert_int_equal(get(&r, "spaced")->type, SL_T_INT);
+    assert_int_equal(get(&r, "spaced")->v.i, 12);
     assert_text(&r, "date", "11/11/2011");
+    assert_text(&r, "pad", " x "); /* text is sent as written, spaces included */
+    assert_int_equal(get(&r, "half")->type, SL_T_FLOAT);
+    assert_string_equal(sl_field_str(&r, get(&r, "py")), "[\"a\",true]");
 
     /* what a sink sends */
     sl_buf out;
@@ -326,7 +382,8 @@ static void test_step_defaults(void **state)
     assert_string_equal(out.data, "{\"external_id\":123,\"age\":42,\"zip\":\"02134\",\"score\":0.5,"
                                   "\"big\":\"1e5\",\"sub\":true,\"tags\":[1,2],\"bad\":\"[bad\","
                                   "\"gone\":null,\"phone\":\"972-000-0000\",\"neg\":-12,"
-                                  "\"spaced\":\" 12\",\"date\":\"11/11/2011\"}");
+                                  "\"spaced\":12,\"date\":\"11/11/2011\",\"pad\":\" x \","
+                                  "\"half\":0.5,\"py\":[\"a\",true]}");
     sl_buf_free(&out);
     sl_record_free(&r);
     step_close(&s);

@@ -10,6 +10,7 @@
  *
  * The instance holds no per-batch state, so several batches may be in
  * flight at once. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,8 @@ typedef struct braze {
     int key_first;
     int bulk;
     int skip_empty;
+    /* 2xx answers whose body could not be read, and the users they carried */
+    atomic_ullong unread_answers, unread_users;
 } braze;
 
 static const sl_option braze_options[] = {
@@ -167,8 +170,8 @@ static int is_key(const braze *bz, const sl_field *f)
     return f->name_len == bz->key_len && memcmp(f->name, bz->key, bz->key_len) == 0;
 }
 
-/* Write the key as a JSON string whatever a step made of it (key_usable()
- * was checked first). */
+/* Write the key as a JSON string whatever a step made of it (key_check()
+ * passed first). */
 static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
 {
     char tmp[48] = "";
@@ -182,6 +185,11 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
         n = (size_t)snprintf(tmp, sizeof(tmp), "%lld", (long long)f->v.i);
         break;
     case SL_T_FLOAT:
+        if (f->flags & SL_FIELD_NUMTEXT) {
+            /* the decimal as written in the cell ("1.50", not "1.5") */
+            sl_jw_str(w, rec->data.data + f->toff, f->tlen);
+            return;
+        }
         n = sl_format_double(tmp, sizeof(tmp), f->v.f);
         break;
     case SL_T_BOOL:
@@ -193,16 +201,73 @@ static void write_key(sl_jw *w, const sl_record *rec, const sl_field *f)
     sl_jw_str(w, tmp, n);
 }
 
-/* Validity of the key, decided before anything of the record is written. */
-static int key_usable(const sl_record *rec, const sl_field *f)
+/* Whether the key can be sent as the exact text of its cell, decided before
+ * anything of the record is written. 0 when it can; else -1 with the reason
+ * in why. Every refusal is one where sending something would be worse than
+ * not sending: a repaired key (U+FFFD for bad bytes, the text "null") is a
+ * different user, and distinct keys repaired the same way become one user. */
+static int key_check(const braze *bz, const sl_record *rec, const sl_field *f, char *why,
+                     size_t cap)
 {
-    if (!f || (f->flags & SL_FIELD_OMIT) || f->type == SL_T_NULL) {
+    if (!f || (f->flags & SL_FIELD_OMIT)) {
+        snprintf(why, cap, "empty %s", bz->key);
+        return -1;
+    }
+    if (f->type == SL_T_NULL) {
+        snprintf(why, cap, "%s is null: not sent (Braze would merge every such row into one user)",
+                 bz->key);
+        return -1;
+    }
+    if (f->type != SL_T_STRING && f->type != SL_T_JSON) {
         return 0;
     }
-    if (f->type == SL_T_STRING || f->type == SL_T_JSON) {
-        return !sl_is_blank(sl_field_str(rec, f), f->v.s.len);
+    const char *s = sl_field_str(rec, f);
+    size_t len = f->v.s.len;
+    size_t at = 0;
+    if (sl_is_blank(s, len)) {
+        snprintf(why, cap, "empty %s", bz->key);
+        return -1;
     }
-    return 1;
+    if (sl_is_null_literal(s, len, "null")) {
+        snprintf(why, cap,
+                 "%s is the text '%.*s': not sent (it means no id; Braze would merge every such "
+                 "row into one user)",
+                 bz->key, (int)(len < 16 ? len : 16), s);
+        return -1;
+    }
+    if (!sl_utf8_valid(s, len, &at)) {
+        snprintf(why, cap,
+                 "%s is not valid UTF-8 (byte 0x%02X at offset %zu): not sent, since repairing "
+                 "it could merge different users",
+                 bz->key, (unsigned)(unsigned char)s[at], at);
+        return -1;
+    }
+    return 0;
+}
+
+/* Offset of a NUL character in a field's value, or -1. Braze refuses a
+ * request holding \u0000 as a whole, so such a record must not join one. A
+ * JSON value (an array from infer) holds it as the escape \u0000. */
+static long nul_at(const sl_record *rec, const sl_field *f)
+{
+    if (f->type != SL_T_STRING && f->type != SL_T_JSON) {
+        return -1;
+    }
+    const char *s = sl_field_str(rec, f);
+    size_t len = f->v.s.len;
+    if (f->type == SL_T_STRING) {
+        const char *p = memchr(s, '\0', len);
+        return p ? (long)(p - s) : -1;
+    }
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (s[i] == '\\') {
+            if (s[i + 1] == 'u' && i + 6 <= len && memcmp(s + i + 2, "0000", 4) == 0) {
+                return (long)i;
+            }
+            i++; /* skip the escaped character */
+        }
+    }
+    return -1;
 }
 
 static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
@@ -218,6 +283,8 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
             continue;
         }
         const sl_field *key = NULL;
+        const sl_field *nul = NULL;
+        long nul_off = -1;
         size_t nattr = 0;
         for (uint32_t i = 0; i < rec->nfields; i++) {
             const sl_field *f = &rec->fields[i];
@@ -225,10 +292,23 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
                 key = key ? key : f;
             } else if (!(f->flags & SL_FIELD_OMIT)) {
                 nattr++;
+            } else {
+                continue;
+            }
+            if (!nul && (nul_off = nul_at(rec, f)) >= 0) {
+                nul = f;
             }
         }
-        if (!key_usable(rec, key)) {
-            sl_record_fail(rec, "empty %s", bz->key);
+        char why[256];
+        if (key_check(bz, rec, key, why, sizeof(why)) != 0) {
+            sl_record_fail(rec, "%s", why);
+            continue;
+        }
+        if (nul) {
+            sl_record_fail(rec,
+                           "column '%.*s' holds a NUL character at offset %ld: not sent (Braze "
+                           "refuses a request holding \\u0000, so it would fail its whole batch)",
+                           (int)nul->name_len, nul->name, nul_off);
             continue;
         }
         if (nattr == 0 && bz->skip_empty) {
@@ -285,14 +365,69 @@ static int braze_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err
     return 0;
 }
 
-/* Map the `errors` of a 2xx answer to the records of the request. A body
- * that is not the expected JSON is still a success: the users landed. */
+/* Log unread 2xx answers one by one up to this many, then only count them. */
+#define UNREAD_LOG_MAX 10
+
+/* A 2xx whose body is not the JSON object Braze sends (an HTML page from a
+ * proxy, a body cut at the client's response cap): Braze's 201 means the
+ * request was accepted and its users landed, except those its `errors` list
+ * names, and that list is what was lost. Re-sending cannot recover it (a body
+ * over the cap is cut the same way every time) and Braze bills every data
+ * point again, so the users count as delivered; the loss is logged and the
+ * run is reported partial, so nobody takes it for a clean import. */
+static void unread_answer(braze *bz, sl_batch *b, const sl_http_resp *resp, const char *what)
+{
+    size_t nsent = 0;
+    uint64_t first = 0, last = 0;
+    for (size_t r = 0; r < b->n; r++) {
+        if (b->recs[r].status == SL_REC_OK) {
+            first = nsent++ ? first : b->recs[r].line;
+            last = b->recs[r].line;
+        }
+    }
+    unsigned long long k = atomic_fetch_add(&bz->unread_answers, 1) + 1;
+    unsigned long long users = atomic_fetch_add(&bz->unread_users, nsent) + nsent;
+    if (k <= UNREAD_LOG_MAX) {
+        char shown[128];
+        sl_excerpt(shown, sizeof(shown), resp->body, resp->body_len, 100);
+        sl_plog(bz->ctx, SL_LOG_WARN,
+                "Braze answered HTTP %ld at %s for lines %llu-%llu but %s (%zu bytes: '%s'): "
+                "its %zu users count as delivered; per-record errors, if any, are unknown%s",
+                resp->status, bz->url_shown, (unsigned long long)first, (unsigned long long)last,
+                what, resp->body_len, shown, nsent,
+                k == UNREAD_LOG_MAX ? " (further such answers are only counted)" : "");
+    }
+    sl_ctx_set_partial(bz->ctx,
+                       "Braze accepted %llu request%s (%llu users) with an answer that could not "
+                       "be read: their per-record errors, if any, are unknown",
+                       k, k == 1 ? "" : "s", users);
+}
+
+/* Map the `errors` of a 2xx answer to the records of the request. */
 static void mark_errors(braze *bz, sl_batch *b, const sl_http_resp *resp)
 {
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    json_error_t jerr;
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, &jerr);
     json_t *errors = root ? json_object_get(root, "errors") : NULL;
     sl_record **sent = NULL;
-    if (!json_is_array(errors) || json_array_size(errors) == 0) {
+    if (!json_is_object(root)) {
+        char what[200];
+        if (root) {
+            snprintf(what, sizeof(what), "its body is not a JSON object");
+        } else if (resp->body_len == 0) {
+            snprintf(what, sizeof(what), "its body is empty");
+        } else {
+            snprintf(what, sizeof(what), "its body is not JSON (%s at byte %d)", jerr.text,
+                     jerr.position);
+        }
+        unread_answer(bz, b, resp, what);
+        goto done;
+    }
+    if (errors && !json_is_array(errors)) {
+        unread_answer(bz, b, resp, "its `errors` is not an array");
+        goto done;
+    }
+    if (json_array_size(errors) == 0) {
         goto done;
     }
     /* The request held, in order, the records still OK after encode. */

@@ -1,6 +1,7 @@
 /* infer: give text cells their JSON type, with the Braze importer's rules as
- * defaults (numbers without leading zeros, true/false, [arrays]; empty cells
- * omitted; the literal null unsets). Only untyped text is touched: fields a
+ * defaults (numbers without leading zeros, true/false, [arrays] in JSON or
+ * Python list syntax, decided on the text stripped of surrounding spaces;
+ * empty cells omitted; the literal null unsets). Only untyped text is touched: fields a
  * source typed itself or a cast fixed (SL_FIELD_FIXED) are left alone. */
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +39,8 @@ static const sl_option infer_options[] = {
     {"numbers", SL_OPT_BOOL, "true", 0, NULL,
      "integers and decimals without leading zeros become numbers"},
     {"booleans", SL_OPT_BOOL, "true", 0, NULL, "true/false (any case) become booleans"},
-    {"arrays", SL_OPT_BOOL, "true", 0, NULL, "[...] that parses as JSON becomes an array"},
+    {"arrays", SL_OPT_BOOL, "true", 0, NULL,
+     "[...] that parses as JSON or as a Python list literal becomes an array"},
     SL_OPTIONS_END,
 };
 
@@ -158,6 +160,11 @@ static int infer_columns(void *self, const char *const *cols, size_t n, sl_error
     return 0;
 }
 
+static int is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
 static int infer_process(void *self, sl_record *rec, int stage, sl_error *err)
 {
     infer *in = self;
@@ -195,15 +202,29 @@ static int infer_process(void *self, sl_record *rec, int stage, sl_error *err)
             f->type = SL_T_INT;
             f->v.i = v.i;
             break;
-        case SL_T_FLOAT:
-            /* the input text of a decimal is a valid JSON number: keep it, so
-             * writers copy "3.14" instead of formatting a double */
-            f->toff = f->v.s.off;
-            f->tlen = f->v.s.len;
-            f->flags |= SL_FIELD_NUMTEXT;
+        case SL_T_FLOAT: {
+            /* the decimal as written (spaces around it aside) is a JSON number
+             * unless a side of the point has no digit (".5", "5."): keep it,
+             * so writers copy "3.14" instead of formatting a double */
+            size_t lead = 0, n = len;
+            while (lead < n && is_ws(s[lead])) {
+                lead++;
+            }
+            while (n > lead && is_ws(s[n - 1])) {
+                n--;
+            }
+            const char *t = s + lead;
+            size_t tl = n - lead;
+            size_t sign = t[0] == '-';
+            if (t[sign] != '.' && t[tl - 1] != '.') {
+                f->toff = f->v.s.off + (uint32_t)lead;
+                f->tlen = (uint32_t)tl;
+                f->flags |= SL_FIELD_NUMTEXT;
+            }
             f->type = SL_T_FLOAT;
             f->v.f = v.f;
             break;
+        }
         case SL_T_BOOL:
             f->type = SL_T_BOOL;
             f->v.b = v.b;
