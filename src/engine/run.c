@@ -313,6 +313,9 @@ static const char *partial_reason(const runner *r)
             return r->step_ctx[i]->partial;
         }
     }
+    if (r->sink_ctx && r->sink_ctx->partial[0]) {
+        return r->sink_ctx->partial;
+    }
     return NULL;
 }
 
