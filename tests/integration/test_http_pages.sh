@@ -178,8 +178,9 @@ expect_match "it resumed" "$T_DIR/crash2.out" "resuming at pass 1, page"
 ids_since "$REC" "$n0" | sort -u >"$T_DIR/crash2.ids"
 expect_eq "together every member" 25000 "$(sort -u "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)"
 again=$(comm -12 "$T_DIR/crash1.ids" "$T_DIR/crash2.ids" | wc -l)
-# re-sent: the resumed page (1000) plus the batches in flight (concurrency 4 x 500)
-check "re-sent after the kill: $again (<= 3000)" test "$again" -le 3000
+# re-sent: the resumed page (<= 1000) plus the engine's window of batches
+# acknowledged but not yet checkpointed (2 x concurrency 4 x 500 = 4000)
+check "re-sent after the kill: $again (<= 5000)" test "$again" -le 5000
 check "the cursor moved" test -n "$(kv crash cursor)"
 p=$(peak)
 check "peak connections $p <= 10" test "$p" -le 10

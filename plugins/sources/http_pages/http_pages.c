@@ -29,6 +29,7 @@
 
 #define HP_MAX_PAGE_SIZE 100000
 #define HP_MAX_CONCURRENCY 64
+#define HP_KH 64
 #define HP_PUMP_EVERY 256 /* records emitted between non-blocking drives of the client */
 #define HP_STATE_CURSOR "cursor"
 #define HP_STATE_LEDGER "failed_pages"
@@ -507,6 +508,11 @@ struct hp_src {
     hp_page *ring;
     uint64_t head, tail; /* unit sequence numbers: ring[seq % ring_cap] */
     size_t emit_idx;
+    /* key hashes of the next HP_KH items, their table slots prefetched: the
+     * table of a million keys lives outside the caches */
+    uint64_t kh[HP_KH];
+    const hp_page *kh_page;
+    size_t kh_base;
 
     /* planner */
     unsigned plan_pass;
@@ -1265,6 +1271,32 @@ static int start_run(hp_src *s, sl_error *err)
 
 /* ---------------------------------------------------------------- records */
 
+/* Hash the keys of items [from, from + HP_KH) into s->kh (0: no usable
+ * key) and prefetch their slots in the key table. An integer key hashes as
+ * its text, as written. */
+static void key_hashes(hp_src *s, const hp_page *p, size_t from)
+{
+    const hp_page_doc *d = &p->d;
+    s->kh_page = p;
+    s->kh_base = from;
+    for (size_t j = 0; j < HP_KH; j++) {
+        uint64_t h = 0;
+        if (from + j < p->nrec) {
+            const hp_item *it = &d->items[from + j];
+            if (it->object && it->key >= 0) {
+                const hp_val *k = &d->vals[it->key];
+                if (k->type == HP_V_STR || k->type == HP_V_INT) {
+                    h = hash64(d->buf + k->off, k->len);
+                    if (s->keys.cap) {
+                        __builtin_prefetch(&s->keys.v[h & (s->keys.cap - 1)]);
+                    }
+                }
+            }
+        }
+        s->kh[j] = h;
+    }
+}
+
 static int emit(hp_src *s, hp_page *p, size_t i, sl_record *rec, int *dup, sl_error *err)
 {
     const hp_page_doc *d = &p->d;
@@ -1277,18 +1309,18 @@ static int emit(hp_src *s, hp_page *p, size_t i, sl_record *rec, int *dup, sl_er
                          s->url_log, (unsigned long long)p->page, i);
         return 0;
     }
-    if (it->key >= 0) {
-        const hp_val *k = &d->vals[it->key];
-        if (k->type == HP_V_STR || k->type == HP_V_INT) {
-            /* an integer key hashes as its text, as written */
-            int r = keys_add(&s->keys, hash64(d->buf + k->off, k->len));
-            if (r < 0) {
-                return sl_error_set(err, SL_ERR_NOMEM, "out of memory (keys of this run)");
-            }
-            if (r == 1) {
-                *dup = 1;
-                return 0;
-            }
+    if (s->kh_page != p || i < s->kh_base || i >= s->kh_base + HP_KH) {
+        key_hashes(s, p, i);
+    }
+    uint64_t h = s->kh[i - s->kh_base];
+    if (h) {
+        int r = keys_add(&s->keys, h);
+        if (r < 0) {
+            return sl_error_set(err, SL_ERR_NOMEM, "out of memory (keys of this run)");
+        }
+        if (r == 1) {
+            *dup = 1;
+            return 0;
         }
     }
     for (uint32_t j = 0; j < it->n; j++) {
@@ -1363,6 +1395,7 @@ static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *er
                 page_clear(p);
                 s->head++;
                 s->emit_idx = 0;
+                s->kh_page = NULL; /* the slot is reused by a later page */
                 continue;
             }
         }
