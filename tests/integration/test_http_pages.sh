@@ -107,7 +107,8 @@ start_mc fail --members 25000 --fail-offset 7000:503:3
 write_config fail
 n0=$(lines "$REC")
 sluice run -c "$T_DIR/fail.yml" >"$T_DIR/fail1.out" 2>&1 && rc=0 || rc=$?
-expect_eq "a failed page does not stop the run" 0 "$rc"
+expect_eq "a failed page does not stop the run; it ends partial" 2 "$rc"
+expect_match "the summary names the page" "$T_DIR/fail1.out" "page could not be fetched \\(offset 7000; HTTP 503"
 expect_match "the failed page is logged" "$T_DIR/fail1.out" "page 7, offset 7000.*HTTP 503"
 ids_since "$REC" "$n0" | sort -u >"$T_DIR/fail1.ids"
 expect_eq "24,000 members arrive" 24000 "$(wc -l <"$T_DIR/fail1.ids")"
@@ -136,7 +137,8 @@ cut -d' ' -f1 "$T_DIR/start.lc" >"$T_DIR/start.ids"
 mc POST "/_churn?per_request=3&seed=11" >/dev/null
 n0=$(lines "$REC")
 sluice run -c "$T_DIR/churn.yml" >"$T_DIR/churn1.out" 2>&1 && rc=0 || rc=$?
-expect_eq "run under churn exits 0" 0 "$rc"
+expect_eq "a run whose list kept changing through every pass ends partial" 2 "$rc"
+expect_match "and says why" "$T_DIR/churn1.out" "kept changing through 4 passes"
 ids_since "$REC" "$n0" | sort -u >"$T_DIR/churn1.ids"
 mc POST "/_churn?per_request=0" >/dev/null
 changed=$(fake_stats "$MC_PORT" | jq '.touched')

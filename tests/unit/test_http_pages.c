@@ -657,7 +657,8 @@ typedef struct run_out {
     char **ids;     /* emitted ids, in order */
     uint64_t *pos;  /* their positions */
     size_t n, cap;
-    char ckpt[8192]; /* checkpoint taken at stop_after, when set */
+    char ckpt[8192];   /* checkpoint taken at stop_after, when set */
+    char partial[256]; /* what sl_ctx_set_partial said in commit, or "" */
 } run_out;
 
 static void out_free(run_out *o)
@@ -795,6 +796,7 @@ static void run_source(sl_state *st, double started, const char *const *extra, s
         fail_msg("commit: %s", err.msg);
     }
     assert_int_equal(sl_state_commit(st, &err), 0);
+    snprintf(o->partial, sizeof(o->partial), "%s", ctx->partial);
     sl_source_http_pages.destroy(self);
     sl_ctx_free(ctx);
     sl_opts_free(opts);
@@ -809,6 +811,7 @@ static void t_full_then_incremental(void **state)
     run_source(st, T0 + 0.4, NULL, 0, NULL, 0, &o);
     assert_int_equal(o.rc, 0);
     assert_int_equal(o.n, 2500);
+    assert_string_equal(o.partial, "");
     for (size_t i = 0; i < 2500; i++) {
         char id[32];
         snprintf(id, sizeof(id), "m%05zu", i);
@@ -859,6 +862,9 @@ static void t_failed_page(void **state)
     run_source(st, T0, NULL, 0, NULL, 0, &o);
     assert_int_equal(o.rc, 0); /* the run goes on */
     assert_int_equal(o.n, 900);
+    /* ... and ends partial, naming the page and why */
+    assert_non_null(strstr(o.partial, "1 page could not be fetched (offset 700; HTTP 503"));
+    assert_non_null(strstr(o.partial, "the cursor did not move"));
     assert_int_equal(count_id(&o, "m00700"), 0);
     assert_null(kv(st, "cursor")); /* never moved */
     char *l = kv(st, "failed_pages");
@@ -888,6 +894,7 @@ static void t_failed_page(void **state)
     assert_string_equal(c, "2024-05-01T10:01:00+00:00");
     free(c);
     assert_null(kv(st, "failed_pages"));
+    assert_string_equal(o.partial, ""); /* complete */
     out_free(&o);
     sl_state_close(st);
 }
@@ -946,6 +953,7 @@ static void t_churn_every_pass(void **state)
     run_source(st, T0, x, 2, NULL, 0, &o);
     assert_int_equal(o.rc, 0);
     assert_null(kv(st, "cursor"));
+    assert_non_null(strstr(o.partial, "the list kept changing through 1 pass over the window"));
     out_free(&o);
     sl_state_close(st);
 }

@@ -1561,6 +1561,39 @@ done:
 
 /* ---------------------------------------------------------------- commit */
 
+/* Why a run that delivered what it read is still not complete, for the
+ * engine's summary and notification (the run ends "partial", exit 2). */
+static void set_partial(hp_src *s, const hp_ledger *owe)
+{
+    if (owe->n) {
+        char offs[160] = "";
+        size_t len = 0, shown = 0;
+        for (size_t i = 0; i < owe->n && len + 24 < sizeof(offs); i++, shown++) {
+            len += (size_t)snprintf(offs + len, sizeof(offs) - len, "%s%lld", i ? ", " : "",
+                                    (long long)owe->v[i].offset);
+        }
+        const char *why = owe->v[0].error;
+        const char *colon = strstr(why, "): ");
+        sl_ctx_set_partial(s->ctx,
+                           "%zu page%s could not be fetched (offset%s %s%s; %.120s); kept for the "
+                           "next run, which fetches %s first; the cursor did not move",
+                           owe->n, owe->n == 1 ? "" : "s", owe->n == 1 ? "" : "s", offs,
+                           shown < owe->n ? ", ..." : "", colon ? colon + 3 : why,
+                           owe->n == 1 ? "it" : "them");
+    } else if (!empty(s->since_param)) {
+        sl_ctx_set_partial(s->ctx,
+                           "the list kept changing through %u pass%s over the window, so a member "
+                           "may have been skipped; the cursor did not move and the next run reads "
+                           "the window again",
+                           s->passes_run, s->passes_run == 1 ? "" : "es");
+    } else {
+        sl_ctx_set_partial(s->ctx,
+                           "the list kept changing through %u pass%s, so a member may have "
+                           "been skipped; run again to read it all",
+                           s->passes_run, s->passes_run == 1 ? "" : "es");
+    }
+}
+
 static int src_commit(void *self, const sl_run_end *e, sl_error *err)
 {
     hp_src *s = self;
@@ -1598,6 +1631,10 @@ static int src_commit(void *self, const sl_run_end *e, sl_error *err)
                 !e->complete ? "the run did not deliver everything"
                 : owe.n      ? "some pages could not be fetched"
                              : "the list kept changing during the run");
+    }
+    if (e->complete && s->started && (owe.n || !s->consistent)) {
+        /* everything read was delivered, but not everything was read */
+        set_partial(s, &owe);
     }
     if (owe.n) {
         sl_buf b;
