@@ -256,6 +256,218 @@ static void t_validate(void **state)
     assert_non_null(strstr(r.text, "auth: api_key is set but auth is none"));
 }
 
+/* ------------------------------------------------------------ page parser */
+
+/* The page parser against jansson on the same bytes: both accept or both
+ * refuse (except integers beyond 64 bits, which the parser keeps as text),
+ * and what the parser lists for each item is what jansson reads. */
+static const hp_paths PATHS = {"members", "total_items", NULL, -1};
+static int n_accepted, n_refused, n_records;
+
+static void same_as_jansson(const char *body, size_t len, hp_names *names, hp_page_doc *d)
+{
+    char why[160];
+    json_error_t je;
+    json_t *j = json_loadb(body, len, 0, &je);
+    int rc = hp_page_parse(d, body, len, &PATHS, names, why, sizeof(why));
+    if (!j) {
+        int big = strstr(je.text, "too big") || strstr(je.text, "overflow");
+        if (rc == 0 && !big) {
+            fail_msg("parser accepts what jansson refuses (%s): %.*s", je.text, (int)len, body);
+        }
+        n_refused++;
+        return;
+    }
+    if (rc != 0) {
+        fail_msg("parser refuses (%s) what jansson accepts: %.*s", why, (int)len, body);
+    }
+    n_accepted++;
+    json_t *recs = json_is_object(j) ? json_object_get(j, "members") : NULL;
+    n_records += (int)d->nitems;
+    assert_int_equal(d->has_records, json_is_array(recs));
+    json_t *tot = json_is_object(j) ? json_object_get(j, "total_items") : NULL;
+    int tot_ok = json_is_integer(tot) && json_integer_value(tot) >= 0;
+    assert_int_equal(d->has_total, tot_ok);
+    if (tot_ok) {
+        assert_int_equal(d->total, json_integer_value(tot));
+    }
+    if (!json_is_array(recs)) {
+        json_decref(j);
+        return;
+    }
+    assert_int_equal(d->nitems, json_array_size(recs));
+    for (size_t i = 0; i < d->nitems; i++) {
+        json_t *m = json_array_get(recs, i);
+        const hp_item *it = &d->items[i];
+        assert_int_equal(it->object, json_is_object(m));
+        if (!it->object) {
+            continue;
+        }
+        assert_int_equal(it->n, json_object_size(m));
+        const char *k;
+        json_t *v;
+        uint32_t x = 0;
+        json_object_foreach(m, k, v)
+        {
+            const hp_val *hv = &d->vals[it->first + x++];
+            assert_string_equal(names->v[hv->name], k);
+            const char *txt = d->buf + hv->off;
+            switch (json_typeof(v)) {
+            case JSON_STRING:
+                assert_int_equal(hv->type, HP_V_STR);
+                assert_int_equal(hv->len, json_string_length(v));
+                assert_memory_equal(txt, json_string_value(v), hv->len);
+                break;
+            case JSON_INTEGER:
+                assert_int_equal(hv->type, HP_V_INT);
+                assert_true(hv->n.i == json_integer_value(v));
+                break;
+            case JSON_REAL:
+                assert_int_equal(hv->type, HP_V_REAL);
+                assert_true(hv->n.f == json_real_value(v));
+                break;
+            case JSON_TRUE:
+                assert_int_equal(hv->type, HP_V_TRUE);
+                break;
+            case JSON_FALSE:
+                assert_int_equal(hv->type, HP_V_FALSE);
+                break;
+            case JSON_NULL:
+                assert_int_equal(hv->type, HP_V_NULL);
+                break;
+            default: {
+                assert_int_equal(hv->type, HP_V_JSON);
+                for (uint32_t b = 0; b < hv->len; b++) {
+                    /* compact: no whitespace outside strings, one line */
+                    assert_true(txt[b] != '\n' && txt[b] != '\r');
+                }
+                json_t *raw = json_loadb(txt, hv->len, 0, NULL);
+                assert_non_null(raw);
+                assert_true(json_equal(raw, v));
+                json_decref(raw);
+            }
+            }
+        }
+    }
+    json_decref(j);
+}
+
+static void t_page_parse(void **state)
+{
+    (void)state;
+    hp_names names = {0};
+    hp_page_doc d = {0};
+    static const char *const docs[] = {
+        "{\"total_items\":2,\"members\":[{\"id\":\"a\",\"n\":1},{\"id\":\"b\",\"n\":-2}]}",
+        " {\"members\" : [ {\"id\" : \"a\\\"b\\\\c\\/\\n\\u00e9\\ud83d\\ude00\" , \"x\" : [ 1 , "
+        "{ \"y\" : \"z w\" } ] } ] , \"total_items\" : 1 }\n",
+        "{\"members\":[{\"merge_fields\":{\"FNAME\":\"Zo\\u00eb\",\"LNAME\":\"M\xc3\xbcller\"},"
+        "\"r\":0.10,\"e\":1e3,\"t\":true,\"f\":false,\"z\":null,\"big\":123456789012345678901}],"
+        "\"total_items\":1}",
+        "{\"members\":[1,\"two\",[3],null,{}],\"total_items\":5}",
+        "{\"members\":[{\"id\":\"a\",\"id\":\"b\",\"k\":1}],\"total_items\":1}", /* repeated key */
+        "{\"members\":[{\"id\":1}],\"members\":{\"no\":1},\"total_items\":1}",   /* last wins */
+        "{\"members\":[],\"total_items\":-1}",
+        "{\"members\":[],\"total_items\":1.0}",
+        "{\"members\":[],\"total_items\":\"3\"}",
+        "{\"x\":{\"members\":[{\"id\":1}]},\"total_items\":0}",
+        "[{\"id\":1}]",
+        "{\"members\":[{\"id\":\"\\ud800\"}]}",
+        "{\"members\":[{\"id\":\"\\u0000\"}]}",
+        "{\"members\":[{\"id\":\"\xc0\xaf\"}]}",
+        "{\"members\":[{\"id\":\"\xed\xa0\x80\"}]}",
+        "{\"members\":[{\"id\":\"a\tb\"}]}",
+        "{\"members\":[{\"id\":01}]}",
+        "{\"members\":[{\"id\":1.}]}",
+        "{\"members\":[{\"id\":-}]}",
+        "{\"members\":[{\"id\":tru}]}",
+        "{\"members\":[{\"id\":1,}]}",
+        "{\"members\":[{\"id\":1}],}",
+        "{\"members\":[{\"id\":1}]} x",
+        "{\"members\":[{\"id\":1}]",
+        "",
+        "<html>502 Bad Gateway</html>",
+        "{\"members\":[{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]}]}",
+    };
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        same_as_jansson(docs[i], strlen(docs[i]), &names, &d);
+    }
+    /* the big integer is kept as its text */
+    assert_int_equal(hp_page_parse(&d, docs[2], strlen(docs[2]), &PATHS, &names, NULL, 0), 0);
+    const hp_val *big = &d.vals[d.items[0].first + 6];
+    assert_int_equal(big->type, HP_V_JSON);
+    assert_memory_equal(d.buf + big->off, "123456789012345678901", big->len);
+    /* a syntax error names what and where */
+    char why[160];
+    const char *bad = "{\"members\":[{\"id\":tru}]}";
+    assert_int_equal(hp_page_parse(&d, bad, strlen(bad), &PATHS, &names, why, sizeof(why)),
+                     HP_PARSE_SYNTAX);
+    assert_string_equal(why, "invalid literal at byte 18");
+    assert_int_equal(d.nitems, 0);
+    /* the key field is found, repeated keys included */
+    hp_paths kp = PATHS;
+    kp.key_name = hp_names_intern(&names, "id", 2, 0);
+    assert_int_equal(hp_page_parse(&d, docs[4], strlen(docs[4]), &kp, &names, NULL, 0), 0);
+    assert_int_equal(d.items[0].key, 0);
+    assert_memory_equal(d.buf + d.vals[0].off, "b", 1);
+
+    /* random documents, then random damage to them */
+    unsigned seed = 12345;
+    sl_buf b;
+    sl_buf_init(&b, 0);
+    static const char *const atoms[] = {
+        "\"s\"",
+        "\"\\u00e9\\n\"",
+        "\"\xc3\xa9\"",
+        "0",
+        "-12",
+        "3.25",
+        "1e-3",
+        "true",
+        "false",
+        "null",
+        "{}",
+        "[]",
+        "[1,\"x\"]",
+        "{\"a\":{\"b\":[null]}}",
+        "9223372036854775807",
+        "-9223372036854775808",
+    };
+    static const char damage[] = "\"\\{}[],:0e.-u \x80\xff\n";
+    for (int round = 0; round < 4000; round++) {
+        sl_buf_reset(&b);
+        sl_buf_puts(&b, "{\"total_items\":");
+        sl_buf_printf(&b, "%d,\"members\":[", rand_r(&seed) % 5000);
+        int items = rand_r(&seed) % 6;
+        for (int it = 0; it < items; it++) {
+            sl_buf_puts(&b, it ? ", {" : "{");
+            int fields = rand_r(&seed) % 5;
+            for (int f = 0; f < fields; f++) {
+                sl_buf_printf(&b, "%s\"k%d\" :%s", f ? "," : "", rand_r(&seed) % 6,
+                              rand_r(&seed) % 3 ? "" : " ");
+                sl_buf_puts(&b, atoms[rand_r(&seed) % (sizeof(atoms) / sizeof(atoms[0]))]);
+            }
+            sl_buf_puts(&b, "}");
+        }
+        sl_buf_puts(&b, "]}");
+        char *doc = b.data;
+        size_t len = b.len;
+        same_as_jansson(doc, len, &names, &d);
+        for (int k = rand_r(&seed) % 3; k >= 0; k--) {
+            size_t at = (size_t)rand_r(&seed) % len;
+            doc[at] = damage[rand_r(&seed) % (sizeof(damage) - 1)];
+        }
+        same_as_jansson(doc, (size_t)rand_r(&seed) % 4 ? len : len / 2, &names, &d);
+    }
+    /* both sides of the comparison were exercised */
+    assert_true(n_accepted > 2000);
+    assert_true(n_refused > 2000);
+    assert_true(n_records > 5000);
+    sl_buf_free(&b);
+    hp_page_doc_free(&d);
+    hp_names_free(&names);
+}
+
 /* ------------------------------------------------------------ fake server */
 
 #define T0 1714557600.0 /* fake clock: member times are around here */
@@ -445,7 +657,8 @@ typedef struct run_out {
     char **ids;     /* emitted ids, in order */
     uint64_t *pos;  /* their positions */
     size_t n, cap;
-    char ckpt[8192]; /* checkpoint taken at stop_after, when set */
+    char ckpt[8192];   /* checkpoint taken at stop_after, when set */
+    char partial[256]; /* what sl_ctx_set_partial said in commit, or "" */
 } run_out;
 
 static void out_free(run_out *o)
@@ -583,6 +796,7 @@ static void run_source(sl_state *st, double started, const char *const *extra, s
         fail_msg("commit: %s", err.msg);
     }
     assert_int_equal(sl_state_commit(st, &err), 0);
+    snprintf(o->partial, sizeof(o->partial), "%s", ctx->partial);
     sl_source_http_pages.destroy(self);
     sl_ctx_free(ctx);
     sl_opts_free(opts);
@@ -597,6 +811,7 @@ static void t_full_then_incremental(void **state)
     run_source(st, T0 + 0.4, NULL, 0, NULL, 0, &o);
     assert_int_equal(o.rc, 0);
     assert_int_equal(o.n, 2500);
+    assert_string_equal(o.partial, "");
     for (size_t i = 0; i < 2500; i++) {
         char id[32];
         snprintf(id, sizeof(id), "m%05zu", i);
@@ -647,6 +862,9 @@ static void t_failed_page(void **state)
     run_source(st, T0, NULL, 0, NULL, 0, &o);
     assert_int_equal(o.rc, 0); /* the run goes on */
     assert_int_equal(o.n, 900);
+    /* ... and ends partial, naming the page and why */
+    assert_non_null(strstr(o.partial, "1 page could not be fetched (offset 700; HTTP 503"));
+    assert_non_null(strstr(o.partial, "the cursor did not move"));
     assert_int_equal(count_id(&o, "m00700"), 0);
     assert_null(kv(st, "cursor")); /* never moved */
     char *l = kv(st, "failed_pages");
@@ -676,6 +894,7 @@ static void t_failed_page(void **state)
     assert_string_equal(c, "2024-05-01T10:01:00+00:00");
     free(c);
     assert_null(kv(st, "failed_pages"));
+    assert_string_equal(o.partial, ""); /* complete */
     out_free(&o);
     sl_state_close(st);
 }
@@ -734,6 +953,7 @@ static void t_churn_every_pass(void **state)
     run_source(st, T0, x, 2, NULL, 0, &o);
     assert_int_equal(o.rc, 0);
     assert_null(kv(st, "cursor"));
+    assert_non_null(strstr(o.partial, "the list kept changing through 1 pass over the window"));
     out_free(&o);
     sl_state_close(st);
 }
@@ -833,7 +1053,7 @@ int main(void)
         cmocka_unit_test(t_failed_page),      cmocka_unit_test(t_churn),
         cmocka_unit_test(t_churn_every_pass), cmocka_unit_test(t_wrong_key),
         cmocka_unit_test(t_overload_403),     cmocka_unit_test(t_resume),
-        cmocka_unit_test(t_concurrency_cap),
+        cmocka_unit_test(t_concurrency_cap),  cmocka_unit_test(t_page_parse),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -29,7 +29,7 @@
 
 #define HP_MAX_PAGE_SIZE 100000
 #define HP_MAX_CONCURRENCY 64
-#define HP_MAX_NAMES 4096 /* distinct field names across a run */
+#define HP_KH 64
 #define HP_PUMP_EVERY 256 /* records emitted between non-blocking drives of the client */
 #define HP_STATE_CURSOR "cursor"
 #define HP_STATE_LEDGER "failed_pages"
@@ -436,28 +436,6 @@ int hp_parse_rate(const char *s, double *per_sec)
     return 0;
 }
 
-json_t *hp_json_path(json_t *root, const char *path)
-{
-    if (!path || !*path) {
-        return root;
-    }
-    json_t *cur = root;
-    const char *p = path;
-    while (cur && *p) {
-        const char *dot = strchr(p, '.');
-        size_t len = dot ? (size_t)(dot - p) : strlen(p);
-        if (!json_is_object(cur)) {
-            return NULL;
-        }
-        cur = json_object_getn(cur, p, len);
-        p += len;
-        if (*p == '.') {
-            p++;
-        }
-    }
-    return cur;
-}
-
 /* ================================================================ the source */
 
 enum { PG_EMPTY = 0, PG_SUBMITTED, PG_BACKOFF, PG_DONE, PG_FAILED };
@@ -479,19 +457,12 @@ typedef struct hp_page {
     int attempts;      /* HTTP attempts over every submission */
     int resubmits;     /* our own retries (Mailchimp's 403 without JSON) */
     double not_before; /* PG_BACKOFF: monotonic time of the next submission */
-    json_t *doc;       /* PG_DONE: the parsed page */
-    json_t *recs;      /* borrowed from doc */
+    hp_page_doc d;     /* PG_DONE: the parsed page (buffers kept across uses) */
     size_t nrec;
     int64_t total; /* -1 when the page carries none */
     char *next;    /* cursor modes: the next page's token / URL, owned */
     char *error;   /* PG_FAILED: why, owned */
 } hp_page;
-
-/* Interned field names: records borrow them for the whole run. */
-typedef struct hp_names {
-    char **v;
-    size_t n, cap;
-} hp_names;
 
 /* Keys emitted this run: open addressing over 64-bit hashes (0 = empty). */
 typedef struct hp_keys {
@@ -537,6 +508,11 @@ struct hp_src {
     hp_page *ring;
     uint64_t head, tail; /* unit sequence numbers: ring[seq % ring_cap] */
     size_t emit_idx;
+    /* key hashes of the next HP_KH items, their table slots prefetched: the
+     * table of a million keys lives outside the caches */
+    uint64_t kh[HP_KH];
+    const hp_page *kh_page;
+    size_t kh_base;
 
     /* planner */
     unsigned plan_pass;
@@ -553,6 +529,7 @@ struct hp_src {
     char fatal[SL_ERRMSG_MAX];
     int fatal_code;
     hp_names names;
+    hp_paths paths;
     hp_keys keys;
     uint64_t emitted, skipped_dups, since_pump;
     int64_t ck_total;     /* probe total from the checkpoint (resume), -1 none */
@@ -570,37 +547,6 @@ static double mono_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static const char *intern(hp_src *s, const char *name, size_t hint)
-{
-    /* items of one API share their keys in one order: try the hint first */
-    if (hint < s->names.n && strcmp(s->names.v[hint], name) == 0) {
-        return s->names.v[hint];
-    }
-    for (size_t i = 0; i < s->names.n; i++) {
-        if (strcmp(s->names.v[i], name) == 0) {
-            return s->names.v[i];
-        }
-    }
-    if (s->names.n >= HP_MAX_NAMES) {
-        return NULL;
-    }
-    if (s->names.n == s->names.cap) {
-        size_t nc = s->names.cap ? s->names.cap * 2 : 32;
-        char **nv = realloc(s->names.v, nc * sizeof(*nv));
-        if (!nv) {
-            return NULL;
-        }
-        s->names.v = nv;
-        s->names.cap = nc;
-    }
-    char *c = strdup(name);
-    if (!c) {
-        return NULL;
-    }
-    s->names.v[s->names.n++] = c;
-    return c;
 }
 
 static uint64_t hash64(const char *p, size_t n)
@@ -651,26 +597,37 @@ static int keys_add(hp_keys *k, uint64_t h)
     return 0;
 }
 
+/* Empty the unit for reuse; the parsed page's buffers are kept. */
 static void page_clear(hp_page *p)
 {
     sl_http_req_free(&p->req);
-    json_decref(p->doc);
     free(p->token);
     free(p->next);
     free(p->error);
     hp_src *s = p->s;
+    hp_page_doc d = p->d;
+    hp_page_doc_reset(&d);
     memset(p, 0, sizeof(*p));
     p->s = s;
+    p->d = d;
     p->total = -1;
 }
 
-/* Move a finished page (the probe) into a ring slot. */
+static void page_free(hp_page *p)
+{
+    page_clear(p);
+    hp_page_doc_free(&p->d);
+}
+
+/* Move a finished page (the probe) into a ring slot (their buffers swap). */
 static void page_move(hp_page *dst, hp_page *src)
 {
     page_clear(dst);
+    hp_page_doc spare = dst->d;
     *dst = *src;
     memset(src, 0, sizeof(*src));
     src->s = dst->s;
+    src->d = spare;
     src->total = -1;
     sl_http_req_init(&src->req);
 }
@@ -940,19 +897,31 @@ static void on_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
         account_pass(s, p);
         return;
     }
-    json_error_t je;
-    json_t *doc = json_loadb(resp->body, resp->body_len, 0, &je);
-    if (!doc) {
-        char said[200];
-        api_said(resp->body, resp->body_len, said, sizeof(said));
-        page_fail(s, p, st, "HTTP %ld but the body is not JSON (%s at line %d column %d; %s)", st,
-                  je.text, je.line, je.column, said);
+    char why[160];
+    int prc =
+        hp_page_parse(&p->d, resp->body, resp->body_len, &s->paths, &s->names, why, sizeof(why));
+    if (prc == HP_PARSE_NAMES) {
+        set_fatal(s, SL_ERR_LIMIT, "GET %s: more than %d distinct field names in the records",
+                  s->url_log, HP_MAX_NAMES);
+        page_fail(s, p, st, "more than %d distinct field names", HP_MAX_NAMES);
         account_pass(s, p);
         return;
     }
-    json_t *recs = hp_json_path(doc, s->records_path);
-    if (!json_is_array(recs)) {
-        json_decref(doc);
+    if (prc == SL_ERR_NOMEM) {
+        set_fatal(s, SL_ERR_NOMEM, "GET %s: out of memory parsing a page", s->url_log);
+        page_fail(s, p, st, "out of memory");
+        account_pass(s, p);
+        return;
+    }
+    if (prc != 0) {
+        char said[200];
+        api_said(resp->body, resp->body_len, said, sizeof(said));
+        page_fail(s, p, st, "HTTP %ld but the body is not JSON (%s; %s)", st, why, said);
+        account_pass(s, p);
+        return;
+    }
+    if (!p->d.has_records) {
+        hp_page_doc_reset(&p->d);
         page_fail(s, p, st, "HTTP %ld but the page has no array at '%s' (expected the records)", st,
                   s->records_path);
         account_pass(s, p);
@@ -960,9 +929,8 @@ static void on_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
     }
     int64_t total = -1;
     if (s->paging == PAGING_OFFSET) {
-        json_t *t = hp_json_path(doc, s->total_path);
-        if (!json_is_integer(t) || json_integer_value(t) < 0) {
-            json_decref(doc);
+        if (!p->d.has_total) {
+            hp_page_doc_reset(&p->d);
             page_fail(s, p, st,
                       "HTTP %ld but the page has no count at '%s' (expected a non-negative "
                       "integer: the total, which offset paging needs)",
@@ -970,16 +938,11 @@ static void on_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
             account_pass(s, p);
             return;
         }
-        total = json_integer_value(t);
-    } else {
-        json_t *n = hp_json_path(doc, s->paging == PAGING_CURSOR ? s->cursor_path : s->next_path);
-        if (json_is_string(n) && json_string_length(n) > 0) {
-            p->next = strdup(json_string_value(n));
-        }
+        total = p->d.total;
+    } else if (p->d.has_next) {
+        p->next = strdup(p->d.buf + p->d.next_off);
     }
-    p->doc = doc;
-    p->recs = recs;
-    p->nrec = json_array_size(recs);
+    p->nrec = p->d.nitems;
     p->total = total;
     if ((uint64_t)p->nrec > HP_MAX_INDEX) {
         p->nrec = (size_t)HP_MAX_INDEX;
@@ -1308,30 +1271,50 @@ static int start_run(hp_src *s, sl_error *err)
 
 /* ---------------------------------------------------------------- records */
 
+/* Hash the keys of items [from, from + HP_KH) into s->kh (0: no usable
+ * key) and prefetch their slots in the key table. An integer key hashes as
+ * its text, as written. */
+static void key_hashes(hp_src *s, const hp_page *p, size_t from)
+{
+    const hp_page_doc *d = &p->d;
+    s->kh_page = p;
+    s->kh_base = from;
+    for (size_t j = 0; j < HP_KH; j++) {
+        uint64_t h = 0;
+        if (from + j < p->nrec) {
+            const hp_item *it = &d->items[from + j];
+            if (it->object && it->key >= 0) {
+                const hp_val *k = &d->vals[it->key];
+                if (k->type == HP_V_STR || k->type == HP_V_INT) {
+                    h = hash64(d->buf + k->off, k->len);
+                    if (s->keys.cap) {
+                        __builtin_prefetch(&s->keys.v[h & (s->keys.cap - 1)]);
+                    }
+                }
+            }
+        }
+        s->kh[j] = h;
+    }
+}
+
 static int emit(hp_src *s, hp_page *p, size_t i, sl_record *rec, int *dup, sl_error *err)
 {
-    json_t *m = json_array_get(p->recs, i);
+    const hp_page_doc *d = &p->d;
+    const hp_item *it = &d->items[i];
     *dup = 0;
     rec->pos = hp_pos_encode(p->pass, p->page, i);
     rec->line = (uint64_t)(p->offset >= 0 ? p->offset : 0) + i + 1;
-    if (!json_is_object(m)) {
+    if (!it->object) {
         sl_record_reject(rec, SL_STAGE_SOURCE, "GET %s (page %llu): item %zu is not a JSON object",
                          s->url_log, (unsigned long long)p->page, i);
         return 0;
     }
-    json_t *k = json_object_get(m, s->key);
-    if (k && (json_is_string(k) || json_is_integer(k))) {
-        char num[32];
-        const char *kp;
-        size_t kl;
-        if (json_is_string(k)) {
-            kp = json_string_value(k);
-            kl = json_string_length(k);
-        } else {
-            kl = (size_t)snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(k));
-            kp = num;
-        }
-        int r = keys_add(&s->keys, hash64(kp, kl));
+    if (s->kh_page != p || i < s->kh_base || i >= s->kh_base + HP_KH) {
+        key_hashes(s, p, i);
+    }
+    uint64_t h = s->kh[i - s->kh_base];
+    if (h) {
+        int r = keys_add(&s->keys, h);
         if (r < 0) {
             return sl_error_set(err, SL_ERR_NOMEM, "out of memory (keys of this run)");
         }
@@ -1340,41 +1323,30 @@ static int emit(hp_src *s, hp_page *p, size_t i, sl_record *rec, int *dup, sl_er
             return 0;
         }
     }
-    const char *name;
-    json_t *v;
-    size_t ord = 0;
-    json_object_foreach(m, name, v)
-    {
-        const char *nm = intern(s, name, ord++);
-        if (!nm) {
-            return sl_error_set(err, SL_ERR_LIMIT,
-                                "GET %s: more than %d distinct field names in the records",
-                                s->url_log, HP_MAX_NAMES);
-        }
-        uint32_t nl = (uint32_t)strlen(nm);
+    for (uint32_t j = 0; j < it->n; j++) {
+        const hp_val *v = &d->vals[it->first + j];
+        const char *nm = s->names.v[v->name];
+        uint32_t nl = s->names.len[v->name];
         int rc;
-        switch (json_typeof(v)) {
-        case JSON_STRING:
-            rc = sl_record_add_str(rec, nm, nl, json_string_value(v), json_string_length(v));
+        switch (v->type) {
+        case HP_V_STR:
+            rc = sl_record_add_str(rec, nm, nl, d->buf + v->off, v->len);
             break;
-        case JSON_INTEGER:
-            rc = sl_record_add_int(rec, nm, nl, (int64_t)json_integer_value(v));
+        case HP_V_INT:
+            rc = sl_record_add_int(rec, nm, nl, v->n.i);
             break;
-        case JSON_REAL:
-            rc = sl_record_add_float(rec, nm, nl, json_real_value(v));
+        case HP_V_REAL:
+            rc = sl_record_add_float(rec, nm, nl, v->n.f);
             break;
-        case JSON_TRUE:
-        case JSON_FALSE:
-            rc = sl_record_add_bool(rec, nm, nl, json_is_true(v));
+        case HP_V_TRUE:
+        case HP_V_FALSE:
+            rc = sl_record_add_bool(rec, nm, nl, v->type == HP_V_TRUE);
             break;
-        case JSON_NULL:
+        case HP_V_NULL:
             rc = sl_record_add_null(rec, nm, nl);
             break;
-        default: {
-            char *txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-            rc = txt ? sl_record_add_json(rec, nm, nl, txt, strlen(txt)) : SL_ERR_NOMEM;
-            free(txt);
-        }
+        default:
+            rc = sl_record_add_json(rec, nm, nl, d->buf + v->off, v->len);
         }
         if (rc) {
             return sl_error_set(err, rc, "GET %s: record at offset %llu is too large", s->url_log,
@@ -1423,6 +1395,7 @@ static int src_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *er
                 page_clear(p);
                 s->head++;
                 s->emit_idx = 0;
+                s->kh_page = NULL; /* the slot is reused by a later page */
                 continue;
             }
         }
@@ -1588,6 +1561,39 @@ done:
 
 /* ---------------------------------------------------------------- commit */
 
+/* Why a run that delivered what it read is still not complete, for the
+ * engine's summary and notification (the run ends "partial", exit 2). */
+static void set_partial(hp_src *s, const hp_ledger *owe)
+{
+    if (owe->n) {
+        char offs[160] = "";
+        size_t len = 0, shown = 0;
+        for (size_t i = 0; i < owe->n && len + 24 < sizeof(offs); i++, shown++) {
+            len += (size_t)snprintf(offs + len, sizeof(offs) - len, "%s%lld", i ? ", " : "",
+                                    (long long)owe->v[i].offset);
+        }
+        const char *why = owe->v[0].error;
+        const char *colon = strstr(why, "): ");
+        sl_ctx_set_partial(s->ctx,
+                           "%zu page%s could not be fetched (offset%s %s%s; %.120s); kept for the "
+                           "next run, which fetches %s first; the cursor did not move",
+                           owe->n, owe->n == 1 ? "" : "s", owe->n == 1 ? "" : "s", offs,
+                           shown < owe->n ? ", ..." : "", colon ? colon + 3 : why,
+                           owe->n == 1 ? "it" : "them");
+    } else if (!empty(s->since_param)) {
+        sl_ctx_set_partial(s->ctx,
+                           "the list kept changing through %u pass%s over the window, so a member "
+                           "may have been skipped; the cursor did not move and the next run reads "
+                           "the window again",
+                           s->passes_run, s->passes_run == 1 ? "" : "es");
+    } else {
+        sl_ctx_set_partial(s->ctx,
+                           "the list kept changing through %u pass%s, so a member may have "
+                           "been skipped; run again to read it all",
+                           s->passes_run, s->passes_run == 1 ? "" : "es");
+    }
+}
+
 static int src_commit(void *self, const sl_run_end *e, sl_error *err)
 {
     hp_src *s = self;
@@ -1625,6 +1631,10 @@ static int src_commit(void *self, const sl_run_end *e, sl_error *err)
                 !e->complete ? "the run did not deliver everything"
                 : owe.n      ? "some pages could not be fetched"
                              : "the list kept changing during the run");
+    }
+    if (e->complete && s->started && (owe.n || !s->consistent)) {
+        /* everything read was delivered, but not everything was read */
+        set_partial(s, &owe);
     }
     if (owe.n) {
         sl_buf b;
@@ -1760,19 +1770,16 @@ static void src_destroy(void *self)
     sl_http_free(s->http); /* first: requests in flight borrow the pages */
     if (s->ring) {
         for (size_t i = 0; i < s->ring_cap; i++) {
-            page_clear(&s->ring[i]);
+            page_free(&s->ring[i]);
         }
     }
     free(s->ring);
-    page_clear(&s->probe);
+    page_free(&s->probe);
     free(s->seq_next);
     hp_ledger_free(&s->old);
     hp_ledger_free(&s->failed);
     free(s->old_ok);
-    for (size_t i = 0; i < s->names.n; i++) {
-        free(s->names.v[i]);
-    }
-    free(s->names.v);
+    hp_names_free(&s->names);
     free(s->keys.v);
     for (size_t i = 0; i < s->nparams; i++) {
         free(s->pnames[i]);
@@ -1822,6 +1829,15 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     s->before_param = eff_str(o, "before_param");
     if (!s->records_path) {
         s->records_path = "";
+    }
+    s->paths.records = s->records_path;
+    s->paths.total = s->paging == PAGING_OFFSET ? s->total_path : NULL;
+    s->paths.next = s->paging == PAGING_CURSOR ? s->cursor_path
+                    : s->paging == PAGING_NEXT ? s->next_path
+                                               : NULL;
+    s->paths.key_name = -1;
+    if (s->key && *s->key) {
+        s->paths.key_name = hp_names_intern(&s->names, s->key, strlen(s->key), 0);
     }
     s->page_size = sl_opt_int(o, "page_size");
     s->overlap_ms = sl_opt_duration_ms(o, "overlap");

@@ -74,9 +74,75 @@ int hp_url_param(sl_buf *url, const char *name, const char *value);
  * "" or "unlimited" is 0. 0 ok, -1 invalid. */
 int hp_parse_rate(const char *s, double *per_sec);
 
-/* Walk a dotted JSON path ("members", "links.next"; "" = the root) in a
- * jansson value. Returns a borrowed value or NULL. */
-struct json_t;
-struct json_t *hp_json_path(struct json_t *root, const char *path);
+/* Interned field names: records borrow them for the whole run. */
+#define HP_MAX_NAMES 4096 /* distinct field names across a run */
+typedef struct hp_names {
+    char **v; /* NUL-terminated copies, owned */
+    uint32_t *len;
+    size_t n, cap;
+} hp_names;
+
+void hp_names_free(hp_names *n);
+/* Index of name [name, name+len), added when new; hint is the index to try
+ * first (the key's place in the previous item). -1 when the table holds
+ * HP_MAX_NAMES names or memory runs out. */
+long hp_names_intern(hp_names *n, const char *name, size_t len, size_t hint);
+
+/* A parsed page (page.c): one pass over a copy of the body. */
+enum { HP_V_NULL = 0, HP_V_STR, HP_V_INT, HP_V_REAL, HP_V_TRUE, HP_V_FALSE, HP_V_JSON };
+
+typedef struct hp_val {
+    uint32_t name;     /* index in hp_names */
+    uint8_t type;      /* HP_V_* */
+    uint32_t off, len; /* STR (unescaped), JSON (compact text), INT/REAL (text): bytes in buf */
+    union {
+        int64_t i;
+        double f;
+    } n;
+} hp_val;
+
+/* One item of the records array: vals[first .. first+n) when it is an object. */
+typedef struct hp_item {
+    uint32_t first, n;
+    int32_t key; /* index in vals of the key field, or -1 */
+    uint8_t object;
+} hp_item;
+
+typedef struct hp_page_doc {
+    char *buf; /* the body, rewritten in place by the scan; owned */
+    size_t len, cap;
+    hp_val *vals;
+    size_t nvals, vcap;
+    hp_item *items;
+    size_t nitems, icap;
+    /* repeated keys in an item: per name, the item (gen) and value that holds it */
+    uint32_t *stamp, *slot;
+    size_t scap, slcap, stamp_init;
+    uint32_t gen;
+    int has_records; /* the records path holds an array */
+    int has_total;   /* the total path holds an integer >= 0 */
+    int64_t total;
+    int has_next;                /* the next path holds a non-empty string */
+    uint32_t next_off, next_len; /* in buf, NUL-terminated */
+} hp_page_doc;
+
+/* What to find in a page: dotted paths ("" = the page itself, for records;
+ * NULL or "" = not wanted, for total and next) and the index of the key
+ * field's name (-1 none). */
+typedef struct hp_paths {
+    const char *records, *total, *next;
+    long key_name;
+} hp_paths;
+
+#define HP_PARSE_SYNTAX (-100) /* not JSON: why says what and at which byte */
+#define HP_PARSE_NAMES (-101)  /* more than HP_MAX_NAMES distinct field names */
+
+/* Parse body into d (buffers reused across pages). 0 ok (then see
+ * has_records / has_total / has_next), HP_PARSE_SYNTAX, HP_PARSE_NAMES or
+ * SL_ERR_NOMEM. On failure d holds no items. */
+int hp_page_parse(hp_page_doc *d, const char *body, size_t len, const hp_paths *paths,
+                  hp_names *names, char *why, size_t whycap);
+void hp_page_doc_reset(hp_page_doc *d);
+void hp_page_doc_free(hp_page_doc *d);
 
 #endif
