@@ -131,6 +131,10 @@ sl_http_stream *sl_http_stream_open(const char *url, const char *headers, const 
 long sl_http_stream_read(sl_http_stream *s, void *buf, size_t n, sl_error *err);
 /* Content-Length of the whole resource when known, else -1. */
 int64_t sl_http_stream_size(const sl_http_stream *s);
+/* The answer's ETag and Last-Modified values as sent (an ETag keeps its
+ * quotes and any W/ prefix), or NULL when absent. Valid until close. */
+const char *sl_http_stream_etag(const sl_http_stream *s);
+const char *sl_http_stream_last_modified(const sl_http_stream *s);
 /* 1 if the server honoured range_from with 206. */
 int sl_http_stream_ranged(const sl_http_stream *s);
 void sl_http_stream_close(sl_http_stream *s);

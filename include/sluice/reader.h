@@ -98,6 +98,10 @@ const char *sl_reader_name(const sl_reader *r);
 sl_reader_kind sl_reader_kind_of(const sl_reader *r);
 /* Modification time (seconds since the epoch) of a regular file, else 0. */
 int64_t sl_reader_mtime(const sl_reader *r);
+/* An http(s) input's ETag / Last-Modified as the server sent them, else
+ * NULL. Valid until close. */
+const char *sl_reader_etag(const sl_reader *r);
+const char *sl_reader_last_modified(const sl_reader *r);
 /* The compression in effect (never AUTO once opened). */
 sl_compression sl_reader_compression(const sl_reader *r);
 

@@ -1044,8 +1044,59 @@ static long find_selected(const char *file, const sl_node *pl, const char *name,
     return -1;
 }
 
+/* `type:` of a plugin block for an outline: interpolated when it can be
+ * (a missing variable leaves the text as written). NULL when absent. */
+static char *outline_type(const sl_node *body, const char *key)
+{
+    const sl_node *block = map_get(body, key, NULL, NULL);
+    const sl_node *type =
+        block && block->kind == SL_NODE_MAP ? map_get(block, "type", NULL, NULL) : NULL;
+    if (!type || type->kind != SL_NODE_SCALAR || !type->value) {
+        return NULL;
+    }
+    char msg[64];
+    char *v = strchr(type->value, '$') ? sl_interpolate(type->value, msg, sizeof(msg)) : NULL;
+    return v ? v : strdup(type->value);
+}
+
+/* An outline of pipeline `name` for `sluice status`: its name and the types
+ * of its source, sink and trigger, read as written. Options are neither
+ * interpolated nor validated, so the environment the pipeline's run needs
+ * (URLs, keys) may be absent. Never reports an error. */
+static void load_outline(const sl_catalog *cat, const char *file, const char *name, int nline,
+                         int ncol, const sl_node *body, sl_pipeline_cfg *p, sl_buf *errors)
+{
+    cfg_where(p->where, sizeof(p->where), file, nline, ncol);
+    p->name = strdup(name);
+    if (!p->name) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return;
+    }
+    if (!body || body->kind != SL_NODE_MAP) {
+        return;
+    }
+    p->source.type = outline_type(body, "source");
+    p->sink.type = outline_type(body, "sink");
+    p->trigger.type = outline_type(body, "trigger");
+    if (p->source.type) {
+        p->source_plugin = catalog_find(cat, "source", p->source.type).plugin;
+    }
+    if (p->sink.type) {
+        p->sink_plugin = catalog_find(cat, "sink", p->sink.type).plugin;
+    }
+    if (p->trigger.type) {
+        p->trigger_plugin = catalog_find(cat, "trigger", p->trigger.type).plugin;
+    }
+}
+
 sl_config *sl_config_load(const sl_catalog *plugins, const char *path, const char *const *only,
                           size_t nonly, sl_buf *errors)
+{
+    return sl_config_load_mode(plugins, path, only, nonly, SL_CFG_FULL, errors);
+}
+
+sl_config *sl_config_load_mode(const sl_catalog *plugins, const char *path, const char *const *only,
+                               size_t nonly, sl_cfg_mode mode, sl_buf *errors)
 {
     sl_buf local = {0};
     sl_buf *errs = errors ? errors : &local;
@@ -1172,6 +1223,11 @@ sl_config *sl_config_load(const sl_catalog *plugins, const char *path, const cha
     }
     for (size_t k = 0; k < nsel; k++) {
         size_t i = (size_t)sel[k];
+        if (mode == SL_CFG_OUTLINE) {
+            load_outline(plugins, path, pl->keys[i], pl->key_line[i], pl->key_col[i], pl->kids[i],
+                         &c->pipelines[c->npipelines++], errs);
+            continue;
+        }
         load_pipeline(plugins, path, pl->keys[i], pl->key_line[i], pl->key_col[i], pl->kids[i],
                       &c->pipelines[c->npipelines++], errs);
     }

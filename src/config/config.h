@@ -113,6 +113,18 @@ typedef struct sl_catalog {
 
 sl_config *sl_config_load(const sl_catalog *plugins, const char *path, const char *const *only,
                           size_t nonly, sl_buf *errors);
+typedef enum sl_cfg_mode {
+    SL_CFG_FULL = 0, /* sl_config_load: everything interpolated and validated */
+    /* For `sluice status`, which runs nothing: the top level (`state:`) is
+     * interpolated and validated as usual, but each pipeline is only an
+     * outline: its name, and source/sink/trigger `type` (with the plugin
+     * pointers when known). Its options are neither interpolated nor
+     * validated, so a ${VAR} they use may be unset; the other fields keep
+     * zero values. Never run a pipeline loaded this way. */
+    SL_CFG_OUTLINE,
+} sl_cfg_mode;
+sl_config *sl_config_load_mode(const sl_catalog *plugins, const char *path, const char *const *only,
+                               size_t nonly, sl_cfg_mode mode, sl_buf *errors);
 void sl_config_free(sl_config *c);
 sl_pipeline_cfg *sl_config_pipeline(sl_config *c, const char *name);
 

@@ -5,7 +5,13 @@
  * merge key `<<: *base` is honoured: explicit keys win over merged ones, and
  * earlier merge sources win over later ones. A node budget and a depth limit
  * keep a hostile file ("billion laughs", self-referencing anchors) from
- * exhausting memory or the stack. */
+ * exhausting memory or the stack.
+ *
+ * libyaml's own cost is bounded before its document is built: the text may be
+ * at most YAML_MAX_BYTES (its document takes ~30 bytes of memory per byte of
+ * text), and a first pass over the parser's events stops at the first node
+ * nested deeper than YAML_MAX_DEPTH (libyaml's scanner is quadratic in flow
+ * nesting: 100,000 `[` took 19 s). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +25,8 @@
 #define YAML_MAX_KEYS 20000
 /* Nesting of mappings and sequences. */
 #define YAML_MAX_DEPTH 64
+/* Size of the configuration text. */
+#define YAML_MAX_BYTES ((size_t)1024 * 1024)
 
 typedef struct conv {
     yaml_document_t *doc;
@@ -426,6 +434,46 @@ static void report_parser_error(const yaml_parser_t *p, const char *text, size_t
     }
 }
 
+/* First pass over the events: 0, or -1 with the error reported (the depth
+ * limit, or a syntax error, which the second pass would report the same). */
+static int check_depth(const char *text, size_t len, const char *file, sl_buf *errors)
+{
+    yaml_parser_t p;
+    if (!yaml_parser_initialize(&p)) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return -1;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+    int depth = 0, rc = 0;
+    for (;;) {
+        yaml_event_t ev;
+        if (!yaml_parser_parse(&p, &ev)) {
+            report_parser_error(&p, text, len, file, errors);
+            rc = -1;
+            break;
+        }
+        yaml_event_type_t type = ev.type;
+        if (type == YAML_SEQUENCE_START_EVENT || type == YAML_MAPPING_START_EVENT) {
+            if (++depth > YAML_MAX_DEPTH) {
+                cfg_err(errors, file, (int)ev.start_mark.line + 1, (int)ev.start_mark.column + 1,
+                        NULL,
+                        "nested too deeply (expected at most %d levels of mappings and "
+                        "sequences)",
+                        YAML_MAX_DEPTH);
+                rc = -1;
+            }
+        } else if (type == YAML_SEQUENCE_END_EVENT || type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        yaml_event_delete(&ev);
+        if (rc != 0 || type == YAML_STREAM_END_EVENT) {
+            break;
+        }
+    }
+    yaml_parser_delete(&p);
+    return rc;
+}
+
 sl_node *sl_yaml_parse(const char *text, size_t len, const char *file, sl_buf *errors)
 {
     yaml_parser_t parser;
@@ -434,6 +482,15 @@ sl_node *sl_yaml_parse(const char *text, size_t len, const char *file, sl_buf *e
     sl_node *root = NULL;
     const char *fname = file ? file : "<config>";
 
+    if (len > YAML_MAX_BYTES) {
+        cfg_err(errors, fname, 0, 0, NULL,
+                "configuration is %zu bytes (expected at most %zu: 1 MB; is this the right file?)",
+                len, YAML_MAX_BYTES);
+        return NULL;
+    }
+    if (check_depth(text, len, fname, errors) != 0) {
+        return NULL;
+    }
     if (!yaml_parser_initialize(&parser)) {
         cfg_err(errors, fname, 0, 0, NULL, "out of memory");
         return NULL;

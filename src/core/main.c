@@ -204,10 +204,11 @@ typedef struct cli {
     size_t nnames;
 } cli;
 
-static sl_config *load_config(const cli *c, int *exit_code)
+static sl_config *load_config_mode(const cli *c, sl_cfg_mode mode, int *exit_code)
 {
     sl_buf errors = {0};
-    sl_config *cfg = sl_config_load(&sl_builtin_plugins, c->config, c->names, c->nnames, &errors);
+    sl_config *cfg =
+        sl_config_load_mode(&sl_builtin_plugins, c->config, c->names, c->nnames, mode, &errors);
     if (!cfg) {
         fprintf(stderr, "%s", sl_buf_cstr(&errors));
         if (errors.len && errors.data[errors.len - 1] != '\n') {
@@ -217,6 +218,11 @@ static sl_config *load_config(const cli *c, int *exit_code)
     }
     sl_buf_free(&errors);
     return cfg;
+}
+
+static sl_config *load_config(const cli *c, int *exit_code)
+{
+    return load_config_mode(c, SL_CFG_FULL, exit_code);
 }
 
 static sl_state *open_state(const sl_config *cfg, int *exit_code)
@@ -526,8 +532,9 @@ static int cmd_status(const cli *c)
 {
     int code = 0;
     cli c2 = *c;
-    c2.nnames = 0; /* status needs no environment of other pipelines */
-    sl_config *cfg = load_config(&c2, &code);
+    c2.nnames = 0; /* the name is checked below, against every pipeline */
+    /* status runs nothing: the pipelines' environment (URLs, keys) may be unset */
+    sl_config *cfg = load_config_mode(&c2, SL_CFG_OUTLINE, &code);
     if (!cfg) {
         return code;
     }
@@ -550,7 +557,8 @@ static int cmd_status(const cli *c)
         }
         found = 1;
         sl_error err = {0};
-        printf("%s  (%s -> %s)\n", p->name, p->source.type, p->sink.type);
+        printf("%s  (%s -> %s)\n", p->name, p->source.type ? p->source.type : "?",
+               p->sink.type ? p->sink.type : "?");
         print_lease(st, p);
         printf("  runs (newest first):\n");
         if (sl_state_runs(st, p->name, 5, print_run, NULL, &err) < 0) {

@@ -198,6 +198,11 @@ static void run_job(worker *w, sl_job *job)
 
     sl_run_opts o = {0};
     o.mode = SL_RUN_JOB;
+    /* A job is a delivery its sender asked for (its own idempotency key
+     * decides duplicates), and one pipeline's jobs write to different
+     * destinations ({{table}}): content delivered by an earlier job is not a
+     * reason to skip this one. */
+    o.again = 1;
     o.stop = w->stop;
     sl_run_result res;
     int rc = sl_run_pipeline(w->cfg, inst, w->st, &o, &res);

@@ -1326,6 +1326,8 @@ struct sl_http_stream {
     uint64_t range_from, received;
     int too_big;    /* more than max_download arrived: the transfer was aborted */
     double last_rx; /* monotonic time of the last header or body byte */
+    char etag[256]; /* validators of the final answer ("" when absent) */
+    char last_modified[64];
     guard_conn gc;
     sl_guard_target tgt;
     char url_log[URL_LOG_MAX];
@@ -1376,6 +1378,28 @@ static size_t stream_write(char *p, size_t sz, size_t nm, void *ud)
     return n;
 }
 
+/* When line (a raw header line) is "name: value", copy the trimmed value into
+ * out (cut to n - 1 bytes) and return 1. */
+static int header_value(const char *line, size_t len, const char *name, char *out, size_t n)
+{
+    size_t nl = strlen(name);
+    if (len <= nl || line[nl] != ':' || strncasecmp(line, name, nl) != 0) {
+        return 0;
+    }
+    const char *v = line + nl + 1;
+    const char *e = line + len;
+    while (v < e && (*v == ' ' || *v == '\t')) {
+        v++;
+    }
+    while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t')) {
+        e--;
+    }
+    size_t k = (size_t)(e - v) < n - 1 ? (size_t)(e - v) : n - 1;
+    memcpy(out, v, k);
+    out[k] = '\0';
+    return 1;
+}
+
 static size_t stream_header(char *p, size_t sz, size_t nm, void *ud)
 {
     sl_http_stream *s = ud;
@@ -1390,6 +1414,10 @@ static size_t stream_header(char *p, size_t sz, size_t nm, void *ud)
         for (sp = sp ? sp + 1 : NULL; sp && sp < p + n && *sp >= '0' && *sp <= '9'; sp++) {
             s->hdr_code = s->hdr_code * 10 + (*sp - '0');
         }
+        s->etag[0] = s->last_modified[0] = '\0';
+    } else if (header_value(p, n, "etag", s->etag, sizeof(s->etag)) ||
+               header_value(p, n, "last-modified", s->last_modified, sizeof(s->last_modified))) {
+        /* kept */
     } else if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
         /* 1xx interim answers are followed by the real one */
         if (s->hdr_code >= 200) {
@@ -1724,6 +1752,16 @@ long sl_http_stream_read(sl_http_stream *s, void *buf, size_t n, sl_error *err)
 int64_t sl_http_stream_size(const sl_http_stream *s)
 {
     return s ? s->size : -1;
+}
+
+const char *sl_http_stream_etag(const sl_http_stream *s)
+{
+    return s && s->etag[0] ? s->etag : NULL;
+}
+
+const char *sl_http_stream_last_modified(const sl_http_stream *s)
+{
+    return s && s->last_modified[0] ? s->last_modified : NULL;
 }
 
 int sl_http_stream_ranged(const sl_http_stream *s)

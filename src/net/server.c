@@ -13,7 +13,18 @@
  *      e.g. on a durable SQLite commit) and its answer is queued.
  * MHD's completion callback frees the request state and ends its "in flight"
  * count, which is what sl_server_stop waits for: a request counts until its
- * answer has been written, not just until the handler returned. */
+ * answer has been written, not just until the handler returned.
+ *
+ * Slow clients (slowloris): MHD's own timeout is on inactivity, so a client
+ * sending one header byte every 2 s would hold a connection forever, and 256
+ * of them took the server offline, /healthz included. So:
+ *   - each client address may hold at most PER_IP_LIMIT connections;
+ *   - a watchdog thread gives every request a deadline: its head (request
+ *     line and headers) must arrive within HEAD_TIMEOUT_MS of the connection
+ *     opening (or of the previous answer on a kept-alive connection), its
+ *     body within BODY_TIMEOUT_MS after the head. A connection past its
+ *     deadline is shut down (MHD then closes it). While the handler runs
+ *     there is no deadline. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +52,10 @@
 #define MAX_ROUTES 64
 #define CONNECTION_LIMIT 256
 #define CONNECTION_TIMEOUT_S 30
+#define PER_IP_LIMIT 32
+#define HEAD_TIMEOUT_MS 10000
+#define BODY_TIMEOUT_MS 60000
+#define WATCHDOG_TICK_MS 200
 /* Bytes of an over-cap chunked body we read (and drop) before closing the
  * connection instead of answering 413. */
 #define DISCARD_MAX ((size_t)1024 * 1024)
@@ -80,7 +95,26 @@ struct sl_server {
     pthread_cond_t cv;
     int inflight; /* requests seen by the access handler and not yet completed */
     int stopping;
+
+    /* Slow-client watchdog (see the file comment). Connections are tracked
+     * from MHD's connection notifications; cmu guards the list, and MHD
+     * closes a socket only after its CLOSED notification took it off the
+     * list, so the watchdog never shuts down a reused descriptor. */
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    struct conn_track *conns;
+    pthread_t watchdog;
+    int watchdog_live, watchdog_stop;
+    unsigned per_ip;
+    int head_ms, body_ms;
 };
+
+typedef struct conn_track {
+    int fd;
+    double deadline; /* monotonic seconds; 0 = none (the handler is running) */
+    const char *phase;
+    struct conn_track *prev, *next;
+} conn_track;
 
 /* Per-request state, MHD's con_cls. */
 typedef struct srv_req {
@@ -91,6 +125,115 @@ typedef struct srv_req {
     sl_buf body;
     char remote[INET6_ADDRSTRLEN];
 } srv_req;
+
+/* --------------------------------------------------------------- watchdog */
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    sl_server *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn_track *t = calloc(1, sizeof(*t));
+        if (!t || !ci) {
+            free(t);
+            return; /* untracked: MHD's inactivity timeout still applies */
+        }
+        t->fd = ci->connect_fd;
+        t->deadline = mono_s() + s->head_ms / 1000.0;
+        t->phase = "request head";
+        pthread_mutex_lock(&s->cmu);
+        t->next = s->conns;
+        if (s->conns) {
+            s->conns->prev = t;
+        }
+        s->conns = t;
+        pthread_mutex_unlock(&s->cmu);
+        *socket_context = t;
+        return;
+    }
+    conn_track *t = *socket_context;
+    if (!t) {
+        return;
+    }
+    pthread_mutex_lock(&s->cmu);
+    if (t->prev) {
+        t->prev->next = t->next;
+    } else {
+        s->conns = t->next;
+    }
+    if (t->next) {
+        t->next->prev = t->prev;
+    }
+    pthread_mutex_unlock(&s->cmu);
+    *socket_context = NULL;
+    free(t);
+}
+
+/* Set the deadline of c's connection: ms from now, or none (ms < 0). */
+static void conn_deadline(sl_server *s, struct MHD_Connection *c, int ms, const char *phase)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    conn_track *t = ci ? ci->socket_context : NULL;
+    if (!t) {
+        return;
+    }
+    pthread_mutex_lock(&s->cmu);
+    t->deadline = ms < 0 ? 0 : mono_s() + ms / 1000.0;
+    t->phase = phase;
+    pthread_mutex_unlock(&s->cmu);
+}
+
+static void *watchdog_main(void *arg)
+{
+    sl_server *s = arg;
+    pthread_mutex_lock(&s->cmu);
+    while (!s->watchdog_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += WATCHDOG_TICK_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->ccv, &s->cmu, &ts);
+        double now = mono_s();
+        int cut = 0;
+        const char *phase = NULL;
+        for (conn_track *t = s->conns; t; t = t->next) {
+            if (t->deadline > 0 && now > t->deadline) {
+                shutdown(t->fd, SHUT_RDWR);
+                t->deadline = 0;
+                phase = t->phase;
+                cut++;
+            }
+        }
+        if (cut) {
+            /* one line per sweep, not per connection: an attack would flood the log */
+            sl_warn(LOG_PREFIX, "closed %d slow connection(s) (the %s did not arrive in time)", cut,
+                    phase);
+            sl_metric_add("sluice_http_slow_connections_closed_total", NULL, (double)cut);
+        }
+    }
+    pthread_mutex_unlock(&s->cmu);
+    return NULL;
+}
+
+void sl_server_set_limits(sl_server *s, unsigned per_ip, int head_ms, int body_ms)
+{
+    s->per_ip = per_ip;
+    s->head_ms = head_ms;
+    s->body_ms = body_ms;
+}
 
 /* ------------------------------------------------------------------ setup */
 
@@ -207,6 +350,11 @@ sl_server *sl_server_new(const char *listen, int threads, sl_error *err)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
+    pthread_cond_init(&s->ccv, &ca);
+    pthread_mutex_init(&s->cmu, NULL);
+    s->per_ip = PER_IP_LIMIT;
+    s->head_ms = HEAD_TIMEOUT_MS;
+    s->body_ms = BODY_TIMEOUT_MS;
     pthread_condattr_destroy(&ca);
 
     if (!listen || strlen(listen) >= sizeof(s->listen)) {
@@ -582,6 +730,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         pthread_mutex_lock(&s->mu);
         s->inflight++;
         pthread_mutex_unlock(&s->mu);
+        conn_deadline(s, c, s->body_ms, "request body");
         return on_headers(s, r, c, url, method);
     }
     if (*upload_data_size) {
@@ -609,6 +758,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->answered) {
         return MHD_YES;
     }
+    conn_deadline(s, c, -1, NULL); /* the handler may block (a durable commit) */
     return on_complete(s, r, c, url, method);
 }
 
@@ -621,6 +771,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         return;
     }
     *con_cls = NULL;
+    /* a kept-alive connection: the next request's head is due in time too */
+    conn_deadline(s, c, s->head_ms, "request head");
     if (r->rt) {
         count_bytes(r);
     }
@@ -688,7 +840,9 @@ int sl_server_start(sl_server *s, sl_error *err)
         flags, 0, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)CONNECTION_LIMIT, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+        (unsigned)CONNECTION_LIMIT, MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->per_ip,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed,
+        s, MHD_OPTION_END);
     if (!s->d) {
         sl_error_set(err, SL_ERR_IO,
                      "serve: cannot start the HTTP server on %s with %d threads (see the "
@@ -697,6 +851,16 @@ int sl_server_start(sl_server *s, sl_error *err)
         goto fail;
     }
     s->lfd = fd;
+    s->watchdog_stop = 0;
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s) != 0) {
+        sl_error_set(err, SL_ERR, "serve: cannot start the slow-connection watchdog thread");
+        MHD_stop_daemon(s->d);
+        s->d = NULL;
+        s->lfd = -1;
+        s->port = 0;
+        return SL_ERR; /* MHD closed the listening socket */
+    }
+    s->watchdog_live = 1;
     sl_info(LOG_PREFIX, "listening on %s (port %d, %d threads)", s->listen, s->port, s->threads);
     return 0;
 fail:
@@ -741,6 +905,14 @@ void sl_server_stop(sl_server *s)
     /* Joins the pool threads, so no handler runs after this. */
     MHD_stop_daemon(s->d);
     s->d = NULL;
+    if (s->watchdog_live) {
+        pthread_mutex_lock(&s->cmu);
+        s->watchdog_stop = 1;
+        pthread_cond_signal(&s->ccv);
+        pthread_mutex_unlock(&s->cmu);
+        pthread_join(s->watchdog, NULL);
+        s->watchdog_live = 0;
+    }
     if (qfd != MHD_INVALID_SOCKET) {
         close(qfd);
     }
@@ -760,5 +932,7 @@ void sl_server_free(sl_server *s)
     }
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->ccv);
+    pthread_mutex_destroy(&s->cmu);
     free(s);
 }

@@ -29,6 +29,10 @@ int sl_server_add_route(sl_server *s, const char *method, const char *path, size
  * and GET /metrics (Prometheus text from src/util/metrics.h). */
 typedef int (*sl_health_fn)(void *ud, sl_buf *detail); /* 1 healthy */
 void sl_server_set_health(sl_server *s, sl_health_fn fn, void *ud);
+/* Slow-client limits, before start: connections per client address
+ * (default 32), and how long a request's head and then its body may take to
+ * arrive (defaults 10 s and 60 s) before the connection is closed. */
+void sl_server_set_limits(sl_server *s, unsigned per_ip, int head_ms, int body_ms);
 int sl_server_start(sl_server *s, sl_error *err);
 int sl_server_port(const sl_server *s); /* actual port after start */
 /* Stop accepting and wait for running handlers. */

@@ -694,6 +694,16 @@ int64_t sl_reader_mtime(const sl_reader *r)
     return r->mtime;
 }
 
+const char *sl_reader_etag(const sl_reader *r)
+{
+    return r->hs ? sl_http_stream_etag(r->hs) : NULL;
+}
+
+const char *sl_reader_last_modified(const sl_reader *r)
+{
+    return r->hs ? sl_http_stream_last_modified(r->hs) : NULL;
+}
+
 sl_compression sl_reader_compression(const sl_reader *r)
 {
     return r->comp;

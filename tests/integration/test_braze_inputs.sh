@@ -47,7 +47,7 @@ YML
 set +e
 sluice run -c "$T_DIR/notify.yml" >"$T_DIR/n1.out" 2>&1
 rc1=$?
-BRAZE_API_KEY=wrong-$RANDOM sluice run -c "$T_DIR/notify.yml" --from-start >"$T_DIR/n2.out" 2>&1
+BRAZE_API_KEY=wrong-$RANDOM sluice run -c "$T_DIR/notify.yml" --from-start --again >"$T_DIR/n2.out" 2>&1
 rc2=$?
 set -e
 stop_fake "$FAKE_slack_PID"

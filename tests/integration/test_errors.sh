@@ -109,4 +109,17 @@ expect_match "dry run prints a sample payload" "$T_DIR/dry.log" '"attributes":\[
 expect_match "dry run prints counts" "$T_DIR/dry.log" "1 would be sent"
 after=$(json_get "$(fake_stats "$FAKE_braze_PORT")" requests)
 expect_eq "dry run sends nothing" "$before" "$after"
+
+# --- status needs none of the pipeline's variables (it sends nothing)
+set +e
+(cd "$T_DIR" && env -u BRAZE_API_KEY -u BRAZE_API_URL -u BRAZE_CSV \
+    "$SLUICE_BIN" status -c "$CFG" braze-import) >"$T_DIR/status-noenv.log" 2>&1
+rc=$?
+set -e
+expect_eq "status without the pipeline's environment: exit 0" 0 "$rc"
+expect_match "... lists the pipeline" "$T_DIR/status-noenv.log" "^braze-import  \(csv -> braze\)"
+expect_match "... and its runs" "$T_DIR/status-noenv.log" "dead-lettered"
+expect_no_match "... no complaint about a variable" "$T_DIR/status-noenv.log" "not set"
+expect_eq "status of an unknown pipeline: still an error" 64 \
+    "$(cd "$T_DIR" && env -u BRAZE_API_KEY "$SLUICE_BIN" status -c "$CFG" nope >/dev/null 2>&1; echo $?)"
 finish

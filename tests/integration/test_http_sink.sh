@@ -58,7 +58,7 @@ expect_eq "one request with the three members, mapped" \
 start_hook ok200 --status 200
 sed "s/:$(grep -o '127.0.0.1:[0-9]*' arr.yml | cut -d: -f2)\//:$PORT\//" arr.yml >ok200.yml
 rc=0
-"$SLUICE_BIN" run -c ok200.yml >ok200.out 2>&1 || rc=$?
+"$SLUICE_BIN" run -c ok200.yml --again >ok200.out 2>&1 || rc=$?
 expect_eq "200 instead of 201: exit 2 (dead-lettered)" 2 "$rc"
 "$SLUICE_BIN" status -c ok200.yml members >ok200.status 2>&1 || true
 expect_match "the reason names the expected status and the body" ok200.out \
@@ -118,7 +118,7 @@ pipelines:
     batch: {records: 1}
 YML
 rc=0
-"$SLUICE_BIN" run -c rec.yml >rec.out 2>&1 || rc=$?
+"$SLUICE_BIN" run -c rec.yml --again >rec.out 2>&1 || rc=$?
 expect_eq "record run exits 2 (one dead letter)" 2 "$rc"
 expect_eq "the two good members arrived, one request each" \
     "$(printf '%s\n' '{"id":"m1","email":"ann@example.org"}' '{"id":"m3","email":"cy@example.org"}')" \
@@ -132,7 +132,7 @@ expect_match "read 3, sent 2, dead-lettered 1" rec.out 'read 3 +sent 2 +dead-let
 sed 's/batch: {records: 1}//' rec.yml >rec_batch.yml
 rm -f rec.jsonl
 rc=0
-"$SLUICE_BIN" run -c rec_batch.yml --from-start >rec_batch.out 2>&1 || rc=$?
+"$SLUICE_BIN" run -c rec_batch.yml --from-start --again >rec_batch.out 2>&1 || rc=$?
 expect_eq "record mode without a batch setting behaves the same (exit 2)" 2 "$rc"
 expect_match "one request per record" rec_batch.out 'requests 3 '
 

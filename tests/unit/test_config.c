@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config/config.h"
@@ -618,6 +619,74 @@ static void test_opts_accessor_bugs_abort(void **state)
     expect_abort(ask_wrong_type, o);
     sl_opts_free(o);
     sl_buf_free(&e);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Hostile sizes are refused before libyaml builds a document: 100,000 flow
+ * brackets took 19 s (libyaml's scanner is quadratic in flow nesting) and an
+ * 11 MB file peaked at 307 MB. */
+static void test_yaml_limits(void **state)
+{
+    (void)state;
+    size_t n = 100000;
+    char *deep = malloc(n + 1);
+    assert_non_null(deep);
+    memset(deep, '[', n);
+    deep[n] = '\0';
+    sl_buf errors;
+    sl_buf_init(&errors, 0);
+    double t0 = now_s();
+    assert_null(sl_yaml_parse(deep, n, "deep.yml", &errors));
+    double took = now_s() - t0;
+    assert_string_equal(sl_buf_cstr(&errors), "deep.yml:1:65: nested too deeply (expected at most "
+                                              "64 levels of mappings and sequences)\n");
+    /* generous even under sanitizers: the depth check stops at level 65 */
+    assert_true(took < 2.0);
+    free(deep);
+
+    /* block nesting too, with the line of the offending key */
+    sl_buf_reset(&errors);
+    sl_buf y;
+    sl_buf_init(&y, 0);
+    for (int i = 0; i < 70; i++) {
+        sl_buf_printf(&y, "%*sk%d:\n", i, "", i);
+    }
+    sl_buf_printf(&y, "%*sleaf: 1\n", 70, "");
+    assert_null(sl_yaml_parse(sl_buf_cstr(&y), y.len, "block.yml", &errors));
+    assert_non_null(strstr(sl_buf_cstr(&errors), "block.yml:65:65: nested too deeply"));
+    assert_non_null(strstr(sl_buf_cstr(&errors), "nested too deeply"));
+    sl_buf_free(&y);
+
+    /* 64 levels are fine */
+    sl_buf_reset(&errors);
+    char ok[200];
+    memset(ok, '[', 63);
+    memset(ok + 63, ']', 63);
+    ok[126] = '\0';
+    sl_node *root = sl_yaml_parse(ok, strlen(ok), "ok.yml", &errors);
+    assert_non_null(root);
+    sl_node_free(root);
+
+    /* size */
+    size_t big = 2 * 1024 * 1024;
+    char *text = malloc(big);
+    assert_non_null(text);
+    for (size_t i = 0; i < big; i += 16) {
+        memcpy(text + i, "# padding ......\n", 16);
+    }
+    sl_buf_reset(&errors);
+    assert_null(sl_yaml_parse(text, big, "big.yml", &errors));
+    assert_string_equal(sl_buf_cstr(&errors),
+                        "big.yml: configuration is 2097152 bytes (expected at most 1048576: 1 MB; "
+                        "is this the right file?)\n");
+    free(text);
+    sl_buf_free(&errors);
 }
 
 /* ------------------------------------------------------------- sl_config_load */
@@ -1699,6 +1768,7 @@ int main(void)
         cmocka_unit_test(test_yaml_positions),
         cmocka_unit_test(test_yaml_duplicate_keys),
         cmocka_unit_test(test_yaml_syntax_error),
+        cmocka_unit_test(test_yaml_limits),
         cmocka_unit_test(test_yaml_empty_and_multi),
         cmocka_unit_test(test_yaml_alias_merge),
         cmocka_unit_test(test_interpolate),

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -580,6 +581,94 @@ static void test_stop_waits_for_in_flight(void **state)
     free(c);
 }
 
+/* A client that opens a connection from 127.0.0.2 and sends the first byte
+ * of a request head. */
+static int slow_conn(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(0x7f000002);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    struct sockaddr_in d = {0};
+    d.sin_family = AF_INET;
+    d.sin_port = htons((uint16_t)port);
+    d.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&d, sizeof(d)), 0);
+    send(fd, "P", 1, MSG_NOSIGNAL);
+    return fd;
+}
+
+static int closed_by_peer(int fd)
+{
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+/* Slowloris: 300 connections from one address, each sending its request
+ * head a byte at a time, neither fill the server (a cap per client
+ * address) nor hold it (a deadline for the head), and /healthz and a
+ * webhook from another address are answered meanwhile. */
+static void test_slow_clients(void **state)
+{
+    (void)state;
+    sl_error err = {0};
+    sl_server *s = sl_server_new("127.0.0.1:0", 4, &err);
+    assert_non_null(s);
+    assert_int_equal(sl_server_add_route(s, "POST", "/hook", CAP, hook, &H, &err), 0);
+    sl_server_set_limits(s, 8, 1000, 2000);
+    assert_int_equal(sl_server_start(s, &err), 0);
+    int port = sl_server_port(s);
+    enum { N = 300 };
+    int fds[N];
+    for (int i = 0; i < N; i++) {
+        fds[i] = slow_conn(port);
+    }
+    reply r;
+    get(port, "/healthz", &r);
+    assert_int_equal(r.code, CURLE_OK);
+    assert_int_equal(r.status, 200);
+    request(port, "POST", "/hook", "{}", 2, 0, 0, NULL, &r);
+    assert_int_equal(r.status, 202);
+
+    /* keep dripping; activity does not extend the head's deadline */
+    const char *head =
+        "OST /hook HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    double t0 = now_s();
+    int open = N;
+    for (size_t tick = 0; open > 0 && now_s() - t0 < 6.0; tick++) {
+        open = 0;
+        for (int i = 0; i < N; i++) {
+            if (fds[i] < 0) {
+                continue;
+            }
+            if (closed_by_peer(fds[i])) {
+                close(fds[i]);
+                fds[i] = -1;
+                continue;
+            }
+            send(fds[i], head + tick % strlen(head), 1, MSG_NOSIGNAL);
+            open++;
+        }
+        if (tick == 2) {
+            get(port, "/healthz", &r); /* during the attack, not only before it */
+            assert_int_equal(r.status, 200);
+        }
+        usleep(200 * 1000);
+    }
+    assert_int_equal(open, 0);
+    get(port, "/healthz", &r);
+    assert_int_equal(r.status, 200);
+    for (int i = 0; i < N; i++) {
+        if (fds[i] >= 0) {
+            close(fds[i]);
+        }
+    }
+    sl_server_free(s);
+}
+
 static void test_new_and_route_errors(void **state)
 {
     sl_error err = {0};
@@ -663,6 +752,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_port_zero_binds_a_real_port, setup, teardown),
         cmocka_unit_test_setup_teardown(test_healthz, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_clients, setup, teardown),
         cmocka_unit_test_setup_teardown(test_route_gets_exact_body_and_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_404_405, setup, teardown),
         cmocka_unit_test_setup_teardown(test_content_length_over_cap, setup, teardown),
