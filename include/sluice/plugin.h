@@ -106,6 +106,11 @@ int sl_ctx_again(const sl_ctx *c);
  * "partial" (exit 2) with this sentence in its summary and notification,
  * even when every record read was delivered. The last call wins. */
 void sl_ctx_set_partial(sl_ctx *c, const char *fmt, ...) SL_PRINTF(2, 3);
+/* Called from init: this run has nothing to do (the input was already
+ * delivered completely): it ends at once as "skipped", exit 0, nothing read
+ * or sent, no notification; the sentence is shown and kept in the run's
+ * history. */
+void sl_ctx_skip_run(sl_ctx *c, const char *fmt, ...) SL_PRINTF(2, 3);
 /* Set by the engine when the user asked to stop (SIGINT/SIGTERM). */
 int sl_ctx_stopping(const sl_ctx *c);
 

@@ -1075,6 +1075,16 @@ static void load_outline(const sl_catalog *cat, const char *file, const char *na
     if (!body || body->kind != SL_NODE_MAP) {
         return;
     }
+    /* the schedule too, when it can be read: status shows the next run */
+    const sl_node *sched = map_get(body, "schedule", NULL, NULL);
+    if (sched && sched->kind == SL_NODE_SCALAR && sched->value && *sched->value) {
+        sl_error serr = {0};
+        sl_schedule *parsed = sl_schedule_parse(sched->value, &serr);
+        if (parsed) {
+            p->schedule = strdup(sched->value);
+        }
+        sl_schedule_free(parsed);
+    }
     p->source.type = outline_type(body, "source");
     p->sink.type = outline_type(body, "sink");
     p->trigger.type = outline_type(body, "trigger");

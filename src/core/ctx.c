@@ -67,6 +67,14 @@ void sl_ctx_set_partial(sl_ctx *c, const char *fmt, ...)
     va_end(ap);
 }
 
+void sl_ctx_skip_run(sl_ctx *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->skip, sizeof(c->skip), fmt, ap);
+    va_end(ap);
+}
+
 double sl_ctx_run_started(const sl_ctx *c)
 {
     return c->run_started;

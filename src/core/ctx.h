@@ -15,6 +15,7 @@ struct sl_ctx {
     int writable;                /* set by the engine around commit hooks */
     int again;                   /* --again: deliver an input already delivered */
     char partial[256];           /* sl_ctx_set_partial: why the run is partial */
+    char skip[512];              /* sl_ctx_skip_run: why the run has nothing to do */
     double run_started;          /* unix seconds, set by the engine */
     sl_state *state;             /* borrowed; may be NULL (tests, dry runs) */
     volatile sig_atomic_t *stop; /* borrowed; may be NULL */

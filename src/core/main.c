@@ -243,6 +243,11 @@ static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int
     }
     double rate = res->duration_s > 0 ? (double)res->counts.read / res->duration_s : 0;
     printf("%s: %s (%s)\n", p->name, res->status, res->input);
+    if (strcmp(res->status, "skipped") == 0) {
+        printf("  %s\n", res->error);
+        fflush(stdout);
+        return;
+    }
     printf("  read %" PRIu64 "  sent %" PRIu64 "  dead-lettered %" PRIu64 "  skipped %" PRIu64 "\n",
            res->counts.read, res->counts.sent, res->counts.failed, res->counts.skipped);
     printf("  requests %" PRIu64 "  retries %" PRIu64 "  %.2fs  %.0f records/s\n",

@@ -452,6 +452,9 @@ static void run_slot(scheduled *sc, int64_t slot, const char *reason)
         sl_warn(pn,
                 "scheduled run (%s %s) skipped: another run of the pipeline holds its lease: %s",
                 reason, when, res.error);
+    } else if (rc == SL_EXIT_OK && strcmp(res.status, "skipped") == 0) {
+        result = "skipped"; /* nothing to do: the input was already delivered */
+        sl_info(pn, "scheduled run (%s %s) had nothing to do: %s", reason, when, res.error);
     } else if (rc == SL_EXIT_OK || rc == SL_EXIT_PARTIAL) {
         result = rc == SL_EXIT_OK ? "ok" : "partial";
         sl_info(pn,

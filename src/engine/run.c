@@ -377,6 +377,24 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
     if (init_plugins(r, &err) < 0) {
         goto out;
     }
+    if (r->src_ctx->skip[0]) {
+        /* the source says there is nothing to do (an input already delivered) */
+        sl_info(sl_ctx_name(r->src_ctx), "%s", r->src_ctx->skip);
+        exit_code = SL_EXIT_OK;
+        snprintf(res->status, sizeof(res->status), "skipped");
+        snprintf(res->error, sizeof(res->error), "%s", r->src_ctx->skip);
+        const char *in = r->srcp->input_name ? r->srcp->input_name(r->src) : NULL;
+        snprintf(res->input, sizeof(res->input), "%s", in ? in : p->source.type);
+        if (!o->dry_run && state &&
+            (sl_state_run_begin(state, p->name, res->input, &r->run_id, &err) < 0 ||
+             sl_state_run_end(state, r->run_id, res->status, &res->counts, res->error, &err) < 0)) {
+            sl_error_log(p->name, "cannot record the skipped run: %s", err.msg);
+        }
+        res->run_id = r->run_id;
+        sl_lease_release(r);
+        runner_free(r);
+        return exit_code;
+    }
     resolve_settings(r);
 
     if (o->mode == SL_RUN_RETRY) {

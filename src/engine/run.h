@@ -39,7 +39,7 @@ typedef struct sl_run_opts {
 
 typedef struct sl_run_result {
     int64_t run_id;
-    char status[16]; /* ok, partial, failed, interrupted */
+    char status[16]; /* ok, partial, failed, interrupted, skipped, locked */
     char input[512];
     sl_counts counts;
     double duration_s;

@@ -99,6 +99,28 @@ static const char *const migrations[] = {
     "  acquired_at REAL NOT NULL,"
     "  heartbeat_at REAL NOT NULL,"
     "  expires_at REAL NOT NULL);",
+    /* 4: a run can be "skipped" (its input was already delivered: nothing
+     * to do). SQLite cannot change a CHECK: the table is rebuilt. */
+    "CREATE TABLE runs_v4("
+    "  id INTEGER PRIMARY KEY,"
+    "  pipeline TEXT NOT NULL,"
+    "  input TEXT NOT NULL DEFAULT '',"
+    "  status TEXT NOT NULL"
+    "    CHECK (status IN ('running','ok','partial','failed','interrupted','skipped')),"
+    "  started_at REAL NOT NULL,"
+    "  finished_at REAL,"
+    "  read INTEGER NOT NULL DEFAULT 0,"
+    "  sent INTEGER NOT NULL DEFAULT 0,"
+    "  failed INTEGER NOT NULL DEFAULT 0,"
+    "  skipped INTEGER NOT NULL DEFAULT 0,"
+    "  requests INTEGER NOT NULL DEFAULT 0,"
+    "  retries INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO runs_v4 SELECT id, pipeline, input, status, started_at, finished_at, read, sent, "
+    "  failed, skipped, requests, retries, error FROM runs;"
+    "DROP TABLE runs;"
+    "ALTER TABLE runs_v4 RENAME TO runs;"
+    "CREATE INDEX runs_pipeline_id ON runs(pipeline, id);",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 

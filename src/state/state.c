@@ -313,7 +313,8 @@ static void scratch_trim(sl_state *s)
 
 static int valid_status(const char *status)
 {
-    static const char *const ok[] = {"running", "ok", "partial", "failed", "interrupted"};
+    static const char *const ok[] = {"running", "ok",          "partial",
+                                     "failed",  "interrupted", "skipped"};
     for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
         if (status && strcmp(status, ok[i]) == 0) {
             return 1;
@@ -370,7 +371,7 @@ int sl_state_run_end(sl_state *s, int64_t run_id, const char *status, const sl_c
     if (!valid_status(status) || strcmp(status, "running") == 0) {
         return sl_error_set(err, SL_ERR_USAGE,
                             "state %s: cannot end run %lld with status '%s' (expected ok, "
-                            "partial, failed or interrupted)",
+                            "partial, failed, interrupted or skipped)",
                             s->where, (long long)run_id, status ? status : "(null)");
     }
     int rc;

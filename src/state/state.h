@@ -26,7 +26,7 @@ typedef struct sl_run_info {
     int64_t id;
     char pipeline[128];
     char input[512];
-    char status[16];                /* running, ok, partial, failed, interrupted */
+    char status[16];                /* running, ok, partial, failed, interrupted, skipped */
     double started_at, finished_at; /* unix seconds */
     sl_counts counts;
     char error[512];

@@ -810,7 +810,7 @@ static void test_migration_from_v1(void **state)
     assert_int_equal(0x534C5549, 1397511497);
 
     sl_state *s = open_ok(f->db);
-    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3); /* migrated through every version */
+    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 4); /* migrated through every version */
     assert_int_equal(raw_int(f->db, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
                                     "name IN ('jobs_pipeline_status_id', "
                                     "'jobs_pipeline_order_key_status_id', "

@@ -125,7 +125,7 @@ static void test_open_creates_dir_and_schema(void **state)
     /* dead letters hold personal data: not world-readable */
     assert_int_equal(sb.st_mode & 0077, 0);
 
-    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 4);
     assert_int_equal(raw_int(f->db, "PRAGMA application_id"), 0x534C5549);
     assert_int_equal(raw_int(f->db, "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND "
                                     "name IN ('runs','kv','dead_letters','jobs','leases')"),
@@ -149,7 +149,7 @@ static void test_open_creates_dir_and_schema(void **state)
     /* a plain path works too, and opening twice does not migrate twice */
     s = open_ok(f->db);
     sl_state_close(s);
-    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 3);
+    assert_int_equal(raw_int(f->db, "PRAGMA user_version"), 4);
 }
 
 static void test_reopen_keeps_data(void **state)

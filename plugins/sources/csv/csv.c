@@ -1245,10 +1245,11 @@ static int check_delivered(csv_src *s, sl_error *err)
                      " (%lld row(s) were dead-lettered then: `sluice retry` re-sends those)",
                      (long long)failed);
         }
-        sl_plog(s->ctx, SL_LOG_WARN,
-                "%s: already delivered completely by the run of %s (as '%s', same content, "
-                "SHA-256 %.16s...)%s; nothing to do. Pass --again to send it again",
-                name, when, was, want, more);
+        sl_ctx_skip_run(s->ctx,
+                        "%s: already delivered completely by the run of %s (as '%s', same "
+                        "content, SHA-256 %.16s...)%s; nothing to do. Pass --again to send it "
+                        "again",
+                        name, when, was, want, more);
     }
 done:
     json_decref(led);
