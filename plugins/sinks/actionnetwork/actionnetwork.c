@@ -612,19 +612,13 @@ static void write_person(const an_sink *a, sl_jw *w, const sl_record *rec, const
     sl_jw_obj_close(w);
 }
 
-static void fail_line(sl_record *rec, const char *what)
-{
-    if (rec->line) {
-        sl_record_fail(rec, "line %llu: %s", (unsigned long long)rec->line, what);
-    } else {
-        sl_record_fail(rec, "%s", what);
-    }
-}
-
 static int an_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
 {
     an_sink *a = self;
     sl_http_req_reset(req);
+    /* An empty body with a method other than GET is what tells the engine
+     * there is nothing to send (the reset leaves GET). */
+    memcpy(req->method, "POST", 5);
     sl_record *rec = NULL;
     size_t nsend = 0;
     for (size_t r = 0; r < b->n; r++) {
@@ -650,14 +644,14 @@ static int an_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
         snprintf(why, sizeof(why),
                  "empty %s: Action Network matches people by e-mail address, nothing to send",
                  a->email);
-        fail_line(rec, why);
+        sl_record_fail(rec, "%s", why);
         return 0;
     }
     if (is_lapsed(rec) && !a->member) {
         snprintf(why, sizeof(why),
                  "a lapsed person, but member_field is \"\": there is no custom field to "
                  "update");
-        fail_line(rec, why);
+        sl_record_fail(rec, "%s", why);
         return 0;
     }
     sl_jw w;
@@ -667,7 +661,6 @@ static int an_encode(void *self, sl_batch *b, sl_http_req *req, sl_error *err)
         return sl_error_set(err, w.err, "actionnetwork: the person of line %llu exceeds %zu bytes",
                             (unsigned long long)rec->line, req->body.max);
     }
-    memcpy(req->method, "POST", 5);
     int rc = sl_buf_puts(&req->url, a->url);
     if (!rc) {
         rc = sl_http_req_header(req, "OSDI-API-Token", "%s", a->api_key);
