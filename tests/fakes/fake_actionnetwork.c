@@ -704,9 +704,6 @@ static enum MHD_Result answer_people(struct MHD_Connection *c, struct fk_req *r)
     }
     if (bad) {
         json_decref(root);
-        pthread_mutex_lock(&g_st.mu);
-        g_st.ignored_keys += ignored;
-        pthread_mutex_unlock(&g_st.mu);
         return reject(c, 400, "%s", msg);
     }
     if (g_opt.record_fd >= 0) {
