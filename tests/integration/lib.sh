@@ -162,3 +162,21 @@ wait_jobs() {
     echo "timeout waiting for $want finished jobs (queued running retry done failed: $c)" >&2
     return 1
 }
+
+# start_fake_actionnetwork NAME [ARGS...]: starts fake_actionnetwork with
+# ACTIONNETWORK_API_KEY, sets ACTIONNETWORK_API_URL (…/api/v2) and
+# FAKE_<NAME>_PID / _RECORD / _PORT
+start_fake_actionnetwork() {
+    local name=$1
+    shift
+    local pf=$T_DIR/$name.port rec=$T_DIR/$name.jsonl
+    rm -f "$pf"
+    "$FAKES_DIR/fake_actionnetwork" --port 0 --port-file "$pf" \
+        --api-key "$ACTIONNETWORK_API_KEY" --record "$rec" "$@" >"$T_DIR/$name.out" 2>&1 &
+    local pid=$!
+    T_PIDS+=("$pid")
+    local port
+    port=$(wait_port_file "$pf")
+    export ACTIONNETWORK_API_URL="http://127.0.0.1:$port/api/v2"
+    eval "FAKE_${name}_PID=$pid FAKE_${name}_RECORD=$rec FAKE_${name}_PORT=$port"
+}
