@@ -809,7 +809,15 @@ static int select_message(em_src *s, const sl_opts *o, sl_error *err)
         char key[80];
         snprintf(key, sizeof(key), EM_STATE_PREFIX "%s", m->hash);
         int found = sl_ctx_state_get(s->ctx, key, &prev, err);
-        if (found < 0) {
+        if (found < 0 && sl_ctx_dry_run(s->ctx)) {
+            /* a dry run has no state store: it cannot know what earlier runs saw */
+            if (i == 0) {
+                sl_plog(s->ctx, SL_LOG_INFO,
+                        "dry run: the state store is not open, so messages earlier runs looked "
+                        "at are looked at again");
+            }
+            found = 0;
+        } else if (found < 0) {
             sl_buf_free(&prev);
             return found;
         }
