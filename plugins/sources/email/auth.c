@@ -162,8 +162,10 @@ int em_auth_check(const char *const *values, size_t n, const char *authserv_id, 
         }
         if (strcasecmp(id, authserv_id) != 0) {
             size_t k = strlen(others);
-            if (k + 4 < sizeof(others)) {
-                snprintf(others + k, sizeof(others) - k, "%s'%s'", k ? ", " : "", id);
+            /* a cut list is fine: it is only shown */
+            if (k + 4 < sizeof(others) &&
+                snprintf(others + k, sizeof(others) - k, "%s'%s'", k ? ", " : "", id) < 0) {
+                others[k] = '\0';
             }
             free(v);
             continue;
