@@ -63,6 +63,7 @@ typedef enum sl_reader_kind {
     SL_READER_FILE = 0, /* a path: regular file, FIFO, device */
     SL_READER_STDIN,
     SL_READER_URL,
+    SL_READER_STREAM, /* a caller's byte stream (sl_reader_open_fn) */
 } sl_reader_kind;
 
 typedef struct sl_reader sl_reader;
@@ -72,6 +73,17 @@ typedef struct sl_reader sl_reader;
  * such file or directory". The returned reader is owned by the caller
  * (sl_reader_close). */
 sl_reader *sl_reader_open(const char *spec, const sl_reader_opts *o, sl_error *err);
+/* A caller's byte stream: read up to n bytes into buf; >0 bytes, 0 at the
+ * end, -1 on error with err set to a sentence naming the input. */
+typedef long (*sl_reader_fn)(void *ud, void *buf, size_t n, sl_error *err);
+/* Open a reader over a caller's byte stream (a member extracted from an
+ * archive, ...), so that what reads files can read it too. name is what
+ * messages show (copied); size its length when known, else -1. o as for
+ * sl_reader_open (its http fields are ignored; compression, max_bytes and
+ * max_ratio apply to the bytes fn delivers). fn and ud are borrowed until
+ * close. Returns NULL with err set. */
+sl_reader *sl_reader_open_fn(const char *name, sl_reader_fn fn, void *ud, int64_t size,
+                             const sl_reader_opts *o, sl_error *err);
 /* Closes the input (stdin is left open). NULL is a no-op. */
 void sl_reader_close(sl_reader *r);
 

@@ -33,6 +33,8 @@ struct sl_reader {
     int fd;
     int seekable; /* a regular file: skips may lseek */
     sl_http_stream *hs;
+    sl_reader_fn fn; /* SL_READER_STREAM */
+    void *fn_ud;
     char *url; /* full URL (may hold credentials): never in messages */
     char *name;
     const char *headers; /* borrowed */
@@ -128,6 +130,9 @@ static long src_read(sl_reader *r, void *buf, size_t n, sl_error *e)
             e->code = SL_ERR_IO;
         }
         return k;
+    }
+    if (r->fn) {
+        return r->fn(r->fn_ud, buf, n, e);
     }
     for (;;) {
         ssize_t k = read(r->fd, buf, n);
@@ -528,6 +533,27 @@ static int sniff(sl_reader *r, sl_error *err)
     return 0;
 }
 
+/* The decoders of a reader whose input is open (comp decided or AUTO). */
+static int start_decoder(sl_reader *r, sl_error *err)
+{
+    if (r->comp == SL_COMPRESS_AUTO && sniff(r, err)) {
+        return SL_ERR;
+    }
+    if (r->comp == SL_COMPRESS_GZIP) {
+        /* 15 + 32: gzip or zlib header, detected; members are chained in read_gzip. */
+        if (inflateInit2(&r->z, 15 + 32) != Z_OK) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: cannot start the gzip decoder", r->name);
+        }
+        r->z_live = 1;
+    } else if (r->comp == SL_COMPRESS_BZIP2) {
+        if (BZ2_bzDecompressInit(&r->bz, 0, 0) != BZ_OK) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: cannot start the bzip2 decoder", r->name);
+        }
+        r->bz_live = 1;
+    }
+    return 0;
+}
+
 sl_reader *sl_reader_open(const char *spec, const sl_reader_opts *o, sl_error *err)
 {
     static const sl_reader_opts defaults = {0};
@@ -613,24 +639,47 @@ sl_reader *sl_reader_open(const char *spec, const sl_reader_opts *o, sl_error *e
             }
         }
     }
-    if (r->comp == SL_COMPRESS_AUTO && sniff(r, err)) {
+    if (start_decoder(r, err) != 0) {
         goto fail;
     }
-    if (r->comp == SL_COMPRESS_GZIP) {
-        /* 15 + 32: gzip or zlib header, detected; members are chained in read_gzip. */
-        if (inflateInit2(&r->z, 15 + 32) != Z_OK) {
-            sl_error_set(err, SL_ERR_NOMEM, "%s: cannot start the gzip decoder", r->name);
-            goto fail;
-        }
-        r->z_live = 1;
-    } else if (r->comp == SL_COMPRESS_BZIP2) {
-        if (BZ2_bzDecompressInit(&r->bz, 0, 0) != BZ_OK) {
-            sl_error_set(err, SL_ERR_NOMEM, "%s: cannot start the bzip2 decoder", r->name);
-            goto fail;
-        }
-        r->bz_live = 1;
-    }
     if (o->start_offset && sl_reader_skip(r, o->start_offset, err)) {
+        goto fail;
+    }
+    return r;
+
+fail:
+    sl_reader_close(r);
+    return NULL;
+}
+
+sl_reader *sl_reader_open_fn(const char *name, sl_reader_fn fn, void *ud, int64_t size,
+                             const sl_reader_opts *o, sl_error *err)
+{
+    static const sl_reader_opts defaults = {0};
+    if (!o) {
+        o = &defaults;
+    }
+    sl_reader *r = calloc(1, sizeof(*r));
+    if (!r) {
+        sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", name);
+        return NULL;
+    }
+    r->kind = SL_READER_STREAM;
+    r->fd = -1;
+    r->size = size;
+    r->fn = fn;
+    r->fn_ud = ud;
+    r->max_bytes = o->max_bytes;
+    r->max_ratio = o->max_ratio;
+    r->comp = o->compression;
+    r->name = strdup(name ? name : "stream");
+    r->in = malloc(RD_BUF);
+    if (!r->name || !r->in) {
+        sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", name);
+        goto fail;
+    }
+    if (start_decoder(r, err) != 0 ||
+        (o->start_offset && sl_reader_skip(r, o->start_offset, err))) {
         goto fail;
     }
     return r;

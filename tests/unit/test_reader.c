@@ -672,6 +672,98 @@ static void test_http(void **state)
     free(data);
 }
 
+/* A caller's byte stream: chunks as the callback gives them, gzip sniffed
+ * in it, max_bytes applied, skips read and discard, the callback's error
+ * kept (sticky). */
+typedef struct mem_stream {
+    const unsigned char *p;
+    size_t len, off, chunk;
+    size_t fail_at; /* 0 = never */
+} mem_stream;
+
+static long mem_read(void *ud, void *buf, size_t n, sl_error *err)
+{
+    mem_stream *m = ud;
+    if (m->fail_at && m->off >= m->fail_at) {
+        sl_error_set(err, SL_ERR_INPUT, "x.zip!a.csv: damaged zip: bad CRC");
+        return -1;
+    }
+    size_t k = m->len - m->off;
+    if (k > n) {
+        k = n;
+    }
+    if (k > m->chunk) {
+        k = m->chunk;
+    }
+    memcpy(buf, m->p + m->off, k);
+    m->off += k;
+    return (long)k;
+}
+
+static void test_stream_fn(void **state)
+{
+    (void)state;
+    const char *text = "email,name\nada@example.org,Ada\ngrace@example.org,Grace\n";
+    size_t tlen = strlen(text);
+    mem_stream m = {(const unsigned char *)text, tlen, 0, 7, 0};
+    sl_error err;
+    sl_reader *r = sl_reader_open_fn("x.zip!a.csv", mem_read, &m, (int64_t)tlen, NULL, &err);
+    assert_non_null(r);
+    assert_int_equal(sl_reader_kind_of(r), SL_READER_STREAM);
+    assert_string_equal(sl_reader_name(r), "x.zip!a.csv");
+    assert_int_equal(sl_reader_size(r), (int64_t)tlen);
+    assert_int_equal(sl_reader_compression(r), SL_COMPRESS_NONE);
+    assert_int_equal(sl_reader_skip(r, 6, &err), 0);
+    char out[256];
+    size_t got = 0;
+    long k;
+    while ((k = sl_reader_read(r, out + got, sizeof(out) - got, &err)) > 0) {
+        got += (size_t)k;
+    }
+    assert_int_equal(k, 0);
+    assert_int_equal(got, tlen - 6);
+    assert_memory_equal(out, text + 6, got);
+    sl_reader_close(r);
+
+    /* gzip inside the stream is recognised (AUTO) and max_bytes applies */
+    unsigned char gz[256];
+    uLongf gzlen = sizeof(gz);
+    z_stream z = {0};
+    assert_int_equal(deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = (unsigned char *)text;
+    z.avail_in = (uInt)tlen;
+    z.next_out = gz;
+    z.avail_out = (uInt)gzlen;
+    assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+    gzlen = z.total_out;
+    deflateEnd(&z);
+    mem_stream g = {gz, gzlen, 0, 5, 0};
+    sl_reader_opts o = {0};
+    o.max_bytes = 10;
+    r = sl_reader_open_fn("x.zip!a.csv.gz", mem_read, &g, -1, &o, &err);
+    assert_non_null(r);
+    assert_int_equal(sl_reader_compression(r), SL_COMPRESS_GZIP);
+    while ((k = sl_reader_read(r, out, sizeof(out), &err)) > 0) {
+    }
+    assert_int_equal(k, -1);
+    assert_int_equal(err.code, SL_ERR_LIMIT);
+    assert_non_null(strstr(err.msg, "x.zip!a.csv.gz: input is larger than the limit of 10 bytes"));
+    sl_reader_close(r);
+
+    /* the callback's error, sticky */
+    mem_stream f = {(const unsigned char *)text, tlen, 0, 8, 16};
+    r = sl_reader_open_fn("x.zip!a.csv", mem_read, &f, -1, NULL, &err);
+    assert_non_null(r);
+    while ((k = sl_reader_read(r, out, sizeof(out), &err)) > 0) {
+    }
+    assert_int_equal(k, -1);
+    assert_string_equal(err.msg, "x.zip!a.csv: damaged zip: bad CRC");
+    sl_error_clear(&err);
+    assert_int_equal(sl_reader_read(r, out, sizeof(out), &err), -1);
+    assert_string_equal(err.msg, "x.zip!a.csv: damaged zip: bad CRC");
+    sl_reader_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -679,7 +771,8 @@ int main(void)
         cmocka_unit_test(test_gzip),      cmocka_unit_test(test_gzip_truncated_and_corrupt),
         cmocka_unit_test(test_bzip2),     cmocka_unit_test(test_skip),
         cmocka_unit_test(test_max_bytes), cmocka_unit_test(test_max_ratio),
-        cmocka_unit_test(test_stdin),     cmocka_unit_test(test_http),
+        cmocka_unit_test(test_stream_fn), cmocka_unit_test(test_stdin),
+        cmocka_unit_test(test_http),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

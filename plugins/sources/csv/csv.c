@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "sluice/csv.h"
 #include "sluice/guard.h"
 #include "sluice/plugin.h"
 #include "sluice/reader.h"
@@ -49,21 +50,9 @@ static const sl_option csv_options[] = {
      "file path, \"-\" for stdin, or an http(s):// URL"},
     {"compression", SL_OPT_ENUM, "auto", 0, "auto|none|gzip|bzip2",
      "auto: by the .gz/.bz2 extension and the content's magic bytes"},
-    {"delimiter", SL_OPT_STRING, ",", 0, NULL, "field separator, one byte (\"\\t\" for tab)"},
-    {"quote", SL_OPT_STRING, "\"", 0, NULL, "quote character, one byte"},
-    {"header", SL_OPT_BOOL, "true", 0, NULL, "the first row holds the column names"},
-    {"columns", SL_OPT_LIST, NULL, 0, NULL,
-     "column names when header is false; with a header, columns that must exist"},
-    {"max_row_bytes", SL_OPT_SIZE, "1MB", 0, NULL,
-     "longest accepted row; a longer one is rejected (usually an unterminated quote)"},
+    SL_CSV_PARSE_OPTIONS,
     {"http_headers", SL_OPT_MAP, NULL, SL_OPT_SECRET, NULL,
      "request headers sent when path is a URL (values are secrets)"},
-    {"trim", SL_OPT_BOOL, "false", 0, NULL, "strip spaces and tabs around unquoted fields"},
-    {"empty_is_null", SL_OPT_BOOL, "false", 0, NULL,
-     "an empty unquoted cell is NULL, a quoted \"\" is an empty string (PostgreSQL's CSV "
-     "convention, for warehouse loads)"},
-    {"skip_blank_lines", SL_OPT_BOOL, "true", 0, NULL,
-     "skip empty lines (they still count for line numbers)"},
     {"allow_hosts", SL_OPT_LIST, NULL, 0, NULL,
      "when set, path must be an https URL on one of these hosts (*.example.com or exact "
      "names; comma/space separated); for paths that come from outside, e.g. a webhook"},
@@ -103,7 +92,7 @@ typedef struct csv_snap {
     unsigned char d[32];
 } csv_snap;
 
-typedef struct csv_src {
+typedef struct sl_csv {
     sl_ctx *ctx;
     sl_reader *r;
     char *path;
@@ -1347,6 +1336,94 @@ static void src_destroy(void *self)
     free(s);
 }
 
+/* The parse options (SL_CSV_PARSE_OPTIONS) -> s, and the window and
+ * parsers they size. */
+static int parse_setup(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    int rc;
+    s->trim = sl_opt_bool(o, "trim");
+    s->empty_null = sl_opt_bool(o, "empty_is_null");
+    s->skip_blank = sl_opt_bool(o, "skip_blank_lines");
+    s->has_header = sl_opt_bool(o, "header");
+    if ((rc = one_byte_opt(o, "delimiter", &s->delim, err)) != 0 ||
+        (rc = one_byte_opt(o, "quote", &s->quote, err)) != 0) {
+        return rc;
+    }
+    if (s->delim == s->quote) {
+        return sl_error_set(err, SL_ERR_CONFIG, "%s: quote: must differ from the delimiter",
+                            sl_opt_where(o, "quote"));
+    }
+    /* rows read with PostgreSQL's CSV rules can be passed through as read */
+    s->raw = s->empty_null && !s->trim && s->has_header && s->delim == ',' && s->quote == '"';
+    int64_t max_row = sl_opt_size(o, "max_row_bytes");
+    if (max_row < CSV_MIN_ROW || max_row > CSV_MAX_ROW) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: max_row_bytes: must be between 64 bytes and 32MB, got %lld",
+                            sl_opt_where(o, "max_row_bytes"), (long long)max_row);
+    }
+    s->max_row = (size_t)max_row;
+    if (!s->has_header && sl_opt_count(o, "columns") == 0) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: columns: required when header is false (the names of the fields)",
+                            sl_opt_where(o, "columns"));
+    }
+    if (parser_init(s, &s->strict, CSV_STRICT | CSV_STRICT_FINI) != 0) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->strict_live = 1;
+    if (parser_init(s, &s->lax, 0) != 0) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->lax_live = 1;
+    s->cap = s->max_row + CSV_CHUNK + 2;
+    s->buf = malloc(s->cap);
+    /* every byte read is hashed: the identity of the input (resume, and
+     * whether it was already delivered) */
+    s->sha = EVP_MD_CTX_new();
+    s->sha_tmp = EVP_MD_CTX_new();
+    s->snaps = calloc(CSV_SNAP_MAX, sizeof(*s->snaps));
+    if (!s->buf || !s->sha || !s->sha_tmp || !s->snaps ||
+        !EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) ||
+        pthread_mutex_init(&s->snap_mu, NULL) != 0) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->snap_mu_live = 1;
+    return 0;
+}
+
+/* With s->r open: byte order mark, header, required columns. */
+static int start_input(csv_src *s, const sl_opts *o, sl_error *err)
+{
+    int rc;
+    s->size = sl_reader_size(s->r);
+    s->mtime = sl_reader_mtime(s->r);
+    s->line = 1;
+
+    /* A UTF-8 byte order mark is not data (offsets still count it). */
+    while (s->end < 3 && !s->eof) {
+        if ((rc = fill(s, err)) != 0) {
+            return rc;
+        }
+    }
+    if (s->end >= 3 && memcmp(s->buf, "\xef\xbb\xbf", 3) == 0) {
+        s->start = 3;
+    }
+    if (s->has_header) {
+        if ((rc = read_header(s, err)) != 0) {
+            return rc;
+        }
+        s->data_pos = s->base + s->start;
+        s->data_line = s->line;
+        return check_required_columns(s, o, err);
+    }
+    if ((rc = set_columns_from_option(s, o, err)) != 0) {
+        return rc;
+    }
+    s->data_pos = s->base + s->start;
+    s->data_line = s->line;
+    return 0;
+}
+
 static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
     int rc = 0;
@@ -1355,36 +1432,8 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     s->ctx = ctx;
-    s->trim = sl_opt_bool(o, "trim");
-    s->empty_null = sl_opt_bool(o, "empty_is_null");
-    s->skip_blank = sl_opt_bool(o, "skip_blank_lines");
-    s->has_header = sl_opt_bool(o, "header");
-    if ((rc = one_byte_opt(o, "delimiter", &s->delim, err)) != 0 ||
-        (rc = one_byte_opt(o, "quote", &s->quote, err)) != 0) {
-        goto fail;
-    }
-    if (s->delim == s->quote) {
-        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: quote: must differ from the delimiter",
-                          sl_opt_where(o, "quote"));
-        goto fail;
-    }
-    /* rows read with PostgreSQL's CSV rules can be passed through as read */
-    s->raw = s->empty_null && !s->trim && s->has_header && s->delim == ',' && s->quote == '"';
-    int64_t max_row = sl_opt_size(o, "max_row_bytes");
-    if (max_row < CSV_MIN_ROW || max_row > CSV_MAX_ROW) {
-        rc = sl_error_set(err, SL_ERR_CONFIG,
-                          "%s: max_row_bytes: must be between 64 bytes and 32MB, got %lld",
-                          sl_opt_where(o, "max_row_bytes"), (long long)max_row);
-        goto fail;
-    }
-    s->max_row = (size_t)max_row;
-    if (!s->has_header && sl_opt_count(o, "columns") == 0) {
-        rc = sl_error_set(err, SL_ERR_CONFIG,
-                          "%s: columns: required when header is false (the names of the fields)",
-                          sl_opt_where(o, "columns"));
-        goto fail;
-    }
-    if ((rc = build_http_headers(s, o, err)) != 0 || (rc = build_download_limits(s, o, err)) != 0) {
+    if ((rc = parse_setup(s, o, err)) != 0 || (rc = build_http_headers(s, o, err)) != 0 ||
+        (rc = build_download_limits(s, o, err)) != 0) {
         goto fail;
     }
     const char *comp = sl_opt_str(o, "compression");
@@ -1394,31 +1443,12 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
                           sl_opt_where(o, "compression"));
         goto fail;
     }
-    if (parser_init(s, &s->strict, CSV_STRICT | CSV_STRICT_FINI) != 0) {
-        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    s->strict_live = 1;
-    if (parser_init(s, &s->lax, 0) != 0) {
-        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    s->lax_live = 1;
-
     const char *path = sl_opt_str(o, "path");
     s->path = strdup(path ? path : "");
-    s->cap = s->max_row + CSV_CHUNK + 2;
-    s->buf = malloc(s->cap);
-    s->sha = EVP_MD_CTX_new();
-    s->sha_tmp = EVP_MD_CTX_new();
-    s->snaps = calloc(CSV_SNAP_MAX, sizeof(*s->snaps));
-    if (!s->path || !s->buf || !s->sha || !s->sha_tmp || !s->snaps ||
-        !EVP_DigestInit_ex(s->sha, EVP_sha256(), NULL) ||
-        pthread_mutex_init(&s->snap_mu, NULL) != 0) {
+    if (!s->path) {
         rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    s->snap_mu_live = 1;
     s->comp = c;
     if (strncmp(s->path, "http://", 7) == 0 || strncmp(s->path, "https://", 8) == 0) {
         /* the whole URL, query included, without keeping it (it may hold a
@@ -1453,34 +1483,8 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         rc = err && err->code ? err->code : SL_ERR_IO;
         goto fail;
     }
-    s->size = sl_reader_size(s->r);
-    s->mtime = sl_reader_mtime(s->r);
-    s->line = 1;
-
-    /* A UTF-8 byte order mark is not data (offsets still count it). */
-    while (s->end < 3 && !s->eof) {
-        if ((rc = fill(s, err)) != 0) {
-            goto fail;
-        }
-    }
-    if (s->end >= 3 && memcmp(s->buf, "\xef\xbb\xbf", 3) == 0) {
-        s->start = 3;
-    }
-    if (s->has_header) {
-        if ((rc = read_header(s, err)) != 0) {
-            goto fail;
-        }
-        s->data_pos = s->base + s->start;
-        s->data_line = s->line;
-        if ((rc = check_required_columns(s, o, err)) != 0) {
-            goto fail;
-        }
-    } else {
-        if ((rc = set_columns_from_option(s, o, err)) != 0) {
-            goto fail;
-        }
-        s->data_pos = s->base + s->start;
-        s->data_line = s->line;
+    if ((rc = start_input(s, o, err)) != 0) {
+        goto fail;
     }
     /* the quick identity: the first 64 KB (or all of a shorter input) */
     while (!s->head_done && s->end < s->cap) {
@@ -1788,6 +1792,59 @@ static void src_progress(void *self, int64_t *done, int64_t *total)
     csv_src *s = self;
     *done = (int64_t)sl_reader_consumed(s->r);
     *total = sl_reader_size(s->r);
+}
+
+/* ---------------------------------------------------------------- sluice/csv.h */
+
+int sl_csv_open(sl_csv **out, sl_reader *r, const sl_opts *o, sl_error *err)
+{
+    *out = NULL;
+    csv_src *s = calloc(1, sizeof(*s));
+    if (!s) {
+        sl_reader_close(r);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->r = r;
+    int rc = parse_setup(s, o, err);
+    if (rc == 0) {
+        rc = start_input(s, o, err);
+    }
+    if (rc != 0) {
+        src_destroy(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int sl_csv_next(sl_csv *c, sl_record *rec, uint64_t *next_pos, sl_error *err)
+{
+    return src_next(c, rec, next_pos, err);
+}
+
+int sl_csv_checkpoint(sl_csv *c, uint64_t pos, uint64_t line, sl_buf *out, sl_error *err)
+{
+    return src_checkpoint(c, pos, line, out, err);
+}
+
+int sl_csv_resume(sl_csv *c, const char *checkpoint, sl_error *err)
+{
+    return src_resume(c, checkpoint, err);
+}
+
+const char *const *sl_csv_columns(sl_csv *c, size_t *n)
+{
+    return src_columns(c, n);
+}
+
+sl_reader *sl_csv_reader(sl_csv *c)
+{
+    return c->r;
+}
+
+void sl_csv_free(sl_csv *c)
+{
+    src_destroy(c);
 }
 
 const sl_source_plugin sl_source_csv = {
