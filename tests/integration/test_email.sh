@@ -69,7 +69,9 @@ expect_eq "recorded as delivered" "delivered valid.eml " "$(outcomes one)"
 n=$(requests)
 rc=0
 "$SLUICE_BIN" run -c one.yml >one2.out 2>&1 || rc=$?
-expect_eq "second run of the same message: exit 1 (nothing new)" 1 "$rc"
+expect_eq "second run of the same message: exit 0, skipped (nothing new)" 0 "$rc"
+expect_match "recorded as skipped" one2.out '^[a-z_-]+: skipped'
+
 expect_match "and says why" one2.out 'no new message \(1 looked at by earlier runs; --again'
 expect_eq "second run sends nothing" "$n" "$(requests)"
 rc=0
@@ -182,13 +184,13 @@ expect_match "maildir: recorded rejected" md1.state '^rejected 4\.host sender ma
 n=$(requests)
 rc=0
 "$SLUICE_BIN" run -c md.yml >md2.out 2>&1 || rc=$?
-expect_eq "maildir second run: exit 1, nothing re-sent" "1 $n" "$rc $(requests)"
+expect_eq "maildir second run: skipped (exit 0), nothing re-sent" "0 $n" "$rc $(requests)"
 expect_match "maildir second run: says so" md2.out 'no new message \(4 looked at by earlier runs'
 # a mail client moving the delivered message to cur/ does not make it new
 mv md/new/3.host "md/cur/3.host:2,S"
 rc=0
 "$SLUICE_BIN" run -c md.yml >md3.out 2>&1 || rc=$?
-expect_eq "moved to cur/: still not re-sent" "1 $n" "$rc $(requests)"
+expect_eq "moved to cur/: still not re-sent (skipped)" "0 $n" "$rc $(requests)"
 
 # a run that fails leaves its message for the next run
 mkcsv w4

@@ -885,10 +885,12 @@ static int select_message(em_src *s, const sl_opts *o, sl_error *err)
     }
     s->have_none = 1;
     if (nnew == 0) {
-        sl_error_set(&s->none, SL_ERR_INPUT,
-                     "%s: no new message (%zu looked at by earlier runs; --again looks at them "
-                     "again)",
-                     s->path, s->nseen);
+        /* nothing arrived since the last run: nothing to do, not a failure
+         * (a schedule polls the Maildir more often than exports arrive) */
+        sl_ctx_skip_run(s->ctx,
+                        "%s: no new message (%zu looked at by earlier runs; --again looks at them "
+                        "again)",
+                        s->path, s->nseen);
     } else {
         sl_error_set(&s->none, SL_ERR_INPUT,
                      "%s: no valid export: %zu new message%s, %zu rejected (%s%s); nothing sent",
