@@ -60,6 +60,13 @@ static sl_verdict default_decode(const sl_http_resp *resp, sl_error *err)
 
 static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp);
 
+/* The sink left nothing to send (every record skipped or refused while
+ * encoding): no URL, or no body for a method that needs one. */
+static int nothing_to_send(const sl_http_req *req)
+{
+    return req->url.len == 0 || (req->body.len == 0 && strcmp(req->method, "GET") != 0);
+}
+
 static int push_range(slot *s, size_t lo, size_t hi)
 {
     if (s->nranges + 2 > s->cap_ranges) {
@@ -157,7 +164,7 @@ static int send_next_range(runner *r, slot *s)
             fail_range(s, s->cur_lo, s->cur_hi, s->err.msg);
             continue;
         }
-        if (s->req.body.len == 0 && strcmp(s->req.method, "GET") != 0) {
+        if (nothing_to_send(&s->req)) {
             copy_back(s); /* nothing left to send in this range */
             continue;
         }
@@ -385,8 +392,8 @@ static void dispatch(runner *r, slot *s)
         s->done = 1;
         return;
     }
-    if (s->req.body.len == 0 && strcmp(s->req.method, "GET") != 0) {
-        s->done = 1; /* every record was skipped by the sink */
+    if (nothing_to_send(&s->req)) {
+        s->done = 1; /* every record was skipped or refused by the sink */
         return;
     }
     sl_error e;

@@ -76,6 +76,7 @@ typedef struct replay_item {
     uint64_t line;
     int attempts;
     char *record;
+    const char *action; /* interned */
 } replay_item;
 
 typedef struct sl_run_lease {

@@ -33,6 +33,7 @@ static int dead_letter(runner *r, const sl_record *rec, const slot *s, sl_error 
     d.stage = rec->stage;
     d.attempts = rec->status == SL_REC_FAILED ? (s->attempts ? s->attempts : 1) : 0;
     d.line = rec->line;
+    d.action = rec->action;
     if (s->replayed) {
         return sl_state_dl_bump(r->st, (int64_t)rec->pos, d.error, d.response, err);
     }

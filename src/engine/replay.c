@@ -8,6 +8,8 @@
 
 #include "engine/engine.h"
 
+static const char *intern_name(void *ud, const char *name);
+
 static int load_cb(void *ud, const sl_dead_letter *d)
 {
     runner *r = ud;
@@ -27,6 +29,7 @@ static int load_cb(void *ud, const sl_dead_letter *d)
     it->stage = d->stage;
     it->line = d->line;
     it->attempts = d->attempts;
+    it->action = d->action ? intern_name(r, d->action) : NULL;
     r->nitems++;
     return 0;
 }
@@ -92,6 +95,7 @@ int sl_replay_next(runner *r, sl_record *rec, uint64_t *next_pos, sl_error *err)
     rec->pos = (uint64_t)it->id;
     rec->line = it->line;
     rec->stage = (int8_t)it->stage;
+    rec->action = it->action;
     *next_pos = (uint64_t)it->id + 1;
     return 1;
 }

@@ -120,7 +120,10 @@ static const char *const migrations[] = {
     "  failed, skipped, requests, retries, error FROM runs;"
     "DROP TABLE runs;"
     "ALTER TABLE runs_v4 RENAME TO runs;"
-    "CREATE INDEX runs_pipeline_id ON runs(pipeline, id);",
+    "CREATE INDEX runs_pipeline_id ON runs(pipeline, id);"
+    /* and a dead letter keeps the action its record carried (a diff step's
+     * "lapsed"), so `sluice retry` sends it as what it was */
+    "ALTER TABLE dead_letters ADD COLUMN action TEXT;",
 };
 #define SQ_SCHEMA_VERSION ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
@@ -222,10 +225,10 @@ static const char *const sql_text[ST_N] = {
     [ST_KV_DEL] = "DELETE FROM kv WHERE pipeline = ?1 AND key = ?2",
     [ST_KV_EACH] = "SELECT key, value, updated_at FROM kv WHERE pipeline = ?1 ORDER BY key",
     [ST_DL_ADD] = "INSERT INTO dead_letters(pipeline, run_id, stage, line, record, error, "
-                  "response, attempts, created_at, updated_at) "
-                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                  "response, attempts, created_at, updated_at, action) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     [ST_DL_EACH] = "SELECT id, run_id, pipeline, stage, line, record, error, response, attempts, "
-                   "created_at FROM dead_letters WHERE pipeline = ?1 ORDER BY id LIMIT ?2",
+                   "created_at, action FROM dead_letters WHERE pipeline = ?1 ORDER BY id LIMIT ?2",
     [ST_DL_DELETE] = "DELETE FROM dead_letters WHERE id = ?1",
     [ST_DL_BUMP] = "UPDATE dead_letters SET attempts = attempts + 1, error = ?2, "
                    "response = coalesce(?3, response), updated_at = ?4 WHERE id = ?1",
@@ -1040,6 +1043,9 @@ static int sq_dl_add(void *impl, const sl_dead_letter *d, double now, sl_error *
         sqlite3_bind_int(st, 8, d->attempts);
         sqlite3_bind_double(st, 9, d->created_at);
         sqlite3_bind_double(st, 10, now);
+        if (d->action && *d->action) {
+            bind_text(st, 11, d->action); /* else NULL */
+        }
         rc = sqlite3_step(st);
         sq_put(q, ST_DL_ADD, st);
     }
@@ -1074,6 +1080,7 @@ static int sq_dl_each(void *impl, const char *pipeline, int limit, sl_dl_cb cb, 
             .response = col_text(st, 7),
             .attempts = sqlite3_column_int(st, 8),
             .created_at = sqlite3_column_double(st, 9),
+            .action = sqlite3_column_type(st, 10) == SQLITE_NULL ? NULL : col_text(st, 10),
         };
         int c = cb(ud, &d);
         if (c != 0) {

@@ -43,6 +43,7 @@ typedef struct sl_dead_letter {
     int attempts;
     uint64_t line; /* input line, 0 if none */
     double created_at;
+    const char *action; /* the record's action ("lapsed"), or NULL */
 } sl_dead_letter;
 
 typedef struct sl_state sl_state;

@@ -44,9 +44,11 @@ static struct script {
     int drain_emit; /* records the drain step emits at end of input */
     int drained;
     int step_commit_complete;
-    int64_t steal_at; /* record step: another run takes the lease here (-1 never) */
-    int retrying;     /* the source's retry hook was called */
-    uint64_t refetch; /* in a retry, the source yields ids 5001.. this many */
+    int64_t steal_at;  /* record step: another run takes the lease here (-1 never) */
+    int retrying;      /* the source's retry hook was called */
+    int tag_action;    /* the record step marks records "changed" */
+    char action25[16]; /* the action record 25 reached the sink with */
+    uint64_t refetch;  /* in a retry, the source yields ids 5001.. this many */
     sl_state *st;
 } S;
 
@@ -174,6 +176,9 @@ static sl_verdict sink_write(void *self, sl_batch *b, sl_error *err)
         if (rec->status != SL_REC_OK) {
             continue;
         }
+        if (rec_id(rec) == 25) {
+            snprintf(S.action25, sizeof(S.action25), "%s", rec->action ? rec->action : "");
+        }
         if (rec_id(rec) == S.fail_id) {
             sl_record_reject(rec, SL_STAGE_SINK, "refused by the sink");
             rec->status = SL_REC_FAILED;
@@ -225,6 +230,9 @@ static int rec_step(void *self, sl_record *rec, int stage, sl_error *err)
         if (sl_state_lease_take(S.st, &l, h.owner, NULL, &e) != 1) {
             return sl_error_set(err, SL_ERR, "cannot steal: %s", e.msg);
         }
+    }
+    if (S.tag_action) {
+        rec->action = "changed";
     }
     if (S.reject_every && id >= 0 && id % S.reject_every == 0) {
         sl_record_reject(rec, stage, "id %lld is not wanted", (long long)id);
@@ -664,6 +672,7 @@ static void test_replay_from_dead_letters(void **state)
     S.nrecords = 30;
     S.reject_every = 10; /* 0, 10, 20 */
     S.fail_id = 25;
+    S.tag_action = 1;
     const sl_step_plugin *steps[] = {&record_step};
     pipe_def d;
     pipe_init(&d, steps, 1);
@@ -682,6 +691,9 @@ static void test_replay_from_dead_letters(void **state)
     assert_int_equal(S.retrying, 1);
     assert_int_equal(res.counts.sent, 1 + 6);
     assert_int_equal(S.sent_ids[0], 25);
+    /* it skipped the steps (the sink refused it) and still carries the
+     * action it had: a dead letter keeps it */
+    assert_string_equal(S.action25, "changed");
     for (int i = 0; i < 6; i++) {
         assert_int_equal(S.sent_ids[1 + i], 5001 + i);
     }
