@@ -281,6 +281,7 @@ static int has_template(const sl_node *n)
  * configuration error, so `check` and `run` refuse the same things. */
 typedef struct validate_ctx {
     const sl_opts *opts;
+    const char *file;
     const char *path;
     sl_buf *errors;
     int n;
@@ -295,21 +296,29 @@ static void validate_report(void *ud, const char *option, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     char kpath[CFG_PATH_MAX];
-    if (option) {
-        cfg_path_key(kpath, sizeof(kpath), v->path, option);
+    size_t fl = v->file ? strlen(v->file) : 0;
+    if (!option && fl && strncmp(msg, v->file, fl) == 0 && msg[fl] == ':') {
+        /* a plugin's own message that already names file:line:col and the
+         * option (a check shared with its init) */
+        cfg_errw(v->errors, "", NULL, "%s", msg);
     } else {
-        snprintf(kpath, sizeof(kpath), "%s", v->path);
+        if (option) {
+            cfg_path_key(kpath, sizeof(kpath), v->path, option);
+        } else {
+            snprintf(kpath, sizeof(kpath), "%s", v->path);
+        }
+        cfg_errw(v->errors, option ? sl_opt_where(v->opts, option) : NULL, kpath, "%s", msg);
     }
-    cfg_errw(v->errors, option ? sl_opt_where(v->opts, option) : NULL, kpath, "%s", msg);
     v->n++;
 }
 
-static int run_validate(sl_validate_fn fn, const sl_opts *opts, const char *path, sl_buf *errors)
+static int run_validate(sl_validate_fn fn, const sl_opts *opts, const char *file, const char *path,
+                        sl_buf *errors)
 {
     if (!fn) {
         return 0;
     }
-    validate_ctx v = {.opts = opts, .path = path, .errors = errors};
+    validate_ctx v = {.opts = opts, .file = file, .path = path, .errors = errors};
     int n = fn(opts, validate_report, &v);
     return n > 0 || v.n > 0;
 }
@@ -370,7 +379,7 @@ static const void *load_plugin(const sl_catalog *cat, const char *file, const ch
     pc->opts = cfg_opts_build(table, block, file, path, handled, errors, &bad, CFG_TMPL_DEFER);
     if (!bad && pc->opts && !has_template(block)) {
         /* values that are job templates are checked per job, filled in */
-        bad = run_validate(ref.validate, pc->opts, path, errors);
+        bad = run_validate(ref.validate, pc->opts, file, path, errors);
     }
     if (bad) {
         sl_opts_free(pc->opts);
@@ -846,7 +855,7 @@ static int instantiate_plugin(const char *file, const sl_node *block, const sl_o
     to->opts = cfg_opts_build(table, copy, file, path, handled, errors, &obad, CFG_TMPL_CHECK);
     sl_node_free(copy);
     if (!bad && !obad && to->opts && has_template(block)) {
-        obad = run_validate(validate, to->opts, path, errors);
+        obad = run_validate(validate, to->opts, file, path, errors);
     }
     if (bad || obad) {
         sl_opts_free(to->opts);

@@ -1696,6 +1696,46 @@ static void test_config_plugin_validate(void **state)
     sl_secrets_clear();
 }
 
+/* Issue 7 #12: what `run` and `serve` refuse, `check` refuses (the csv
+ * source's own checks, shared with its init). */
+static void test_config_csv_checked_at_load(void **state)
+{
+    (void)state;
+    sl_buf e = {0};
+    const char *path = write_config(
+        "csvbad.yml", "pipelines:\n"
+                      "  a:\n"
+                      "    source: {type: csv, path: in.csv, delimiter: \";;\"}\n"
+                      "    sink: {type: http, url: 'http://x/'}\n"
+                      "  b:\n"
+                      "    source: {type: csv, path: 'https://h/x.csv', allow_hosts: '*'}\n"
+                      "    sink: {type: http, url: 'http://x/'}\n"
+                      "  c:\n"
+                      "    source: {type: csv, path: in.csv, quote: ''}\n"
+                      "    sink: {type: http, url: 'http://x/'}\n"
+                      "  d:\n"
+                      "    source: {type: csv, path: in.csv, max_row_bytes: 1TB}\n"
+                      "    sink: {type: http, url: 'http://x/'}\n"
+                      "  e:\n"
+                      "    source: {type: csv, path: in.csv, allow_hosts: 'ex@mple..org'}\n"
+                      "    sink: {type: http, url: 'http://x/'}\n");
+    assert_null(sl_config_load(&sl_builtin_plugins, path, NULL, 0, &e));
+    const char *t = sl_buf_cstr(&e);
+    char want[512];
+    snprintf(want, sizeof(want), "%s:3:50: delimiter: must be one byte", path);
+    assert_non_null(strstr(t, want));
+    snprintf(want, sizeof(want), "%s:6:63: allow_hosts entry '*' is not a host", path);
+    assert_non_null(strstr(t, want));
+    snprintf(want, sizeof(want), "%s:9:46: quote: must be one byte", path);
+    assert_non_null(strstr(t, want));
+    snprintf(want, sizeof(want), "%s:12:54: max_row_bytes: must be between 64 bytes and 32MB",
+             path);
+    assert_non_null(strstr(t, want));
+    snprintf(want, sizeof(want), "%s:15:52: allow_hosts entry 'ex@mple..org' is not a host", path);
+    assert_non_null(strstr(t, want));
+    sl_buf_free(&e);
+}
+
 static void test_config_schedule(void **state)
 {
     (void)state;
@@ -1796,6 +1836,7 @@ int main(void)
         cmocka_unit_test(test_config_instantiate_threads),
         cmocka_unit_test(test_config_schedule),
         cmocka_unit_test(test_config_plugin_validate),
+        cmocka_unit_test(test_config_csv_checked_at_load),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -1424,6 +1424,70 @@ static int start_input(csv_src *s, const sl_opts *o, sl_error *err)
     return 0;
 }
 
+/* Every option check and setting short of opening the input: shared by init
+ * and the validate hook, so `sluice check` refuses exactly what `run` would. */
+static int setup_options(csv_src *s, const sl_opts *o, sl_reader_opts *ro, sl_error *err)
+{
+    int rc;
+    if ((rc = parse_setup(s, o, err)) != 0 || (rc = build_http_headers(s, o, err)) != 0 ||
+        (rc = build_download_limits(s, o, err)) != 0) {
+        return rc;
+    }
+    const char *comp = sl_opt_str(o, "compression");
+    int c = sl_compression_parse(comp ? comp : "auto");
+    if (c < 0) {
+        return sl_error_set(err, SL_ERR_CONFIG, "%s: compression: expected auto|none|gzip|bzip2",
+                            sl_opt_where(o, "compression"));
+    }
+    const char *path = sl_opt_str(o, "path");
+    s->path = strdup(path ? path : "");
+    if (!s->path) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    s->comp = c;
+    memset(ro, 0, sizeof(*ro));
+    ro->compression = (sl_compression)c;
+    if (sl_opt_isset(o, "max_decompressed")) {
+        int64_t max = sl_opt_size(o, "max_decompressed");
+        if (max <= 0) {
+            return sl_error_set(err, SL_ERR_CONFIG,
+                                "%s: max_decompressed: must be more than 0 bytes (leave it out "
+                                "for no limit)",
+                                sl_opt_where(o, "max_decompressed"));
+        }
+        ro->max_bytes = (uint64_t)max;
+    }
+    int64_t ratio = sl_opt_int(o, "max_ratio");
+    if (ratio < 0 || ratio > UINT32_MAX) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: max_ratio: expected 0 (no limit) to 4294967295, got %lld",
+                            sl_opt_where(o, "max_ratio"), (long long)ratio);
+    }
+    ro->max_ratio = (uint32_t)ratio;
+    ro->http_headers = s->http_headers;
+    ro->http = &s->http;
+    return 0;
+}
+
+static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
+{
+    csv_src *s = calloc(1, sizeof(*s));
+    if (!s) {
+        report(ud, NULL, "out of memory checking the options");
+        return 1;
+    }
+    sl_error err = {0};
+    sl_reader_opts ro;
+    int rc = setup_options(s, o, &ro, &err);
+    src_destroy(s);
+    if (rc == 0) {
+        return 0;
+    }
+    /* the message names the option and its file:line:col already */
+    report(ud, NULL, "%s", err.msg);
+    return 1;
+}
+
 static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
     int rc = 0;
@@ -1432,52 +1496,15 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     s->ctx = ctx;
-    if ((rc = parse_setup(s, o, err)) != 0 || (rc = build_http_headers(s, o, err)) != 0 ||
-        (rc = build_download_limits(s, o, err)) != 0) {
+    sl_reader_opts ro;
+    if ((rc = setup_options(s, o, &ro, err)) != 0) {
         goto fail;
     }
-    const char *comp = sl_opt_str(o, "compression");
-    int c = sl_compression_parse(comp ? comp : "auto");
-    if (c < 0) {
-        rc = sl_error_set(err, SL_ERR_CONFIG, "%s: compression: expected auto|none|gzip|bzip2",
-                          sl_opt_where(o, "compression"));
-        goto fail;
-    }
-    const char *path = sl_opt_str(o, "path");
-    s->path = strdup(path ? path : "");
-    if (!s->path) {
-        rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    s->comp = c;
     if (strncmp(s->path, "http://", 7) == 0 || strncmp(s->path, "https://", 8) == 0) {
         /* the whole URL, query included, without keeping it (it may hold a
          * signature): a changed query string is another input */
         sha256_hex(s->path, strlen(s->path), s->url_sha);
     }
-    sl_reader_opts ro = {0};
-    ro.compression = (sl_compression)c;
-    if (sl_opt_isset(o, "max_decompressed")) {
-        int64_t max = sl_opt_size(o, "max_decompressed");
-        if (max <= 0) {
-            rc = sl_error_set(err, SL_ERR_CONFIG,
-                              "%s: max_decompressed: must be more than 0 bytes (leave it out for "
-                              "no limit)",
-                              sl_opt_where(o, "max_decompressed"));
-            goto fail;
-        }
-        ro.max_bytes = (uint64_t)max;
-    }
-    int64_t ratio = sl_opt_int(o, "max_ratio");
-    if (ratio < 0 || ratio > UINT32_MAX) {
-        rc = sl_error_set(err, SL_ERR_CONFIG,
-                          "%s: max_ratio: expected 0 (no limit) to 4294967295, got %lld",
-                          sl_opt_where(o, "max_ratio"), (long long)ratio);
-        goto fail;
-    }
-    ro.max_ratio = (uint32_t)ratio;
-    ro.http_headers = s->http_headers;
-    ro.http = &s->http;
     s->r = sl_reader_open(s->path, &ro, err);
     if (!s->r) {
         rc = err && err->code ? err->code : SL_ERR_IO;
@@ -1851,6 +1878,7 @@ const sl_source_plugin sl_source_csv = {
     .name = "csv",
     .summary = "rows of a CSV file, stdin or http(s) URL (gzip/bzip2 aware), resumable",
     .options = csv_options,
+    .validate = src_validate,
     .init = src_init,
     .resume = src_resume,
     .next = src_next,
