@@ -100,6 +100,8 @@ export BRAZE_API_KEY=wrong-key-$RANDOM$RANDOM
 expect_eq "rejected API key: exit 1" 1 "$(run_rc badkey run -c "$CFG")"
 expect_match "the rejected key is reported" "$T_DIR/badkey.log" "API key|401"
 expect_no_match "the wrong key is not printed" "$T_DIR/badkey.log" "$BRAZE_API_KEY"
+# the row was read before the 401 stopped the run: the summary says so
+expect_match "a run stopped by a 401 reports what it read" "$T_DIR/badkey.log" "read 1 +sent 0"
 export BRAZE_API_KEY=$real
 
 # --- dry run: counts and samples, nothing sent
