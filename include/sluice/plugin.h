@@ -95,6 +95,12 @@ int sl_ctx_dry_run(const sl_ctx *c);
 int sl_ctx_state_get(sl_ctx *c, const char *key, sl_buf *out, sl_error *err);
 int sl_ctx_state_set(sl_ctx *c, const char *key, const char *value, size_t len, sl_error *err);
 int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err);
+/* A directory for files this plugin instance keeps beside the state store
+ * (a snapshot too large for a key/value row), created on first use (mode
+ * 0700); its path goes into out. Files written there become part of the
+ * pipeline's durable state only when the commit hook records them. <0 when
+ * the state store keeps no files. */
+int sl_ctx_files_dir(sl_ctx *c, sl_buf *out, sl_error *err);
 /* Unix time (UTC) when this run began (the same value commit hooks get). */
 double sl_ctx_run_started(const sl_ctx *c);
 /* The user asked for `--again`: deliver an input that an earlier run

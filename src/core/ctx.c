@@ -1,3 +1,5 @@
+#include <errno.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +75,42 @@ void sl_ctx_skip_run(sl_ctx *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->skip, sizeof(c->skip), fmt, ap);
     va_end(ap);
+}
+
+static int mkdir_p(char *path, sl_error *err)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            int rc = mkdir(path, 0700);
+            *p = '/';
+            if (rc != 0 && errno != EEXIST) {
+                return sl_error_set(err, SL_ERR_IO, "cannot create the directory %s: %s", path,
+                                    strerror(errno));
+            }
+        }
+    }
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        return sl_error_set(err, SL_ERR_IO, "cannot create the directory %s: %s", path,
+                            strerror(errno));
+    }
+    return 0;
+}
+
+int sl_ctx_files_dir(sl_ctx *c, sl_buf *out, sl_error *err)
+{
+    char base[4096];
+    if (!c->state) {
+        return sl_error_set(err, SL_ERR, "%s: no state store for this plugin's files", c->name);
+    }
+    if (sl_state_files_dir(c->state, base, sizeof(base), err) < 0) {
+        return sl_error_prefix(err, "%s", c->name);
+    }
+    sl_buf_reset(out);
+    if (sl_buf_printf(out, "%s/%s/%s", base, c->pipeline, c->ns) != 0) {
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", c->name);
+    }
+    return mkdir_p(out->data, err) < 0 ? sl_error_prefix(err, "%s", c->name) : 0;
 }
 
 double sl_ctx_run_started(const sl_ctx *c)

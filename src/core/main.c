@@ -280,7 +280,9 @@ static int cmd_run(const cli *c, sl_run_mode mode)
         return code;
     }
     sl_state *st = NULL;
-    if (!c->dry_run || mode == SL_RUN_RETRY) {
+    /* a dry run reads an existing store (a cursor, a snapshot to diff
+     * against) but never creates one, and writes nothing to it */
+    if (!c->dry_run || mode == SL_RUN_RETRY || sl_state_exists(cfg->state_url) == 1) {
         st = open_state(cfg, &code);
         if (!st) {
             sl_config_free(cfg);

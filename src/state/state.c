@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "sluice/log.h"
@@ -47,6 +48,54 @@ const char *sl_state_key_noun(const char *key, char *buf, size_t cap)
 static int starts_with(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* The SQLite file of a state URL ("sqlite:PATH", "sqlite://PATH[?opts]"
+ * or a plain path) into out; 0, or <0 for other backends. */
+static int sqlite_path(const char *url, char *out, size_t cap)
+{
+    if (!url || !*url || starts_with(url, "postgres://") || starts_with(url, "postgresql://")) {
+        return -1;
+    }
+    if (starts_with(url, "sqlite:")) {
+        const char *p = url + strlen("sqlite:");
+        if (starts_with(p, "//")) {
+            p += 2;
+        }
+        snprintf(out, cap, "%.*s", (int)strcspn(p, "?"), p);
+        return 0;
+    }
+    if (sl_url_scheme_len(url) > 0) {
+        return -1;
+    }
+    snprintf(out, cap, "%s", url);
+    return 0;
+}
+
+int sl_state_exists(const char *url)
+{
+    char path[4096];
+    if (sqlite_path(url, path, sizeof(path)) < 0) {
+        return -1;
+    }
+    if (strcmp(path, ":memory:") == 0) {
+        return 0;
+    }
+    return access(path, F_OK) == 0;
+}
+
+int sl_state_files_dir(sl_state *s, char *out, size_t cap, sl_error *err)
+{
+    if (strcmp(s->ops->name, "sqlite") != 0 || strcmp(s->where, ":memory:") == 0) {
+        return sl_error_set(err, SL_ERR_USAGE,
+                            "state %s keeps no files (plugins that keep files, such as the "
+                            "diff step's snapshots, need an SQLite state file)",
+                            s->where);
+    }
+    if ((size_t)snprintf(out, cap, "%s.files", s->where) >= cap) {
+        return sl_error_set(err, SL_ERR_LIMIT, "state %s: path too long", s->where);
+    }
+    return 0;
 }
 
 sl_state *sl_state_open(const char *url, sl_error *err)

@@ -50,6 +50,13 @@ typedef struct sl_state sl_state;
 
 /* url: a path (SQLite, created with its directory) or "sqlite:PATH". */
 sl_state *sl_state_open(const char *url, sl_error *err);
+/* 1 when the store at url exists already (a dry run reads it but never
+ * creates one), 0 when not, <0 when the URL is not understood. */
+int sl_state_exists(const char *url);
+/* The directory beside the store for files plugins keep (a diff step's
+ * snapshots): "<database>.files". <0 with err when the store keeps no
+ * files (in memory). */
+int sl_state_files_dir(sl_state *s, char *out, size_t cap, sl_error *err);
 void sl_state_close(sl_state *s);
 
 int sl_state_begin(sl_state *s, sl_error *err);
