@@ -1,0 +1,972 @@
+/* Step diff: compare an export with the last delivered snapshot and send
+ * only what changed.
+ *
+ * Each record's key (one or more columns, normalised: trimmed, lowercased)
+ * is looked up in the previous snapshot:
+ *   - not there: action "new";
+ *   - there with another fingerprint of the compared columns: "changed"
+ *     (with changed_fields_only, the record keeps the key and the changed
+ *     columns only);
+ *   - there with the same fingerprint: dropped (counted as skipped);
+ *   - a key seen earlier in this export: dead-lettered (the first row wins).
+ * After the last input row (drain), every key of the previous snapshot not
+ * seen is emitted as "lapsed", carrying the key columns' original text.
+ *
+ * The new snapshot is written while the rows stream by, to a file beside the
+ * state store, and becomes current in the commit hook only when the run was
+ * complete (every record acknowledged or dead-lettered); a failed run diffs
+ * against the old snapshot next time. A lapse guard refuses to lapse more
+ * than max_lapse of the previous snapshot (an empty or truncated export).
+ *
+ * Memory: the previous snapshot's keys in an open-addressing table of 24
+ * bytes per slot (key hash, fingerprint, file offset) at load <= 0.75, plus
+ * 8 bytes per slot for keys new in this export; nothing else grows with the
+ * input. 10 million keys: about 320 MB for the table.
+ *
+ * Snapshot file (native byte order, this machine's own state):
+ *   "SLDIFF01" u64 count  u32 ncols {u16 len, name}*  u32 nkey {u16 len, name}*
+ *   entries: u64 key_hash  u64 fingerprint  u64 field_hash[ncols]
+ *            u16 keylen  key text (the key columns' original values, 0x1f between)
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <xxhash.h>
+
+#include "sluice/plugin.h"
+#include "sluice/values.h"
+
+#define SNAP_MAGIC "SLDIFF01"
+#define KEY_SEP '\x1f'
+#define MAX_COLS 1024
+#define KEY_MAX 65535
+
+static const sl_option diff_options[] = {
+    {"key", SL_OPT_LIST, NULL, SL_OPT_REQUIRED, NULL,
+     "column(s) identifying a person (e.g. email); normalised before comparing"},
+    {"normalize", SL_OPT_LIST, "[trim, lowercase]", 0, NULL,
+     "what the key goes through: trim, lowercase (ASCII), or none"},
+    {"compare", SL_OPT_LIST, NULL, 0, NULL,
+     "columns whose change makes a record \"changed\" (default: every column but the key)"},
+    {"changed_fields_only", SL_OPT_BOOL, "false", 0, NULL,
+     "a changed record carries only its key and the columns that changed"},
+    {"action_field", SL_OPT_STRING, NULL, 0, NULL,
+     "also put the action (new, changed, lapsed) in this field, for sinks that do not read it"},
+    {"max_lapse", SL_OPT_STRING, "20%", 0, NULL,
+     "most of the previous snapshot a run may lapse (\"20%\"; \"100%\" for an intended purge)"},
+    SL_OPTIONS_END,
+};
+
+typedef struct snap_hdr {
+    uint64_t count;
+    char **cols; /* compared columns, in fingerprint order */
+    size_t ncols;
+    char **keys;
+    size_t nkeys;
+} snap_hdr;
+
+typedef struct diff_step {
+    sl_ctx *ctx;
+    int stage;
+    /* options */
+    char **key_cols;
+    size_t nkey;
+    int trim, lower;
+    char **cmp_opt; /* compare: as configured, or NULL = all but the key */
+    size_t ncmp_opt;
+    int changed_only;
+    char *action_field;
+    double max_lapse; /* fraction of the previous snapshot; >= 1 = no guard */
+
+    /* the compared columns of this export (decided at the first record) */
+    char **cols;
+    size_t ncols;
+    int have_cols;
+    /* for each of this export's compared columns, its index in the previous
+     * snapshot's list, or -1; same_cols: identical lists (fast path) */
+    long *prev_idx;
+    int same_cols;
+
+    /* the previous snapshot */
+    char dir[4096];
+    char prev_file[4200];
+    int have_prev;
+    snap_hdr prev;
+    uint64_t *tk, *tf, *toff; /* table: key hash (0 = empty), fingerprint, offset */
+    uint8_t *seen;
+    uint64_t tcap;
+    FILE *prevf; /* random reads of entries (field hashes) */
+
+    /* keys new in this export (not in the previous snapshot) */
+    uint64_t *nk;
+    uint64_t ncap, nn;
+
+    /* the new snapshot */
+    char new_file[4200];
+    FILE *out;
+    uint64_t out_count;
+    int write_new; /* not in a dry run */
+
+    /* drain */
+    FILE *scan;
+    uint64_t scan_left;
+    int drain_started;
+    uint64_t *scan_fh;
+
+    /* counts */
+    uint64_t n_new, n_changed, n_same, n_lapsed, n_dup;
+
+    /* scratch */
+    sl_buf key, keyorig, val;
+    uint64_t *fh, *pfh;
+} diff_step;
+
+/* ------------------------------------------------------------ helpers */
+
+static uint64_t nz(uint64_t h)
+{
+    return h ? h : 1; /* 0 marks an empty slot */
+}
+
+static int list_dup(const sl_opts *o, const char *name, char ***out, size_t *n)
+{
+    *n = sl_opt_count(o, name);
+    *out = calloc(*n ? *n : 1, sizeof(char *));
+    if (!*out) {
+        return -1;
+    }
+    for (size_t i = 0; i < *n; i++) {
+        const char *v = sl_opt_item(o, name, i);
+        if (!((*out)[i] = strdup(v ? v : ""))) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void strv_free(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++) {
+        free(v[i]);
+    }
+    free(v);
+}
+
+static int parse_percent(const char *s, double *out)
+{
+    char *end = NULL;
+    if (!s || !*s) {
+        return -1;
+    }
+    double v = strtod(s, &end);
+    if (end == s) {
+        return -1;
+    }
+    if (*end == '%' && end[1] == '\0') {
+        v /= 100.0;
+    } else if (*end != '\0') {
+        return -1;
+    }
+    if (!(v >= 0.0 && v <= 1.0)) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int diff_validate(const sl_opts *o, sl_report_fn report, void *ud)
+{
+    int bad = 0;
+    size_t nk = sl_opt_count(o, "key");
+    if (nk == 0) {
+        report(ud, "key", "names no column (expected e.g. [email])");
+        bad++;
+    }
+    for (size_t i = 0; i < nk; i++) {
+        const char *k = sl_opt_item(o, "key", i);
+        if (!k || !*k) {
+            report(ud, "key", "entry %zu is empty (expected a column name)", i + 1);
+            bad++;
+        }
+    }
+    for (size_t i = 0; i < sl_opt_count(o, "normalize"); i++) {
+        const char *n = sl_opt_item(o, "normalize", i);
+        if (!n || (strcmp(n, "trim") && strcmp(n, "lowercase") && strcmp(n, "none"))) {
+            report(ud, "normalize",
+                   "'%s' is not a normalisation (expected trim, lowercase or none)", n ? n : "");
+            bad++;
+        }
+    }
+    double f;
+    if (parse_percent(sl_opt_str(o, "max_lapse"), &f) < 0) {
+        report(ud, "max_lapse", "'%s' is not a share of the snapshot (expected e.g. 20%% or 0.2)",
+               sl_opt_str(o, "max_lapse") ? sl_opt_str(o, "max_lapse") : "");
+        bad++;
+    }
+    return bad;
+}
+
+/* ------------------------------------------------------------ snapshot files */
+
+static int w_all(FILE *f, const void *p, size_t n)
+{
+    return fwrite(p, 1, n, f) == n ? 0 : -1;
+}
+
+static int r_all(FILE *f, void *p, size_t n)
+{
+    return fread(p, 1, n, f) == n ? 0 : -1;
+}
+
+static int w_names(FILE *f, char **v, size_t n)
+{
+    uint32_t c = (uint32_t)n;
+    if (w_all(f, &c, 4) < 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint16_t l = (uint16_t)strlen(v[i]);
+        if (w_all(f, &l, 2) < 0 || w_all(f, v[i], l) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int r_names(FILE *f, char ***v, size_t *n)
+{
+    uint32_t c;
+    if (r_all(f, &c, 4) < 0 || c > MAX_COLS) {
+        return -1;
+    }
+    *n = c;
+    *v = calloc(c ? c : 1, sizeof(char *));
+    if (!*v) {
+        return -1;
+    }
+    for (size_t i = 0; i < c; i++) {
+        uint16_t l;
+        if (r_all(f, &l, 2) < 0 || !((*v)[i] = calloc(1, (size_t)l + 1)) ||
+            r_all(f, (*v)[i], l) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void hdr_free(snap_hdr *h)
+{
+    strv_free(h->cols, h->ncols);
+    strv_free(h->keys, h->nkeys);
+    memset(h, 0, sizeof(*h));
+}
+
+static int read_hdr(FILE *f, snap_hdr *h)
+{
+    char magic[8];
+    if (r_all(f, magic, 8) < 0 || memcmp(magic, SNAP_MAGIC, 8) != 0 || r_all(f, &h->count, 8) < 0 ||
+        r_names(f, &h->cols, &h->ncols) < 0 || r_names(f, &h->keys, &h->nkeys) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* One entry; key text into keybuf (NUL-terminated). 0, or -1 at a bad or
+ * cut entry. */
+static int read_entry(FILE *f, size_t ncols, uint64_t *kh, uint64_t *fp, uint64_t *fh, char *keybuf,
+                      uint16_t *klen)
+{
+    if (r_all(f, kh, 8) < 0 || r_all(f, fp, 8) < 0 || (ncols && r_all(f, fh, ncols * 8) < 0) ||
+        r_all(f, klen, 2) < 0 || r_all(f, keybuf, *klen) < 0) {
+        return -1;
+    }
+    keybuf[*klen] = '\0';
+    return 0;
+}
+
+/* ------------------------------------------------------------ tables */
+
+static uint64_t slot_of(uint64_t h, uint64_t cap)
+{
+    /* multiply-shift into [0, cap): no power-of-two rounding of memory */
+    return (uint64_t)(((unsigned __int128)h * cap) >> 64);
+}
+
+/* Slot holding h in the previous snapshot's table, or UINT64_MAX. */
+static uint64_t prev_find(const diff_step *d, uint64_t h)
+{
+    if (!d->tcap) {
+        return UINT64_MAX;
+    }
+    for (uint64_t i = slot_of(h, d->tcap);; i = i + 1 == d->tcap ? 0 : i + 1) {
+        if (d->tk[i] == 0) {
+            return UINT64_MAX;
+        }
+        if (d->tk[i] == h) {
+            return i;
+        }
+    }
+}
+
+/* Add h to the set of keys new in this export. 1 added, 0 already there,
+ * <0 out of memory. */
+static int newset_add(diff_step *d, uint64_t h)
+{
+    if ((d->nn + 1) * 4 > d->ncap * 3) {
+        uint64_t cap = d->ncap ? d->ncap * 2 : 1024;
+        uint64_t *nk = calloc(cap, sizeof(*nk));
+        if (!nk) {
+            return -1;
+        }
+        for (uint64_t i = 0; i < d->ncap; i++) {
+            if (d->nk[i]) {
+                uint64_t j = slot_of(d->nk[i], cap);
+                while (nk[j]) {
+                    j = j + 1 == cap ? 0 : j + 1;
+                }
+                nk[j] = d->nk[i];
+            }
+        }
+        free(d->nk);
+        d->nk = nk;
+        d->ncap = cap;
+    }
+    for (uint64_t i = slot_of(h, d->ncap);; i = i + 1 == d->ncap ? 0 : i + 1) {
+        if (d->nk[i] == h) {
+            return 0;
+        }
+        if (d->nk[i] == 0) {
+            d->nk[i] = h;
+            d->nn++;
+            return 1;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ state */
+
+/* The current snapshot, as the state store records it. */
+static int load_pointer(diff_step *d, sl_error *err)
+{
+    sl_buf v = {0};
+    int rc = sl_ctx_state_get(d->ctx, "snapshot", &v, err);
+    if (rc <= 0) {
+        sl_buf_free(&v);
+        return rc;
+    }
+    json_t *j = json_loads(sl_buf_cstr(&v), 0, NULL);
+    const char *file = j ? json_string_value(json_object_get(j, "file")) : NULL;
+    if (file && !strchr(file, '/')) {
+        snprintf(d->prev_file, sizeof(d->prev_file), "%s/%s", d->dir, file);
+        d->have_prev = 1;
+    }
+    json_decref(j);
+    sl_buf_free(&v);
+    if (!d->have_prev) {
+        return sl_error_set(err, SL_ERR_IO, "%s: the state's snapshot record is unreadable",
+                            sl_ctx_name(d->ctx));
+    }
+    return 1;
+}
+
+static int load_prev(diff_step *d, sl_error *err)
+{
+    FILE *f = fopen(d->prev_file, "rb");
+    if (!f) {
+        return sl_error_set(err, SL_ERR_IO,
+                            "%s: the current snapshot %s cannot be opened (%s); it is recorded in "
+                            "the state store, so it must not be removed",
+                            sl_ctx_name(d->ctx), d->prev_file, strerror(errno));
+    }
+    setvbuf(f, NULL, _IOFBF, 1 << 20);
+    if (read_hdr(f, &d->prev) < 0) {
+        fclose(f);
+        return sl_error_set(err, SL_ERR_IO, "%s: %s is not a readable snapshot",
+                            sl_ctx_name(d->ctx), d->prev_file);
+    }
+    uint64_t n = d->prev.count;
+    d->tcap = n + n / 3 + 16;
+    d->tk = calloc(d->tcap, sizeof(*d->tk));
+    d->tf = calloc(d->tcap, sizeof(*d->tf));
+    d->toff = calloc(d->tcap, sizeof(*d->toff));
+    d->seen = calloc((d->tcap + 7) / 8, 1);
+    d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
+    char *key = malloc(KEY_MAX + 1);
+    if (!d->tk || !d->tf || !d->toff || !d->seen || !d->pfh || !key) {
+        free(key);
+        fclose(f);
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
+                            sl_ctx_name(d->ctx), n);
+    }
+    for (uint64_t k = 0; k < n; k++) {
+        long off = ftell(f);
+        uint64_t kh, fp;
+        uint16_t kl;
+        if (read_entry(f, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
+            free(key);
+            fclose(f);
+            return sl_error_set(err, SL_ERR_IO,
+                                "%s: %s is cut short (entry %" PRIu64 " of %" PRIu64 ")",
+                                sl_ctx_name(d->ctx), d->prev_file, k + 1, n);
+        }
+        uint64_t i = slot_of(kh, d->tcap);
+        while (d->tk[i] && d->tk[i] != kh) {
+            i = i + 1 == d->tcap ? 0 : i + 1;
+        }
+        d->tk[i] = kh;
+        d->tf[i] = fp;
+        d->toff[i] = (uint64_t)off;
+    }
+    free(key);
+    fclose(f);
+    d->prevf = fopen(d->prev_file, "rb");
+    return d->prevf ? 0
+                    : sl_error_set(err, SL_ERR_IO, "%s: cannot reopen %s", sl_ctx_name(d->ctx),
+                                   d->prev_file);
+}
+
+/* Remove the files of this directory the state does not point to: a
+ * crashed run's unfinished snapshot, the snapshot a later run replaced.
+ * Runs of one pipeline never overlap (the run lease), so nothing else is
+ * writing here. */
+static void sweep(diff_step *d)
+{
+    DIR *dir = opendir(d->dir);
+    if (!dir) {
+        return;
+    }
+    const char *cur = d->have_prev ? strrchr(d->prev_file, '/') + 1 : NULL;
+    struct dirent *e;
+    while ((e = readdir(dir)) != NULL) {
+        if (strncmp(e->d_name, "snap-", 5) != 0 || (cur && strcmp(e->d_name, cur) == 0)) {
+            continue;
+        }
+        char path[4400];
+        snprintf(path, sizeof(path), "%s/%s", d->dir, e->d_name);
+        if (unlink(path) == 0) {
+            sl_plog(d->ctx, SL_LOG_DEBUG, "removed %s (not the current snapshot)", path);
+        }
+    }
+    closedir(dir);
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void diff_destroy(void *self)
+{
+    diff_step *d = self;
+    if (!d) {
+        return;
+    }
+    if (d->out) {
+        fclose(d->out);
+        unlink(d->new_file); /* never committed */
+    }
+    if (d->prevf) {
+        fclose(d->prevf);
+    }
+    if (d->scan) {
+        fclose(d->scan);
+    }
+    free(d->action_field);
+    strv_free(d->key_cols, d->nkey);
+    strv_free(d->cmp_opt, d->ncmp_opt);
+    strv_free(d->cols, d->ncols);
+    free(d->prev_idx);
+    hdr_free(&d->prev);
+    free(d->tk);
+    free(d->tf);
+    free(d->toff);
+    free(d->seen);
+    free(d->nk);
+    free(d->fh);
+    free(d->pfh);
+    free(d->scan_fh);
+    sl_buf_free(&d->key);
+    sl_buf_free(&d->keyorig);
+    sl_buf_free(&d->val);
+    free(d);
+}
+
+static int diff_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
+{
+    diff_step *d = calloc(1, sizeof(*d));
+    if (!d) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    d->ctx = ctx;
+    if (list_dup(o, "key", &d->key_cols, &d->nkey) < 0 ||
+        (sl_opt_isset(o, "compare") && list_dup(o, "compare", &d->cmp_opt, &d->ncmp_opt) < 0)) {
+        diff_destroy(d);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < sl_opt_count(o, "normalize"); i++) {
+        const char *n = sl_opt_item(o, "normalize", i);
+        d->trim |= n && strcmp(n, "trim") == 0;
+        d->lower |= n && strcmp(n, "lowercase") == 0;
+    }
+    d->changed_only = sl_opt_bool(o, "changed_fields_only");
+    if (sl_opt_isset(o, "action_field") &&
+        !(d->action_field = strdup(sl_opt_str(o, "action_field")))) {
+        diff_destroy(d);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    if (parse_percent(sl_opt_str(o, "max_lapse"), &d->max_lapse) < 0) {
+        diff_destroy(d);
+        return sl_error_set(err, SL_ERR_CONFIG, "%s: max_lapse: '%s' is not a share (e.g. 20%%)",
+                            sl_opt_where(o, "max_lapse"), sl_opt_str(o, "max_lapse"));
+    }
+    sl_buf dir = {0};
+    int rc = sl_ctx_files_dir(ctx, &dir, err);
+    if (rc == 0) {
+        snprintf(d->dir, sizeof(d->dir), "%s", sl_buf_cstr(&dir));
+    }
+    sl_buf_free(&dir);
+    if (rc < 0) {
+        diff_destroy(d);
+        return rc;
+    }
+    if ((rc = load_pointer(d, err)) < 0 || (rc == 1 && load_prev(d, err) < 0)) {
+        diff_destroy(d);
+        return SL_ERR;
+    }
+    d->write_new = !sl_ctx_dry_run(ctx);
+    if (d->write_new) {
+        sweep(d);
+    }
+    if (d->write_new) {
+        snprintf(d->new_file, sizeof(d->new_file), "%s/snap-%.0f-%d.tmp", d->dir,
+                 sl_ctx_run_started(ctx) * 1000.0, (int)getpid());
+        d->out = fopen(d->new_file, "wb");
+        if (!d->out) {
+            diff_destroy(d);
+            return sl_error_set(err, SL_ERR_IO, "%s: cannot create %s: %s", sl_ctx_name(ctx),
+                                d->new_file, strerror(errno));
+        }
+        setvbuf(d->out, NULL, _IOFBF, 1 << 20);
+    }
+    *self = d;
+    return 0;
+}
+
+/* The compared columns of this export: as configured, or every field of the
+ * first record but the key; mapped onto the previous snapshot's. */
+static int decide_columns(diff_step *d, const sl_record *rec, sl_error *err)
+{
+    if (d->cmp_opt) {
+        d->ncols = d->ncmp_opt;
+        d->cols = calloc(d->ncols ? d->ncols : 1, sizeof(char *));
+        for (size_t i = 0; d->cols && i < d->ncols; i++) {
+            d->cols[i] = strdup(d->cmp_opt[i]);
+        }
+    } else {
+        d->cols = calloc(rec->nfields + 1, sizeof(char *));
+        for (uint32_t i = 0; d->cols && i < rec->nfields; i++) {
+            const sl_field *f = &rec->fields[i];
+            int is_key = 0;
+            for (size_t k = 0; k < d->nkey; k++) {
+                is_key |= strlen(d->key_cols[k]) == f->name_len &&
+                          memcmp(d->key_cols[k], f->name, f->name_len) == 0;
+            }
+            if (!is_key) {
+                d->cols[d->ncols++] = strndup(f->name, f->name_len);
+            }
+        }
+    }
+    if (!d->cols || d->ncols > MAX_COLS) {
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: too many columns", sl_ctx_name(d->ctx));
+    }
+    d->prev_idx = calloc(d->ncols + 1, sizeof(*d->prev_idx));
+    d->fh = calloc(d->ncols + 1, sizeof(*d->fh));
+    if (!d->prev_idx || !d->fh) {
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+    }
+    d->same_cols = d->have_prev && d->prev.ncols == d->ncols;
+    for (size_t i = 0; i < d->ncols; i++) {
+        d->prev_idx[i] = -1;
+        for (size_t j = 0; d->have_prev && j < d->prev.ncols; j++) {
+            if (strcmp(d->cols[i], d->prev.cols[j]) == 0) {
+                d->prev_idx[i] = (long)j;
+            }
+        }
+        d->same_cols &= d->prev_idx[i] == (long)i;
+    }
+    if (d->have_prev && !d->same_cols) {
+        sl_plog(d->ctx, SL_LOG_WARN,
+                "the compared columns changed since the last snapshot: only the columns in both "
+                "are compared this time (a new column does not make every record \"changed\")");
+    }
+    if (d->out &&
+        (w_all(d->out, SNAP_MAGIC, 8) < 0 || w_all(d->out, &d->out_count, 8) < 0 ||
+         w_names(d->out, d->cols, d->ncols) < 0 || w_names(d->out, d->key_cols, d->nkey) < 0)) {
+        return sl_error_set(err, SL_ERR_IO, "%s: cannot write %s: %s", sl_ctx_name(d->ctx),
+                            d->new_file, strerror(errno));
+    }
+    d->have_cols = 1;
+    return 0;
+}
+
+/* A field's value as text (strings as they are, others as JSON); a missing
+ * or null field is distinct from an empty string. */
+static void value_text(diff_step *d, const sl_record *rec, const char *name, const char **p,
+                       size_t *n, int *missing)
+{
+    sl_field *f = sl_record_get(rec, name);
+    *missing = !f || f->type == SL_T_NULL;
+    if (*missing) {
+        *p = "";
+        *n = 0;
+        return;
+    }
+    if (f->type == SL_T_STRING) {
+        *p = sl_field_str(rec, f);
+        *n = f->v.s.len;
+        return;
+    }
+    sl_buf_reset(&d->val);
+    sl_jw w;
+    sl_jw_init(&w, &d->val);
+    sl_jw_field(&w, rec, f);
+    *p = sl_buf_cstr(&d->val);
+    *n = d->val.len;
+}
+
+/* Build the normalised key (hashed) and the original key text. 0, or 1 when
+ * the record was rejected. */
+static int make_key(diff_step *d, sl_record *rec, int stage, uint64_t *kh)
+{
+    sl_buf_reset(&d->key);
+    sl_buf_reset(&d->keyorig);
+    for (size_t k = 0; k < d->nkey; k++) {
+        const char *p;
+        size_t n;
+        int missing;
+        value_text(d, rec, d->key_cols[k], &p, &n, &missing);
+        size_t bad = 0;
+        if (!sl_utf8_valid(p, n, &bad)) {
+            sl_record_reject(rec, stage, "key column '%s' is not valid UTF-8 (byte %zu)",
+                             d->key_cols[k], bad);
+            return 1;
+        }
+        const char *b = p, *e = p + n;
+        if (d->trim) {
+            while (b < e && (*b == ' ' || *b == '\t' || *b == '\r' || *b == '\n')) {
+                b++;
+            }
+            while (e > b && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) {
+                e--;
+            }
+        }
+        if (missing || b == e) {
+            sl_record_reject(rec, stage, "key column '%s' is blank", d->key_cols[k]);
+            return 1;
+        }
+        if (k) {
+            sl_buf_putc(&d->key, KEY_SEP);
+            sl_buf_putc(&d->keyorig, KEY_SEP);
+        }
+        for (const char *c = b; c < e; c++) {
+            char ch = *c;
+            if (d->lower && ch >= 'A' && ch <= 'Z') {
+                ch = (char)(ch - 'A' + 'a');
+            }
+            sl_buf_putc(&d->key, ch);
+        }
+        sl_buf_append(&d->keyorig, p, n);
+    }
+    if (d->keyorig.len > KEY_MAX) {
+        sl_record_reject(rec, stage, "key is longer than %d bytes", KEY_MAX);
+        return 1;
+    }
+    *kh = nz(XXH3_64bits(d->key.data, d->key.len));
+    return 0;
+}
+
+/* Field hashes of this record (this export's column order), and the
+ * fingerprint over all of them. */
+static uint64_t fingerprint(diff_step *d, const sl_record *rec)
+{
+    for (size_t i = 0; i < d->ncols; i++) {
+        const char *p;
+        size_t n;
+        int missing;
+        value_text(d, rec, d->cols[i], &p, &n, &missing);
+        uint64_t h = missing ? 0x6e756c6cULL : XXH3_64bits_withSeed(p, n, 1);
+        d->fh[i] = h;
+    }
+    return XXH3_64bits(d->fh, d->ncols * sizeof(*d->fh));
+}
+
+static int prev_field_hashes(diff_step *d, uint64_t slot)
+{
+    uint64_t kh, fp;
+    uint16_t kl;
+    char key[KEY_MAX + 1];
+    if (fseek(d->prevf, (long)d->toff[slot], SEEK_SET) != 0 ||
+        read_entry(d->prevf, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int write_entry(diff_step *d, uint64_t kh, uint64_t fp, sl_error *err)
+{
+    if (!d->out) {
+        return 0;
+    }
+    uint16_t kl = (uint16_t)d->keyorig.len;
+    if (w_all(d->out, &kh, 8) < 0 || w_all(d->out, &fp, 8) < 0 ||
+        (d->ncols && w_all(d->out, d->fh, d->ncols * 8) < 0) || w_all(d->out, &kl, 2) < 0 ||
+        w_all(d->out, d->keyorig.data ? d->keyorig.data : "", kl) < 0) {
+        return sl_error_set(err, SL_ERR_IO, "%s: cannot write %s: %s", sl_ctx_name(d->ctx),
+                            d->new_file, strerror(errno));
+    }
+    d->out_count++;
+    return 0;
+}
+
+/* Keep only the key and the changed columns. */
+static void drop_unchanged(diff_step *d, sl_record *rec)
+{
+    for (size_t i = 0; i < d->ncols; i++) {
+        long j = d->prev_idx[i];
+        if (j < 0 || d->fh[i] != d->pfh[j]) {
+            continue; /* changed, or not in the last snapshot */
+        }
+        sl_field *f = sl_record_get(rec, d->cols[i]);
+        if (f) {
+            f->flags |= SL_FIELD_OMIT;
+        }
+    }
+}
+
+static void set_action(diff_step *d, sl_record *rec, const char *action)
+{
+    rec->action = action;
+    if (d->action_field) {
+        sl_record_add_str(rec, d->action_field, (uint32_t)strlen(d->action_field), action,
+                          strlen(action));
+    }
+}
+
+static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
+{
+    diff_step *d = self;
+    d->stage = stage;
+    if (!d->have_cols && decide_columns(d, rec, err) < 0) {
+        return SL_ERR;
+    }
+    uint64_t kh;
+    if (make_key(d, rec, stage, &kh) != 0) {
+        return 0; /* rejected: dead-lettered with its line */
+    }
+    uint64_t fp = fingerprint(d, rec);
+    uint64_t slot = prev_find(d, kh);
+    if (slot != UINT64_MAX) {
+        if (d->seen[slot / 8] & (1u << (slot % 8))) {
+            d->n_dup++;
+            sl_record_reject(rec, stage,
+                             "duplicate key '%s' in this export (an earlier row has the same key "
+                             "after normalisation; the first one counts)",
+                             sl_buf_cstr(&d->keyorig));
+            return 0;
+        }
+        d->seen[slot / 8] |= (uint8_t)(1u << (slot % 8));
+        int same;
+        int need_fields = d->changed_only || !d->same_cols;
+        if (need_fields && prev_field_hashes(d, slot) < 0) {
+            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s", sl_ctx_name(d->ctx),
+                                d->prev_file);
+        }
+        if (d->same_cols) {
+            same = fp == d->tf[slot];
+        } else {
+            same = 1; /* compare the columns both snapshots have */
+            for (size_t i = 0; i < d->ncols && same; i++) {
+                same = d->prev_idx[i] < 0 || d->fh[i] == d->pfh[d->prev_idx[i]];
+            }
+        }
+        if (write_entry(d, kh, fp, err) < 0) {
+            return SL_ERR;
+        }
+        if (same) {
+            d->n_same++;
+            return 1; /* unchanged: not sent */
+        }
+        d->n_changed++;
+        set_action(d, rec, "changed");
+        if (d->changed_only) {
+            drop_unchanged(d, rec);
+        }
+        return 0;
+    }
+    int added = newset_add(d, kh);
+    if (added < 0) {
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
+    }
+    if (added == 0) {
+        d->n_dup++;
+        sl_record_reject(rec, stage,
+                         "duplicate key '%s' in this export (an earlier row has the same key "
+                         "after normalisation; the first one counts)",
+                         sl_buf_cstr(&d->keyorig));
+        return 0;
+    }
+    if (write_entry(d, kh, fp, err) < 0) {
+        return SL_ERR;
+    }
+    d->n_new++;
+    set_action(d, rec, "new");
+    return 0;
+}
+
+/* The lapse guard, then every key of the previous snapshot not seen. */
+static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
+{
+    diff_step *d = self;
+    if (!d->drain_started) {
+        d->drain_started = 1;
+        if (!d->have_prev || d->prev.count == 0) {
+            return 0;
+        }
+        uint64_t seen = d->n_changed + d->n_same;
+        uint64_t lapsing = d->prev.count - seen;
+        double share = (double)lapsing / (double)d->prev.count;
+        if (seen == 0 && d->n_new == 0) {
+            return sl_error_set(err, SL_ERR_INPUT,
+                                "%s: the export has no usable row, so all %" PRIu64
+                                " people of the last snapshot would lapse; nobody was lapsed "
+                                "and the snapshot stays as it was (an empty or broken export?)",
+                                sl_ctx_name(d->ctx), d->prev.count);
+        }
+        if (lapsing > 0 && share > d->max_lapse) {
+            return sl_error_set(err, SL_ERR_INPUT,
+                                "%s: %" PRIu64 " of %" PRIu64
+                                " people (%.1f%%) of the last snapshot are missing from this "
+                                "export, more than max_lapse (%.0f%%); nobody was lapsed and the "
+                                "snapshot stays as it was. If this purge is intended, raise "
+                                "max_lapse for one run (e.g. \"100%%\")",
+                                sl_ctx_name(d->ctx), lapsing, d->prev.count, 100.0 * share,
+                                100.0 * d->max_lapse);
+        }
+        d->scan = fopen(d->prev_file, "rb");
+        d->scan_fh = calloc(d->prev.ncols + 1, sizeof(*d->scan_fh));
+        snap_hdr h = {0};
+        if (!d->scan || !d->scan_fh || (setvbuf(d->scan, NULL, _IOFBF, 1 << 20), 0) ||
+            read_hdr(d->scan, &h) < 0) {
+            hdr_free(&h);
+            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s", sl_ctx_name(d->ctx),
+                                d->prev_file);
+        }
+        hdr_free(&h);
+        d->scan_left = d->prev.count;
+    }
+    char key[KEY_MAX + 1];
+    while (d->scan && d->scan_left > 0) {
+        uint64_t kh, fp;
+        uint16_t kl;
+        d->scan_left--;
+        if (read_entry(d->scan, d->prev.ncols, &kh, &fp, d->scan_fh, key, &kl) < 0) {
+            return sl_error_set(err, SL_ERR_IO, "%s: %s is cut short", sl_ctx_name(d->ctx),
+                                d->prev_file);
+        }
+        uint64_t slot = prev_find(d, kh);
+        if (slot == UINT64_MAX || (d->seen[slot / 8] & (1u << (slot % 8)))) {
+            continue;
+        }
+        /* the key columns, with the text the earlier export had */
+        const char *p = key;
+        for (size_t k = 0; k < d->prev.nkeys; k++) {
+            const char *e = memchr(p, KEY_SEP, (size_t)(key + kl - p));
+            size_t n = e ? (size_t)(e - p) : (size_t)(key + kl - p);
+            const char *name = k < d->nkey && strcmp(d->key_cols[k], d->prev.keys[k]) == 0
+                                   ? d->key_cols[k]
+                                   : d->prev.keys[k];
+            sl_record_add_str(rec, name, (uint32_t)strlen(name), p, n);
+            p = e ? e + 1 : key + kl;
+        }
+        set_action(d, rec, "lapsed");
+        d->n_lapsed++;
+        return 1;
+    }
+    return 0;
+}
+
+/* An export without a single row: the snapshot still gets its header. */
+static int decide_columns_empty(diff_step *d, sl_error *err)
+{
+    sl_record empty;
+    sl_record_init(&empty);
+    int rc = decide_columns(d, &empty, err);
+    sl_record_free(&empty);
+    return rc;
+}
+
+static int diff_commit(void *self, const sl_run_end *e, sl_error *err)
+{
+    diff_step *d = self;
+    sl_plog(d->ctx, SL_LOG_INFO,
+            "%" PRIu64 " new, %" PRIu64 " changed, %" PRIu64 " lapsed, %" PRIu64
+            " unchanged, %" PRIu64 " duplicate key(s)%s",
+            d->n_new, d->n_changed, d->n_lapsed, d->n_same, d->n_dup,
+            e->dry_run ? " (dry run: the snapshot is not changed)" : "");
+    if (e->dry_run || !d->out) {
+        return 0;
+    }
+    if (!e->complete) {
+        /* the old snapshot stays current; this run's file goes */
+        fclose(d->out);
+        d->out = NULL;
+        unlink(d->new_file);
+        return 0;
+    }
+    if (!d->have_cols && decide_columns_empty(d, err) < 0) {
+        return SL_ERR;
+    }
+    /* the count, then the file made durable, then renamed into place */
+    if (fflush(d->out) != 0 || fseek(d->out, 8, SEEK_SET) != 0 ||
+        w_all(d->out, &d->out_count, 8) < 0 || fflush(d->out) != 0 || fsync(fileno(d->out)) != 0) {
+        return sl_error_set(err, SL_ERR_IO, "%s: cannot finish %s: %s", sl_ctx_name(d->ctx),
+                            d->new_file, strerror(errno));
+    }
+    fclose(d->out);
+    d->out = NULL;
+    char final[4400], name[128];
+    snprintf(name, sizeof(name), "snap-%.0f.bin", sl_ctx_run_started(d->ctx) * 1000.0);
+    snprintf(final, sizeof(final), "%s/%s", d->dir, name);
+    if (rename(d->new_file, final) != 0) {
+        return sl_error_set(err, SL_ERR_IO, "%s: cannot rename %s: %s", sl_ctx_name(d->ctx),
+                            d->new_file, strerror(errno));
+    }
+    char v[512];
+    int n = snprintf(v, sizeof(v),
+                     "{\"file\":\"%s\",\"count\":%" PRIu64 ",\"new\":%" PRIu64
+                     ",\"changed\":%" PRIu64 ",\"lapsed\":%" PRIu64 ",\"created_at\":%.3f}",
+                     name, d->out_count, d->n_new, d->n_changed, d->n_lapsed, e->started_at);
+    if (sl_ctx_state_set(d->ctx, "snapshot", v, (size_t)n, err) < 0) {
+        unlink(final);
+        return SL_ERR;
+    }
+    /* the previous file stays until the next run sweeps it: this transaction
+     * may still roll back, and then it is the current one again */
+    return 0;
+}
+
+const sl_step_plugin sl_step_diff = {
+    .name = "diff",
+    .summary = "compare with the last delivered snapshot: emit new, changed and lapsed records",
+    .options = diff_options,
+    .validate = diff_validate,
+    .init = diff_init,
+    .process = diff_process,
+    .drain = diff_drain,
+    .commit = diff_commit,
+    .destroy = diff_destroy,
+};
