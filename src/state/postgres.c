@@ -242,15 +242,18 @@ static void pg_revive(pg *p)
     }
 }
 
-/* Run sql with ps (NULL = none). binary: results in binary format. Returns
+/* Run sql with ps (NULL = none: sql may then hold several statements).
+ * binary: results in binary format (with ps only). Returns
  * the result when it is COMMAND_OK or TUPLES_OK, else NULL with *bad set to
  * the failed result (PQclear it; may be NULL). */
 static PGresult *pg_run(pg *p, const char *sql, const params *ps, int binary, PGresult **bad)
 {
     *bad = NULL;
     pg_revive(p);
-    PGresult *res = PQexecParams(p->conn, sql, ps ? ps->n : 0, NULL, ps ? ps->v : NULL,
-                                 ps ? ps->len : NULL, ps ? ps->fmt : NULL, binary);
+    /* Without parameters: the simple protocol, which also runs the several
+     * statements of a migration step. */
+    PGresult *res = ps ? PQexecParams(p->conn, sql, ps->n, NULL, ps->v, ps->len, ps->fmt, binary)
+                       : PQexec(p->conn, sql);
     ExecStatusType st = PQresultStatus(res);
     if (res && (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)) {
         return res;
