@@ -10,6 +10,7 @@
 #define SLUICE_TEST_STATE_BACKEND_H
 
 #include <libpq-fe.h>
+#include <limits.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,24 +18,26 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *tb_pg_base(void)
+#include "sluice/url.h"
+
+static inline const char *tb_pg_base(void)
 {
     const char *u = getenv("SLUICE_TEST_STATE_URL");
     return u && *u ? u : NULL;
 }
 
-static int tb_is_pg(void)
+static inline int tb_is_pg(void)
 {
     return tb_pg_base() != NULL;
 }
 
-static int tb_is_pg_url(const char *url)
+static inline int tb_is_pg_url(const char *url)
 {
     return strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0;
 }
 
 /* base with its database name replaced by db, into out. */
-static void tb_pg_url_for(const char *db, char *out, size_t cap)
+static inline void tb_pg_url_for(const char *db, char *out, size_t cap)
 {
     const char *base = tb_pg_base();
     const char *host = strstr(base, "://");
@@ -45,13 +48,13 @@ static void tb_pg_url_for(const char *db, char *out, size_t cap)
     snprintf(out, cap, "%.*s/%s%s", (int)plen, base, db, query ? query : "");
 }
 
-static void tb_pg_quiet(void *arg, const char *message)
+static inline void tb_pg_quiet(void *arg, const char *message)
 {
     (void)arg;
     (void)message;
 }
 
-static PGconn *tb_pg_connect(const char *url)
+static inline PGconn *tb_pg_connect(const char *url)
 {
     PGconn *c = PQconnectdb(url);
     if (PQstatus(c) != CONNECTION_OK) {
@@ -61,7 +64,7 @@ static PGconn *tb_pg_connect(const char *url)
     return c;
 }
 
-static void tb_pg_admin(const char *sql)
+static inline void tb_pg_admin(const char *sql)
 {
     PGconn *c = tb_pg_connect(tb_pg_base());
     PGresult *r = PQexec(c, sql);
@@ -73,7 +76,7 @@ static void tb_pg_admin(const char *sql)
 }
 
 /* A fresh database: its name into name, its URL into url. */
-static void tb_pg_create(char *name, size_t ncap, char *url, size_t ucap)
+static inline void tb_pg_create(char *name, size_t ncap, char *url, size_t ucap)
 {
     static int seq;
     char sql[256];
@@ -83,7 +86,7 @@ static void tb_pg_create(char *name, size_t ncap, char *url, size_t ucap)
     tb_pg_url_for(name, url, ucap);
 }
 
-static void tb_pg_drop(const char *name)
+static inline void tb_pg_drop(const char *name)
 {
     char sql[256];
     if (!name || !*name) {
@@ -94,7 +97,7 @@ static void tb_pg_drop(const char *name)
     tb_pg_admin(sql);
 }
 
-static PGresult *tb_pg_query(PGconn *c, const char *sql)
+static inline PGresult *tb_pg_query(PGconn *c, const char *sql)
 {
     PGresult *r = PQexec(c, "SET search_path TO sluice");
     PQclear(r);
@@ -107,7 +110,7 @@ static PGresult *tb_pg_query(PGconn *c, const char *sql)
 
 /* First column of the first row as an integer (a boolean as 0/1); -1 when
  * there is no row. */
-static int64_t tb_raw_int(const char *db, const char *sql)
+static inline int64_t tb_raw_int(const char *db, const char *sql)
 {
     int64_t v = -1;
     if (tb_is_pg_url(db)) {
@@ -136,7 +139,7 @@ static int64_t tb_raw_int(const char *db, const char *sql)
     return v;
 }
 
-static void tb_raw_exec(const char *db, const char *sql)
+static inline void tb_raw_exec(const char *db, const char *sql)
 {
     if (tb_is_pg_url(db)) {
         PGconn *c = tb_pg_connect(db);
@@ -161,7 +164,20 @@ static void tb_raw_exec(const char *db, const char *sql)
     (tb_is_pg() ? "SELECT convert_from(value, 'UTF8') FROM kv WHERE " where                        \
                 : "SELECT value FROM kv WHERE " where)
 
-static void tb_announce(const char *prog)
+/* How the store names db in its messages: the path, or the URL without
+ * user and password. Returns a static buffer. */
+static inline const char *tb_where(const char *db)
+{
+    static char buf[PATH_MAX + 64];
+    if (!tb_is_pg_url(db)) {
+        snprintf(buf, sizeof(buf), "%s", db);
+    } else {
+        sl_url_redact(db, buf, sizeof(buf), 0);
+    }
+    return buf;
+}
+
+static inline void tb_announce(const char *prog)
 {
     printf("%s: backend: %s\n", prog, tb_is_pg() ? "postgres (SLUICE_TEST_STATE_URL)" : "sqlite");
     fflush(stdout);
