@@ -205,13 +205,16 @@ static void one_line(char *dst, size_t cap, const char *src)
     for (size_t i = 0; src && src[i] && j + 2 < cap; i++) {
         char c = src[i];
         if (c == '\n') {
+            while (src[i + 1] == ' ' || src[i + 1] == '\t') {
+                i++; /* libpq indents its hint lines */
+            }
             if (src[i + 1] == '\0') {
                 break;
             }
             dst[j++] = ';';
             c = ' ';
         }
-        dst[j++] = c;
+        dst[j++] = c == '\t' ? ' ' : c;
     }
     dst[j] = '\0';
 }
