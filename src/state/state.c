@@ -110,13 +110,13 @@ sl_state *sl_state_open(const char *url, sl_error *err)
                      "state: no database given (expected a path or \"sqlite:PATH\")");
         goto fail;
     }
-    /* Never echo a postgres URL: it usually carries a password. */
+    const struct sl_state_ops *ops = &sl_state_sqlite_ops;
+    /* Never echo a postgres URL: it usually carries a password. The whole
+     * URL goes to libpq (its query holds libpq's options: sslmode, ...). */
     if (starts_with(url, "postgres://") || starts_with(url, "postgresql://")) {
-        sl_error_set(err, SL_ERR_CONFIG,
-                     "state: postgres backend is not available yet (issue: distributed mode)");
-        goto fail;
-    }
-    if (starts_with(url, "sqlite:")) {
+        ops = &sl_state_postgres_ops;
+        target = strdup(url);
+    } else if (starts_with(url, "sqlite:")) {
         const char *p = url + strlen("sqlite:");
         /* sqlite:///abs/path and sqlite://rel/path, as other tools write them */
         if (starts_with(p, "//")) {
@@ -165,7 +165,7 @@ sl_state *sl_state_open(const char *url, sl_error *err)
         goto fail;
     }
 
-    s->ops = &sl_state_sqlite_ops;
+    s->ops = ops;
     s->impl = s->ops->open(target, options, s->where, sizeof(s->where), err);
     if (!s->impl) {
         goto fail;

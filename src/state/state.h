@@ -48,7 +48,9 @@ typedef struct sl_dead_letter {
 
 typedef struct sl_state sl_state;
 
-/* url: a path (SQLite, created with its directory) or "sqlite:PATH". */
+/* url: a path (SQLite, created with its directory), "sqlite:PATH", or
+ * "postgres://..." / "postgresql://..." (a libpq connection URI; the tables
+ * live in the schema "sluice", created on first use). */
 sl_state *sl_state_open(const char *url, sl_error *err);
 /* 1 when the store at url exists already (a dry run reads it but never
  * creates one), 0 when not, <0 when the URL is not understood. */

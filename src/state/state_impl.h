@@ -19,7 +19,7 @@
 #define SL_STATE_WHERE_MAX 512
 
 struct sl_state_ops {
-    const char *name; /* "sqlite" */
+    const char *name; /* "sqlite", "postgres" */
     /* target: what the backend connects to (SQLite: the file path); options:
      * the URL's query string without '?' ("sync=full"), or NULL. Fills where
      * (the database as it may appear in messages: a path, never a password).
@@ -110,6 +110,7 @@ struct sl_state {
 };
 
 extern const struct sl_state_ops sl_state_sqlite_ops;
+extern const struct sl_state_ops sl_state_postgres_ops;
 
 /* Wall-clock time in unix seconds (sub-second precision). */
 double sl_state_now(void);

@@ -1,7 +1,9 @@
-/* Jobs in the state store (SQLite backend): idempotent add, claim order,
- * order-key serialization, retry times, finishing, recovery after a killed
- * process, re-queueing failed jobs, concurrent claimers on one file,
- * listing, counts, redaction, and the schema migration from version 1. */
+/* Jobs in the state store: idempotent add, claim order, order-key
+ * serialization, retry times, finishing, recovery after a killed process,
+ * re-queueing failed jobs, concurrent claimers (threads, and 8 processes),
+ * listing, counts, redaction, and the SQLite schema migration from version 1.
+ * SQLite by default; against Postgres with SLUICE_TEST_STATE_URL set (see
+ * state_backend.h). */
 #include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
@@ -15,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -24,12 +27,14 @@
 
 #include "sluice/log.h"
 #include "state/state.h"
+#include "state_backend.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
 typedef struct fixture {
     char dir[256];
-    char db[PATH_MAX];
+    char db[PATH_MAX]; /* a file path, or the test database's Postgres URL */
+    char pgdb[64];     /* the test's Postgres database, "" with SQLite */
 } fixture;
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -47,6 +52,9 @@ static int setup(void **state)
     snprintf(f->dir, sizeof(f->dir), "/tmp/sluice-test-jobs-XXXXXX");
     assert_non_null(mkdtemp(f->dir));
     snprintf(f->db, sizeof(f->db), "%s/state.db", f->dir);
+    if (tb_is_pg()) {
+        tb_pg_create(f->pgdb, sizeof(f->pgdb), f->db, sizeof(f->db));
+    }
     *state = f;
     return 0;
 }
@@ -55,6 +63,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    tb_pg_drop(f->pgdb);
     free(f);
     sl_secrets_clear();
     return 0;
@@ -77,31 +86,9 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int64_t raw_int(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int64_t v = -1;
-    assert_int_equal(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    if (sqlite3_step(st) == SQLITE_ROW) {
-        v = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
-
-static void raw_exec(const char *path, const char *sql)
-{
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *msg = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        fail_msg("%s: %s", sql, msg);
-    }
-    sqlite3_close(db);
-}
+/* A second, raw connection to look at what is really stored. */
+#define raw_int tb_raw_int
+#define raw_exec tb_raw_exec
 
 static int64_t add_ok(sl_state *s, const char *pipeline, const char *idem, const char *order)
 {
@@ -253,7 +240,7 @@ static void test_add_and_duplicates(void **state)
     assert_non_null(strstr(err.msg, "pipeline 'cs'"));
     assert_non_null(strstr(err.msg, "idempotency key"));
     assert_non_null(strstr(err.msg, "255 bytes"));
-    assert_non_null(strstr(err.msg, f->db));
+    assert_non_null(strstr(err.msg, tb_where(f->db)));
     assert_int_equal(sl_state_job_add(s, "cs", "a-kind-name-that-is-far-too-long-to-keep", "", "",
                                       "{}", 0, &e, &err),
                      SL_ERR_LIMIT);
@@ -432,7 +419,7 @@ static void test_finish_statuses(void **state)
     assert_int_equal(sl_state_job_finish(s, 99999, "done", 0, 1, NULL, &err), SL_ERR_INPUT);
     assert_non_null(strstr(err.msg, "job 99999"));
     assert_non_null(strstr(err.msg, "no such job"));
-    assert_non_null(strstr(err.msg, f->db));
+    assert_non_null(strstr(err.msg, tb_where(f->db)));
     assert_int_equal(sl_state_job_finish(s, q, "running", 0, 1, NULL, &err), SL_ERR_USAGE);
     assert_non_null(strstr(err.msg, "expected done, retry, failed or queued"));
     assert_int_equal(sl_state_job_finish(s, q, NULL, 0, 1, NULL, &err), SL_ERR_USAGE);
@@ -720,6 +707,145 @@ static void test_concurrent_claims(void **state)
     sl_state_close(s);
 }
 
+/* Eight processes on eight connections (as on eight machines) claim from one
+ * store at once: every job is claimed exactly once, no two jobs of one order
+ * key run at the same time, and same-key jobs run in arrival order. The
+ * bookkeeping lives in shared memory, so it sees every process. */
+#define PROC_N 8
+#define PROC_JOBS 400
+
+typedef struct proc_conc {
+    atomic_int claimed[PROC_JOBS + 1];
+    atomic_int in_flight[CONC_SLOTS];
+    atomic_llong last_id[CONC_SLOTS];
+    atomic_int finished;
+    atomic_int violations;
+    atomic_int errors;
+    atomic_int per_proc[PROC_N];
+    char error[SL_ERRMSG_MAX + 32];
+} proc_conc;
+
+static int proc_claimer(const char *db, proc_conc *c, int me, int go)
+{
+    sl_error err = {0};
+    char ch;
+    sl_state *s = sl_state_open(db, &err);
+    if (!s || read(go, &ch, 1) < 0) { /* all start together */
+        goto fail;
+    }
+    double deadline = now_s() + 120;
+    while (atomic_load(&c->finished) < PROC_JOBS) {
+        if (now_s() > deadline) {
+            snprintf(err.msg, sizeof(err.msg), "timed out with %d jobs finished",
+                     atomic_load(&c->finished));
+            goto fail;
+        }
+        sl_job j;
+        int rc = sl_state_job_claim(s, NULL, now_s(), &j, &err);
+        if (rc < 0) {
+            goto fail;
+        }
+        if (rc == 0) {
+            usleep(500);
+            continue;
+        }
+        if (j.id < 1 || j.id > PROC_JOBS) {
+            snprintf(err.msg, sizeof(err.msg), "unexpected job id %lld", (long long)j.id);
+            sl_job_clear(&j);
+            goto fail;
+        }
+        atomic_fetch_add(&c->claimed[j.id], 1);
+        atomic_fetch_add(&c->per_proc[me], 1);
+        int k = key_slot(&j);
+        if (k >= 0) {
+            if (atomic_exchange(&c->in_flight[k], 1) != 0 ||
+                atomic_exchange(&c->last_id[k], j.id) > j.id) {
+                atomic_fetch_add(&c->violations, 1);
+            }
+            usleep(100); /* give the others a chance to overlap */
+            atomic_store(&c->in_flight[k], 0);
+        }
+        int64_t id = j.id;
+        sl_job_clear(&j);
+        if (sl_state_job_finish(s, id, "done", 0, 1, NULL, &err) < 0) {
+            goto fail;
+        }
+        atomic_fetch_add(&c->finished, 1);
+    }
+    sl_state_close(s);
+    return 0;
+
+fail:
+    if (atomic_fetch_add(&c->errors, 1) == 0) {
+        snprintf(c->error, sizeof(c->error), "process %d: %s", me, err.msg);
+    }
+    atomic_store(&c->finished, PROC_JOBS);
+    sl_state_close(s);
+    return 1;
+}
+
+static void test_concurrent_claims_processes(void **state)
+{
+    fixture *f = *state;
+    sl_state *s = open_ok(f->db);
+    proc_conc *c =
+        mmap(NULL, sizeof(*c), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    assert_true(c != MAP_FAILED);
+    memset(c, 0, sizeof(*c));
+    /* Half the jobs unordered, half spread over five order keys per pipeline. */
+    assert_int_equal(sl_state_begin(s, &(sl_error){0}), 0);
+    for (int i = 1; i <= PROC_JOBS; i++) {
+        char idem[32], key[16] = "";
+        snprintf(idem, sizeof(idem), "evt-%d", i);
+        if (i % 2 == 0) {
+            snprintf(key, sizeof(key), "t%d", i % (2 * CONC_KEYS) / 2);
+        }
+        assert_int_equal(add_ok(s, i % 3 ? "A" : "B", idem, key), i);
+    }
+    assert_int_equal(sl_state_commit(s, &(sl_error){0}), 0);
+    int go[2];
+    assert_int_equal(pipe(go), 0);
+    pid_t kids[PROC_N];
+    for (int i = 0; i < PROC_N; i++) {
+        kids[i] = fork();
+        assert_true(kids[i] >= 0);
+        if (kids[i] == 0) {
+            close(go[1]);
+            _exit(proc_claimer(f->db, c, i, go[0]));
+        }
+    }
+    close(go[0]);
+    double t0 = now_s();
+    close(go[1]); /* EOF starts every process */
+    for (int i = 0; i < PROC_N; i++) {
+        int status = 0;
+        assert_int_equal(waitpid(kids[i], &status, 0), kids[i]);
+        assert_true(WIFEXITED(status));
+    }
+    double t1 = now_s();
+    if (atomic_load(&c->errors) != 0) {
+        fail_msg("claimer failed: %s", c->error);
+    }
+    for (int i = 1; i <= PROC_JOBS; i++) {
+        if (atomic_load(&c->claimed[i]) != 1) {
+            fail_msg("job %d was claimed %d times", i, atomic_load(&c->claimed[i]));
+        }
+    }
+    assert_int_equal(atomic_load(&c->violations), 0);
+    counts_eq(s, NULL, 0, 0, 0, PROC_JOBS, 0);
+    assert_int_equal(raw_int(f->db, "SELECT count(*) FROM jobs WHERE attempts <> 1"), 0);
+    char per[128] = "";
+    for (int i = 0; i < PROC_N; i++) {
+        size_t n = strlen(per);
+        snprintf(per + n, sizeof(per) - n, "%s%d", i ? " " : "", atomic_load(&c->per_proc[i]));
+    }
+    print_message("jobs: %d processes claimed and finished %d jobs in %.2f s (%.0f/s); per "
+                  "process: %s\n",
+                  PROC_N, PROC_JOBS, t1 - t0, PROC_JOBS / (t1 - t0), per);
+    munmap(c, sizeof(*c));
+    sl_state_close(s);
+}
+
 /* ---- listing -------------------------------------------------------------------- */
 
 typedef struct list_ud {
@@ -804,6 +930,8 @@ static const char *const schema_v1 =
 
 static void test_migration_from_v1(void **state)
 {
+    TB_SKIP_ON_PG("an SQLite file of schema version 1; the Postgres schema starts at the "
+                  "current layout");
     fixture *f = *state;
     sl_error err = {0};
     raw_exec(f->db, schema_v1);
@@ -831,6 +959,7 @@ static void test_migration_from_v1(void **state)
 
 int main(void)
 {
+    tb_announce("test_jobs");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_add_and_duplicates, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_order_and_fields, setup, teardown),
@@ -842,6 +971,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_requeue_failed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_claim_inside_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_claims, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_claims_processes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_listing_and_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_migration_from_v1, setup, teardown),
     };
