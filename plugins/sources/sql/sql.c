@@ -493,7 +493,7 @@ static int lite_error(sql_src *s, const char *what, sl_error *err)
 static int lite_open(sql_src *s, const char *url, sl_error *err)
 {
     const char *path = sqlite_path(url);
-    snprintf(s->where, sizeof(s->where), "SQLite database %s", path);
+    snprintf(s->where, sizeof(s->where), "%.290s", s->url_log);
     if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
         return sl_error_set(err, SL_ERR_IO, "%s: cannot open %s: %s", s->label, s->where,
                             s->db ? sqlite3_errmsg(s->db) : "out of memory");
@@ -595,7 +595,9 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
             snprintf(s->url_log, sizeof(s->url_log), "postgres (key=value connection string)");
         }
     } else {
-        snprintf(s->url_log, sizeof(s->url_log), "sqlite:%s", sqlite_path(url));
+        /* the option as a whole is a secret (the redactor masks its exact
+         * text): the path alone is shown */
+        snprintf(s->url_log, sizeof(s->url_log), "SQLite database %s", sqlite_path(url));
     }
     snprintf(s->label, sizeof(s->label), "sql source (%s)", s->url_log);
 
