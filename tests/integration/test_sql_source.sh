@@ -166,7 +166,12 @@ r1=$(rss 100000)
 r2=$(rss 1000000)
 echo "peak RSS: 100k rows ${r1} KB, 1M rows ${r2} KB"
 expect_match "the 1M dry run read every row" mem1000000.out "1000000 read"
-check "peak RSS for 1M rows stays within 1.3x of 100k rows (${r1} KB -> ${r2} KB)" \
-    test "$r2" -le $((r1 * 13 / 10 + 2048))
+if [ "${SLUICE_SANITIZED:-0}" = 1 ]; then
+    # ASan's quarantine keeps freed memory: RSS says nothing there
+    echo "NOTE: sanitized build: the peak RSS comparison is skipped"
+else
+    check "peak RSS for 1M rows stays within 1.3x of 100k rows (${r1} KB -> ${r2} KB)" \
+        test "$r2" -le $((r1 * 13 / 10 + 2048))
+fi
 
 finish
