@@ -28,6 +28,7 @@
 
 #include <libpq-fe.h>
 
+#include "sluice/pg.h"
 #include "sluice/plugin.h"
 #include "sqlt.h"
 
@@ -41,8 +42,8 @@
 typedef struct pgb {
     PGconn *conn;
     const sqlt_cfg *cfg;
-    char where[300]; /* "database postgres on 127.0.0.1:5432", for connection errors */
-    char *schema;    /* resolved schema name (raw) */
+    char where[SL_PG_WHERE_MAX]; /* "database postgres on 127.0.0.1:5432", for connection errors */
+    char *schema;                /* resolved schema name (raw) */
     char stage[SQLT_PG_IDENT_MAX + 1]; /* replace: staging table name (raw) */
     sl_buf qtarget;                    /* "schema"."table" */
     sl_buf qstage;                     /* "schema"."sluice_stage_table" or pg_temp.sluice_stage */
@@ -61,13 +62,6 @@ typedef struct pgb {
 } pgb;
 
 /* ---------------------------------------------------------------- helpers */
-
-static void notice_to_log(void *arg, const char *msg)
-{
-    pgb *p = arg;
-    char line[512];
-    sl_debug(p->cfg->prefix, "postgres: %s", sqlt_first_line(line, sizeof(line), msg));
-}
 
 static int nomem(sl_error *err)
 {
@@ -88,71 +82,6 @@ static int qident(pgb *p, sl_buf *out, const char *name, sl_error *err)
     return rc < 0 ? nomem(err) : 0;
 }
 
-/* The server's error as one line: primary message, then detail and hint. */
-static void describe(char *dst, size_t cap, const PGresult *res, PGconn *conn)
-{
-    char a[512], b[512], c[256];
-    const char *prim = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
-    if (!prim) {
-        snprintf(dst, cap, "%s", sqlt_first_line(a, sizeof(a), PQerrorMessage(conn)));
-        return;
-    }
-    const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
-    const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
-    snprintf(dst, cap, "%s%s%s%s", sqlt_first_line(a, sizeof(a), prim), det ? " (" : "",
-             det ? sqlt_first_line(b, sizeof(b), det) : "", det ? ")" : "");
-    if (hint) {
-        size_t n = strlen(dst);
-        snprintf(dst + n, cap - n, "; hint: %s", sqlt_first_line(c, sizeof(c), hint));
-    }
-    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (st) {
-        size_t n = strlen(dst);
-        snprintf(dst + n, cap - n, " [SQLSTATE %s]", st);
-    }
-}
-
-/* The sluice error code for a failed statement, by SQLSTATE (never by the
- * message, which is in the server's language):
- *   SL_ERR_INPUT  the data: 22 data exception, 23 integrity constraint;
- *   SL_ERR_CONFIG the schema, rights or setup: 42 syntax / undefined object /
- *                 insufficient privilege, 2BP01 dependent objects, 28
- *                 authorization, 3D000 no such database, 3F000 no such
- *                 schema, 0A feature not supported, 44 check option;
- *   SL_ERR_IO     everything else, retried: 08 connection, 40001 / 40P01
- *                 serialization / deadlock, 53 resources, 57P0x shutdown,
- *                 55P03 lock timeout, and unknown states.
- * A job whose load fails with INPUT or CONFIG fails at once (serve mode):
- * retrying cannot fix it. */
-static int pg_code(const PGresult *res, PGconn *conn)
-{
-    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    if (!st || PQstatus(conn) == CONNECTION_BAD) {
-        return SL_ERR_IO;
-    }
-    if (strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0) {
-        return SL_ERR_INPUT;
-    }
-    if (strncmp(st, "42", 2) == 0 || strcmp(st, "2BP01") == 0 || strncmp(st, "28", 2) == 0 ||
-        strcmp(st, "3D000") == 0 || strcmp(st, "3F000") == 0 || strncmp(st, "0A", 2) == 0 ||
-        strncmp(st, "44", 2) == 0) {
-        return SL_ERR_CONFIG;
-    }
-    return SL_ERR_IO;
-}
-
-/* Is the failure about the connection (or the server going away) rather than
- * this statement? Then the load cannot go on. */
-static int conn_failure(const PGresult *res, PGconn *conn)
-{
-    if (PQstatus(conn) == CONNECTION_BAD) {
-        return 1;
-    }
-    const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    return !st || strncmp(st, "08", 2) == 0 || strncmp(st, "57", 2) == 0 ||
-           strncmp(st, "53", 2) == 0 || strncmp(st, "58", 2) == 0;
-}
-
 /* Run one statement that returns no rows (or rows to ignore). */
 static int exec_sql(pgb *p, const char *sql, const char *what, sl_error *err)
 {
@@ -161,12 +90,12 @@ static int exec_sql(pgb *p, const char *sql, const char *what, sl_error *err)
     int rc = 0;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
+        sl_pg_describe(m, sizeof(m), res, p->conn);
         if (PQstatus(p->conn) == CONNECTION_BAD) {
             rc = sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", p->cfg->label,
                               what, p->where, m);
         } else {
-            rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
+            rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         }
     }
     PQclear(res);
@@ -182,8 +111,8 @@ static int exec_generated(pgb *p, const char *query, int nparams, const char *co
     int rc = 0;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
+        sl_pg_describe(m, sizeof(m), res, p->conn);
+        rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
         goto done;
     }
     for (int i = 0; i < PQntuples(res) && rc == 0; i++) {
@@ -217,48 +146,6 @@ static void pg_close(void *be)
     free(p);
 }
 
-/* Register the password with the redactor and describe the server for
- * messages (host, port, database: never the URL). */
-static int inspect_url(pgb *p, const char *url, sl_error *err)
-{
-    char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &perr);
-    if (!opts) {
-        /* libpq's message may quote parts of the URL: not shown */
-        PQfreemem(perr);
-        return sl_error_set(err, SL_ERR_CONFIG,
-                            "%s: url: not a valid Postgres connection URI "
-                            "(postgres://user:password@host:port/dbname) or key=value string",
-                            p->cfg->label);
-    }
-    const char *host = NULL, *port = NULL, *db = NULL, *user = NULL;
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        if (!o->val) {
-            continue;
-        }
-        if (strcmp(o->keyword, "password") == 0) {
-            sl_secret_register(o->val);
-        } else if (strcmp(o->keyword, "host") == 0) {
-            host = o->val;
-        } else if (strcmp(o->keyword, "hostaddr") == 0 && !host) {
-            host = o->val;
-        } else if (strcmp(o->keyword, "port") == 0) {
-            port = o->val;
-        } else if (strcmp(o->keyword, "dbname") == 0) {
-            db = o->val;
-        } else if (strcmp(o->keyword, "user") == 0) {
-            user = o->val;
-        }
-    }
-    snprintf(p->where, sizeof(p->where), "database %s on %s%s%s",
-             db     ? db
-             : user ? user
-                    : "(default)",
-             host ? host : "(local socket)", port ? ":" : "", port ? port : "");
-    PQconninfoFree(opts);
-    return 0;
-}
-
 static int pg_open(void **be, const char *url, const sqlt_cfg *cfg, sl_error *err)
 {
     int rc = 0;
@@ -273,25 +160,11 @@ static int pg_open(void **be, const char *url, const sqlt_cfg *cfg, sl_error *er
     sl_buf_init(&p->copy_sql, SQL_MAX);
     sl_buf_init(&p->sql, SQL_MAX);
     sl_buf_init(&p->data, COPY_BUF_MAX);
-    if ((rc = inspect_url(p, url, err)) != 0) {
-        goto fail;
-    }
-    /* Later keywords override what the URL says: the text we send is UTF-8. */
-    const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
-                                "client_encoding", NULL};
-    const char *const vals[] = {"15", "sluice", url, "UTF8", NULL};
-    p->conn = PQconnectdbParams(keys, vals, 1);
+    p->conn = sl_pg_connect(url, cfg->label, cfg->prefix, p->where, err);
     if (!p->conn) {
-        rc = nomem(err);
+        rc = err->code ? err->code : SL_ERR_IO;
         goto fail;
     }
-    if (PQstatus(p->conn) != CONNECTION_OK) {
-        char m[512];
-        rc = sl_error_set(err, SL_ERR_IO, "%s: cannot connect to %s: %s", cfg->label, p->where,
-                          sqlt_first_line(m, sizeof(m), PQerrorMessage(p->conn)));
-        goto fail;
-    }
-    PQsetNoticeProcessor(p->conn, notice_to_log, p);
     *be = p;
     return 0;
 fail:
@@ -406,8 +279,8 @@ static int pg_columns(void *be, sqlt_names *out, sl_error *err)
                        1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
-        rc = sl_error_set(err, pg_code(res, p->conn), "%s: cannot read its columns (%s): %s",
+        sl_pg_describe(m, sizeof(m), res, p->conn);
+        rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: cannot read its columns (%s): %s",
                           p->cfg->label, p->where, m);
         goto done;
     }
@@ -849,12 +722,12 @@ static int load_parts(pgb *p, sl_batch *b, const size_t *idx, size_t n, int *fai
                    : (why->v = SL_SEND_FATAL, -1);
     }
     char m[1024];
-    describe(m, sizeof(m), res, p->conn);
+    sl_pg_describe(m, sizeof(m), res, p->conn);
     int rowerr = c == COPY_ERR && row_error(res);
-    why->lost = conn_failure(res, p->conn);
+    why->lost = sl_pg_conn_failure(res, p->conn);
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
-    int code = pg_code(res, p->conn);
+    int code = sl_pg_code(res, p->conn);
     PQclear(res);
     if (why->lost) {
         sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
@@ -912,7 +785,7 @@ static sl_verdict stream_batch(pgb *p, sl_batch *b, sl_error *err)
         PGresult *res = PQexec(p->conn, sl_buf_cstr(&p->copy_sql));
         if (PQresultStatus(res) != PGRES_COPY_IN) {
             char m[1024];
-            describe(m, sizeof(m), res, p->conn);
+            sl_pg_describe(m, sizeof(m), res, p->conn);
             PQclear(res);
             sl_error_set(err, SL_ERR_IO, "%s: cannot start COPY: %s", p->cfg->label, m);
             return SL_SEND_FATAL;
@@ -968,7 +841,7 @@ static int end_stream(pgb *p, sl_error *err)
             p->copied += strtoll(PQcmdTuples(res), NULL, 10);
         } else if (rc == 0) {
             char m[1024], col[128];
-            describe(m, sizeof(m), res, p->conn);
+            sl_pg_describe(m, sizeof(m), res, p->conn);
             uint64_t line = copy_line(res, col, sizeof(col));
             if (line) {
                 rc = sl_error_set(err, SL_ERR_INPUT,
@@ -978,7 +851,7 @@ static int end_stream(pgb *p, sl_error *err)
                 /* the CONTEXT line in the server's language still names the row */
                 const char *cx = PQresultErrorField(res, PG_DIAG_CONTEXT);
                 char cl[256];
-                rc = sl_error_set(err, pg_code(res, p->conn), "%s: COPY failed: %s%s%s%s",
+                rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: COPY failed: %s%s%s%s",
                                   p->cfg->label, m, cx ? " (" : "",
                                   cx ? sqlt_first_line(cl, sizeof(cl), cx) : "", cx ? ")" : "");
             }
@@ -1024,12 +897,12 @@ static sl_verdict pg_write(void *be, sl_batch *b, sl_error *err)
         return SL_SEND_OK;
     }
     char m[1024];
-    describe(m, sizeof(m), res, p->conn);
+    sl_pg_describe(m, sizeof(m), res, p->conn);
     const char *st = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    int lost = conn_failure(res, p->conn);
+    int lost = sl_pg_conn_failure(res, p->conn);
     int transient = st && (strcmp(st, "40001") == 0 || strcmp(st, "40P01") == 0);
     int rowerr = c == COPY_ERR && row_error(res);
-    int code = pg_code(res, p->conn);
+    int code = sl_pg_code(res, p->conn);
     PQclear(res);
     if (lost) {
         sl_error_set(err, SL_ERR_IO, "%s: COPY failed, connection lost (%s): %s", p->cfg->label,
@@ -1148,9 +1021,9 @@ static int commit_replace(pgb *p, int *in_place, sl_error *err)
         const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         int dependents = st && strcmp(st, "2BP01") == 0;
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
-        rc =
-            sl_error_set(err, pg_code(res, p->conn), "%s: cannot replace it: %s", p->cfg->label, m);
+        sl_pg_describe(m, sizeof(m), res, p->conn);
+        rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: cannot replace it: %s", p->cfg->label,
+                          m);
         PQclear(res);
         if (!dependents) {
             return rc;
@@ -1236,8 +1109,8 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
         PGresult *res = PQexec(p->conn, sl_buf_cstr(q));
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             char m[1024];
-            describe(m, sizeof(m), res, p->conn);
-            int code = pg_code(res, p->conn);
+            sl_pg_describe(m, sizeof(m), res, p->conn);
+            int code = sl_pg_code(res, p->conn);
             PQclear(res);
             return sl_error_set(err, code, "%s: cannot delete the rows being replaced: %s",
                                 p->cfg->label, m);
@@ -1253,8 +1126,8 @@ static int commit_merge(pgb *p, long long *deleted, long long *inserted, sl_erro
     PGresult *res = PQexec(p->conn, sl_buf_cstr(q));
     if (PQresultStatus(res) != PGRES_COMMAND_OK) {
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
-        int code = pg_code(res, p->conn);
+        sl_pg_describe(m, sizeof(m), res, p->conn);
+        int code = sl_pg_code(res, p->conn);
         PQclear(res);
         return sl_error_set(err, code, "%s: cannot insert the staged rows: %s", p->cfg->label, m);
     }
@@ -1298,9 +1171,9 @@ static int pg_commit(void *be, sl_error *err)
     PGresult *res = PQexec(p->conn, "COMMIT");
     if (PQresultStatus(res) != PGRES_COMMAND_OK || strcmp(PQcmdStatus(res), "COMMIT") != 0) {
         char m[1024];
-        describe(m, sizeof(m), res, p->conn);
+        sl_pg_describe(m, sizeof(m), res, p->conn);
         rc = sl_error_set(
-            err, pg_code(res, p->conn), "%s: cannot commit the load: %s", p->cfg->label,
+            err, sl_pg_code(res, p->conn), "%s: cannot commit the load: %s", p->cfg->label,
             PQresultStatus(res) == PGRES_COMMAND_OK ? "the transaction had failed" : m);
     }
     PQclear(res);

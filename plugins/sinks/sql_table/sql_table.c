@@ -124,26 +124,6 @@ int sqlt_names_has(const sqlt_names *l, const char *s, int nocase)
     return 0;
 }
 
-char *sqlt_first_line(char *dst, size_t cap, const char *msg)
-{
-    if (!msg) {
-        msg = "";
-    }
-    while (*msg == ' ' || *msg == '\t' || *msg == '\n' || *msg == '\r') {
-        msg++;
-    }
-    size_t n = strcspn(msg, "\r\n");
-    while (n > 0 && (msg[n - 1] == ' ' || msg[n - 1] == '\t')) {
-        n--;
-    }
-    if (n >= cap) {
-        n = cap - 1;
-    }
-    memcpy(dst, msg, n);
-    dst[n] = '\0';
-    return dst;
-}
-
 /* Unicode 15, table 3-7 (well-formed UTF-8), plus NUL, which no SQL text
  * column can hold. Words of pure ASCII without a zero byte are skipped 8
  * bytes at a time: CSV exports are mostly ASCII. */
@@ -379,12 +359,6 @@ done:
     return rc;
 }
 
-static int is_pg_url(const char *url)
-{
-    return strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0 ||
-           (strchr(url, '=') && strncmp(url, "sqlite:", 7) != 0);
-}
-
 static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err)
 {
     int rc = SL_ERR_NOMEM;
@@ -404,7 +378,7 @@ static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
                           sl_opt_where(opts, "url"));
         goto fail;
     }
-    s->be = is_pg_url(url) ? &sqlt_pg : &sqlt_sqlite;
+    s->be = sl_pg_is_url(url) ? &sqlt_pg : &sqlt_sqlite;
     if (!table || !table[0]) {
         rc = sl_error_set(err, SL_ERR_CONFIG, "%s: table: must not be empty",
                           sl_opt_where(opts, "table"));

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sluice/pg.h"
 #include "sluice/plugin.h"
 
 typedef enum sqlt_mode { SQLT_APPEND = 0, SQLT_REPLACE, SQLT_UPSERT } sqlt_mode;
@@ -117,8 +118,9 @@ const sqlt_cols *sqlt_sink_cols(const sqlt_sink *s);
 /* 1 when records' raw CSV lines (sl_record.raw_*) can be sent unchanged. */
 int sqlt_raw_ok(const sqlt_sink *s);
 
-/* First line of a (library) message, trimmed, into dst. Returns dst. */
-char *sqlt_first_line(char *dst, size_t cap, const char *msg);
+/* First line of a (library) message, trimmed, into dst (shared with the sql
+ * source through sluice/pg.h). Returns dst. */
+#define sqlt_first_line sl_pg_first_line
 
 /* Byte offset of the first invalid UTF-8 sequence or NUL byte in s, or
  * (size_t)-1 when s is valid. */
