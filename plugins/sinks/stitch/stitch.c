@@ -317,14 +317,6 @@ static int64_t block_base(stitch *st, uint64_t seq, size_t n)
     return base;
 }
 
-/* Seed the sequence for tests: the next block starts above v. */
-void sl_stitch_test_set_last(void *self, int64_t v);
-void sl_stitch_test_set_last(void *self, int64_t v)
-{
-    stitch *st = self;
-    st->last = v;
-}
-
 static int is_key(const stitch *st, const sl_field *f)
 {
     for (size_t k = 0; k < st->nkeys; k++) {
