@@ -15,6 +15,7 @@ extern const sl_sink_plugin sl_sink_actionnetwork;
 extern const sl_sink_plugin sl_sink_braze;
 extern const sl_sink_plugin sl_sink_http;
 extern const sl_sink_plugin sl_sink_sql_table;
+extern const sl_sink_plugin sl_sink_stitch;
 extern const sl_trigger_plugin sl_trigger_controlshift;
 
 const sl_source_plugin *const sl_sources[] = {&sl_source_csv, &sl_source_http_pages,
@@ -22,7 +23,7 @@ const sl_source_plugin *const sl_sources[] = {&sl_source_csv, &sl_source_http_pa
 const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, &sl_step_map, &sl_step_diff,
                                           NULL};
 const sl_sink_plugin *const sl_sinks[] = {&sl_sink_actionnetwork, &sl_sink_braze, &sl_sink_http,
-                                          &sl_sink_sql_table, NULL};
+                                          &sl_sink_sql_table, &sl_sink_stitch, NULL};
 const sl_trigger_plugin *const sl_triggers[] = {&sl_trigger_controlshift, NULL};
 
 const sl_catalog sl_builtin_plugins = {

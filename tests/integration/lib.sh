@@ -180,3 +180,20 @@ start_fake_actionnetwork() {
     export ACTIONNETWORK_API_URL="http://127.0.0.1:$port/api/v2"
     eval "FAKE_${name}_PID=$pid FAKE_${name}_RECORD=$rec FAKE_${name}_PORT=$port"
 }
+
+# start_fake_stitch NAME [ARGS...]: starts fake_stitch with STITCH_TOKEN, sets
+# STITCH_API_URL and FAKE_<NAME>_PID / _RECORD / _PORT
+start_fake_stitch() {
+    local name=$1
+    shift
+    local pf=$T_DIR/$name.port rec=$T_DIR/$name.jsonl
+    rm -f "$pf"
+    "$FAKES_DIR/fake_stitch" --port 0 --port-file "$pf" --token "$STITCH_TOKEN" \
+        --record "$rec" "$@" >"$T_DIR/$name.out" 2>"$T_DIR/$name.err" &
+    local pid=$!
+    T_PIDS+=("$pid")
+    local port
+    port=$(wait_port_file "$pf")
+    export STITCH_API_URL="http://127.0.0.1:$port"
+    eval "FAKE_${name}_PID=$pid FAKE_${name}_RECORD=$rec FAKE_${name}_PORT=$port"
+}
