@@ -9,6 +9,7 @@ extern const sl_source_plugin sl_source_email;
 extern const sl_step_plugin sl_step_infer;
 extern const sl_step_plugin sl_step_cast;
 extern const sl_step_plugin sl_step_map;
+extern const sl_step_plugin sl_step_enrich;
 extern const sl_sink_plugin sl_sink_actionnetwork;
 extern const sl_sink_plugin sl_sink_braze;
 extern const sl_sink_plugin sl_sink_http;
@@ -17,7 +18,8 @@ extern const sl_trigger_plugin sl_trigger_controlshift;
 
 const sl_source_plugin *const sl_sources[] = {&sl_source_csv, &sl_source_http_pages,
                                               &sl_source_email, NULL};
-const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, &sl_step_map, NULL};
+const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, &sl_step_map,
+                                          &sl_step_enrich, NULL};
 const sl_sink_plugin *const sl_sinks[] = {&sl_sink_actionnetwork, &sl_sink_braze, &sl_sink_http,
                                           &sl_sink_sql_table, NULL};
 const sl_trigger_plugin *const sl_triggers[] = {&sl_trigger_controlshift, NULL};
