@@ -11,6 +11,7 @@ extern const sl_step_plugin sl_step_infer;
 extern const sl_step_plugin sl_step_cast;
 extern const sl_step_plugin sl_step_map;
 extern const sl_step_plugin sl_step_diff;
+extern const sl_step_plugin sl_step_enrich;
 extern const sl_sink_plugin sl_sink_actionnetwork;
 extern const sl_sink_plugin sl_sink_braze;
 extern const sl_sink_plugin sl_sink_http;
@@ -20,10 +21,10 @@ extern const sl_trigger_plugin sl_trigger_controlshift;
 
 const sl_source_plugin *const sl_sources[] = {&sl_source_csv, &sl_source_http_pages,
                                               &sl_source_email, &sl_source_sql, NULL};
-const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast, &sl_step_map, &sl_step_diff,
-                                          NULL};
-const sl_sink_plugin *const sl_sinks[] = {&sl_sink_actionnetwork, &sl_sink_braze, &sl_sink_http,
-                                          &sl_sink_sql_table, &sl_sink_stitch, NULL};
+const sl_step_plugin *const sl_steps[] = {&sl_step_infer, &sl_step_cast,   &sl_step_map,
+                                          &sl_step_diff,  &sl_step_enrich, NULL};
+const sl_sink_plugin *const sl_sinks[] = {&sl_sink_actionnetwork, &sl_sink_braze,  &sl_sink_http,
+                                          &sl_sink_sql_table,     &sl_sink_stitch, NULL};
 const sl_trigger_plugin *const sl_triggers[] = {&sl_trigger_controlshift, NULL};
 
 const sl_catalog sl_builtin_plugins = {
