@@ -97,7 +97,7 @@ expect_match "the second run reused the kept profiles" "$T_DIR/run2.err" "$billa
 
 # ---- kill -9 mid-run, then rerun: billed calls = distinct e-mails
 stop_fake "$FC_PID"
-start_fc --latency-ms 20
+start_fc --latency-ms 60 # a run of ~6 s: the kill lands mid-way even on a busy machine
 export STATE=$T_DIR/b/state.db JOURNAL=$T_DIR/b/fc.journal
 (cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$CFG" >"$T_DIR/crash.out" 2>"$T_DIR/crash.err") &
 pid=$!
