@@ -164,4 +164,20 @@ PY
 n0=$(lines)
 run w4again w4.csv --again
 expect_eq "the same export again: nothing to send (the snapshot is right)" "" "$(got_since "$n0")"
+
+# changed_fields_only: a changed record carries its key and what changed
+sed -e 's/pipelines:/pipelines:/' -e 's/  members:/  fields:/' \
+    -e 's/        action_field: action/        action_field: action\n        changed_fields_only: true/' diff.yml >fields.yml
+{
+    echo "email,name,zip"
+    for i in $(seq 1 100); do echo "f$i@example.org,Person $i,1$i"; done
+} >f1.csv
+sed -e 's/^f7@example.org,Person 7,17$/f7@example.org,Person 7,99999/' f1.csv >f2.csv
+EXPORT=f1.csv "$SLUICE_BIN" run -c fields.yml >f1.out 2>&1
+n0=$(lines)
+EXPORT=f2.csv "$SLUICE_BIN" run -c fields.yml >f2.out 2>&1 && rc=0 || rc=$?
+expect_eq "changed_fields_only: exit 0" 0 "$rc"
+expect_eq "only the changed column of the one changed row is sent" \
+    '[{"email":"f7@example.org","zip":"99999","action":"changed"}]' \
+    "$(tail -n +"$((n0 + 1))" "$FAKE_hook_RECORD")"
 finish
