@@ -124,4 +124,11 @@ expect_match "... and its runs" "$T_DIR/status-noenv.log" "dead-lettered"
 expect_no_match "... no complaint about a variable" "$T_DIR/status-noenv.log" "not set"
 expect_eq "status of an unknown pipeline: still an error" 64 \
     "$(cd "$T_DIR" && env -u BRAZE_API_KEY "$SLUICE_BIN" status -c "$CFG" nope >/dev/null 2>&1; echo $?)"
+# --help advertises only commands that exist: none of them is a usage error
+"$SLUICE_BIN" --help >"$T_DIR/help.txt" 2>&1
+for cmd in $(awk '$1 == "sluice" && $2 ~ /^[a-z]+$/ { print $2 }' "$T_DIR/help.txt"); do
+    rc=$(cd "$T_DIR" && "$SLUICE_BIN" help "$cmd" >/dev/null 2>&1; echo $?)
+    expect_eq "help lists '$cmd', which exists (help $cmd exits 0)" 0 "$rc"
+done
+expect_no_match "--help does not advertise commands not in this version" "$T_DIR/help.txt" "fanout|worker"
 finish
