@@ -136,7 +136,7 @@ static const sl_option enrich_options[] = {
     {"fresh_for", SL_OPT_DURATION, "90d", 0, NULL,
      "a key with a 200 this recent is not looked up again (its kept profile is used)"},
     {"journal", SL_OPT_STRING, NULL, 0, NULL,
-     "billing ledger file (append-only); required with preset fullcontact"},
+     "billing ledger file (append-only); default with preset fullcontact: beside the state store"},
     SL_OPTIONS_END,
 };
 
@@ -825,12 +825,6 @@ static int enrich_validate(const sl_opts *o, sl_report_fn report, void *ud)
                "preset: fullcontact)");
         n++;
     }
-    if (fc && !sl_opt_isset(o, "journal")) {
-        report(ud, "journal",
-               "expected a file for the billing ledger (required with preset "
-               "fullcontact: without it a crash would pay for lookups twice)");
-        n++;
-    }
     if (sl_opt_int(o, "concurrency") < 1 || sl_opt_int(o, "concurrency") > 1000) {
         report(ud, "concurrency", "expected 1..1000, got %lld",
                (long long)sl_opt_int(o, "concurrency"));
@@ -960,8 +954,23 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
         rc = err->code;
         goto fail_msg;
     }
-    if (sl_opt_isset(o, "journal")) {
+    int want_journal = sl_opt_isset(o, "journal");
+    if (want_journal) {
         e->journal_path = strdup(sl_opt_str(o, "journal"));
+    } else if (sl_opt_str(o, "preset") && strcmp(sl_opt_str(o, "preset"), "fullcontact") == 0) {
+        /* the billing ledger of a paid API lives beside the state store */
+        sl_buf dir = {0};
+        if (sl_ctx_files_dir(ctx, &dir, err) < 0) {
+            sl_buf_free(&dir);
+            rc = err->code;
+            goto fail_msg;
+        }
+        sl_buf_puts(&dir, "/journal");
+        e->journal_path = strdup(sl_buf_cstr(&dir));
+        sl_buf_free(&dir);
+        want_journal = 1;
+    }
+    if (want_journal) {
         if (!e->journal_path) {
             goto fail;
         }
