@@ -309,11 +309,13 @@ static enum MHD_Result answer_enrich(struct MHD_Connection *c, struct fk_req *r)
     unsigned long calls;
     pthread_mutex_lock(&g_st.mu);
     email_ent *e = email_get_locked(email);
+    int found = e != NULL;
     if (e) {
         calls = ++e->calls;
     }
+    e = NULL; /* not valid once the lock is released */
     pthread_mutex_unlock(&g_st.mu);
-    if (!e) {
+    if (!found) {
         json_decref(root);
         return refuse(c, 500, "out of memory");
     }
@@ -334,7 +336,11 @@ static enum MHD_Result answer_enrich(struct MHD_Connection *c, struct fk_req *r)
             return refuse(c, 500, "out of memory");
         }
         pthread_mutex_lock(&g_st.mu);
-        e->billed++;
+        /* looked up again: another request may have grown the table since */
+        email_ent *be = email_get_locked(email);
+        if (be) {
+            be->billed++;
+        }
         g_st.billed++;
         g_st.status[200]++;
         pthread_mutex_unlock(&g_st.mu);
