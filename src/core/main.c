@@ -252,6 +252,16 @@ static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int
            res->counts.read, res->counts.sent, res->counts.failed, res->counts.skipped);
     printf("  requests %" PRIu64 "  retries %" PRIu64 "  %.2fs  %.0f records/s\n",
            res->counts.requests, res->counts.retries, res->duration_s, rate);
+    if (res->nactions > 1 || (res->nactions == 1 && strcmp(res->actions[0].name, "send") != 0)) {
+        printf("  ");
+        for (size_t k = 0; k < res->nactions; k++) {
+            printf("%s%s %" PRIu64, k ? "  " : "", res->actions[k].name, res->actions[k].sent);
+            if (res->actions[k].failed) {
+                printf(" (+%" PRIu64 " dead-lettered)", res->actions[k].failed);
+            }
+        }
+        printf("\n");
+    }
     if (res->error[0]) {
         printf("  error: %s\n", res->error);
     }

@@ -17,6 +17,16 @@ static void slack_text(const sl_pipeline_cfg *p, const sl_run_result *res, sl_bu
                   " failed, %" PRIu64 " skipped in %.1fs",
                   p->name, ok ? "succeeded" : res->status, res->input, res->counts.read,
                   res->counts.sent, res->counts.failed, res->counts.skipped, res->duration_s);
+    for (size_t k = 0; k < res->nactions; k++) {
+        if (res->nactions == 1 && strcmp(res->actions[0].name, "send") == 0) {
+            break; /* no actions: the counts above say it all */
+        }
+        sl_buf_printf(&text, "%s%s %" PRIu64, k ? ", " : "\n", res->actions[k].name,
+                      res->actions[k].sent);
+        if (res->actions[k].failed) {
+            sl_buf_printf(&text, " (%" PRIu64 " failed)", res->actions[k].failed);
+        }
+    }
     if (res->error[0]) {
         sl_buf_printf(&text, "\nerror: %s", res->error);
     }

@@ -277,19 +277,6 @@ static void http_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
 
 static void dry_run_show(runner *r, slot *s)
 {
-    for (size_t i = 0; i < s->b.n; i++) {
-        sl_record *rec = &s->b.recs[i];
-        if (rec->status == SL_REC_OK) {
-            const char *a = rec->action ? rec->action : "send";
-            for (size_t k = 0; k < 8; k++) {
-                if (!r->actions[k] || strcmp(r->actions[k], a) == 0) {
-                    r->actions[k] = a;
-                    r->actions_n[k]++;
-                    break;
-                }
-            }
-        }
-    }
     if (r->samples_shown >= r->o->samples || s->b.nsend == 0) {
         return;
     }

@@ -142,8 +142,8 @@ typedef struct runner {
     int have_ckpt;
     uint64_t ck_pos, ck_line;
     int samples_shown;
-    uint64_t actions_n[8];
-    const char *actions[8];
+    sl_action_count actions[SL_RUN_ACTIONS_MAX];
+    size_t nactions;
     sl_run_lease lease;
 
     /* retry mode: the dead letters being replayed */

@@ -40,6 +40,28 @@ static int dead_letter(runner *r, const sl_record *rec, const slot *s, sl_error 
     return sl_state_dl_add(r->st, &d, err);
 }
 
+/* Count a finalized record under its action. */
+static void count_action(runner *r, const sl_record *rec, int sent)
+{
+    const char *a = rec->action ? rec->action : "send";
+    size_t k = 0;
+    while (k < r->nactions && strcmp(r->actions[k].name, a) != 0) {
+        k++;
+    }
+    if (k == r->nactions) {
+        if (r->nactions == SL_RUN_ACTIONS_MAX) {
+            return; /* more kinds than a summary shows */
+        }
+        snprintf(r->actions[k].name, sizeof(r->actions[k].name), "%s", a);
+        r->nactions++;
+    }
+    if (sent) {
+        r->actions[k].sent++;
+    } else {
+        r->actions[k].failed++;
+    }
+}
+
 /* A batch refused as a whole: every record still OK failed with it. */
 static void batch_refused(runner *r, slot *s)
 {
@@ -97,6 +119,7 @@ static int finalize(runner *r, slot *s, sl_error *err)
         switch ((sl_rec_status)rec->status) {
         case SL_REC_OK:
             r->counts.sent++;
+            count_action(r, rec, 1);
             if (s->replayed && !r->o->dry_run &&
                 sl_state_dl_delete(r->st, (int64_t)rec->pos, err) < 0) {
                 return SL_ERR;
@@ -108,6 +131,7 @@ static int finalize(runner *r, slot *s, sl_error *err)
         case SL_REC_REJECTED:
         case SL_REC_FAILED:
             r->counts.failed++;
+            count_action(r, rec, 0);
             if (r->o->dry_run) {
                 if (r->counts.failed <= 5) {
                     printf("--- would dead-letter line %" PRIu64 ": %s\n", rec->line,

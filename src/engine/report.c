@@ -64,6 +64,19 @@ void sl_report_summary(const runner *r, const sl_run_result *res, sl_buf *out)
     count(&w, "failed", res->counts.failed);
     count(&w, "skipped", res->counts.skipped);
     sl_jw_obj_close(&w);
+    if (res->nactions > 1 || (res->nactions == 1 && strcmp(res->actions[0].name, "send") != 0)) {
+        /* per action (a diff's new / changed / lapsed) */
+        sl_jw_keyz(&w, "actions");
+        sl_jw_obj_open(&w);
+        for (size_t k = 0; k < res->nactions; k++) {
+            sl_jw_keyz(&w, res->actions[k].name);
+            sl_jw_obj_open(&w);
+            count(&w, "sent", res->actions[k].sent);
+            count(&w, "failed", res->actions[k].failed);
+            sl_jw_obj_close(&w);
+        }
+        sl_jw_obj_close(&w);
+    }
     count(&w, "requests", res->counts.requests);
     count(&w, "retries", res->counts.retries);
     sl_jw_keyz(&w, "duration_s");

@@ -487,6 +487,8 @@ out:
         }
     }
     res->counts = r->counts;
+    memcpy(res->actions, r->actions, sizeof(res->actions));
+    res->nactions = r->nactions;
     res->duration_s = sl_engine_now() - t0;
     if (run_started) {
         sl_error e2;
@@ -499,8 +501,8 @@ out:
         printf("--- dry run of %s: %" PRIu64 " read, %" PRIu64 " would be sent, %" PRIu64
                " would be dead-lettered, %" PRIu64 " skipped\n",
                p->name, r->counts.read, r->counts.sent, r->counts.failed, r->counts.skipped);
-        for (size_t k = 0; k < 8 && r->actions[k]; k++) {
-            printf("    %s: %" PRIu64 "\n", r->actions[k], r->actions_n[k]);
+        for (size_t k = 0; k < r->nactions; k++) {
+            printf("    %s: %" PRIu64 "\n", r->actions[k].name, r->actions[k].sent);
         }
     } else if (o->mode != SL_RUN_RETRY) {
         sl_buf sj = {0};

@@ -37,11 +37,22 @@ typedef struct sl_run_opts {
     volatile sig_atomic_t *stop; /* set by signal handlers; may be NULL */
 } sl_run_opts;
 
+/* Records of one action ("new", "changed", "lapsed"; "send" when a record
+ * carries none): delivered (or, in a dry run, that would be) and
+ * dead-lettered. */
+#define SL_RUN_ACTIONS_MAX 8
+typedef struct sl_action_count {
+    char name[24];
+    uint64_t sent, failed;
+} sl_action_count;
+
 typedef struct sl_run_result {
     int64_t run_id;
     char status[16]; /* ok, partial, failed, interrupted, skipped, locked */
     char input[512];
     sl_counts counts;
+    sl_action_count actions[SL_RUN_ACTIONS_MAX]; /* in order of first appearance */
+    size_t nactions;
     double duration_s;
     int peak_inflight;
     char error[SL_ERRMSG_MAX];

@@ -10,6 +10,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$T_DIR"
 start_fake_hook hook --status 201
 start_fake_hook down --status 503
+start_fake_hook slack --slack
 
 cat >diff.yml <<YML
 pipelines:
@@ -22,6 +23,7 @@ pipelines:
         max_lapse: "\${MAX_LAPSE:-20%}"
     sink: {type: http, url: "\${TARGET}", expect_status: [201]}
     retry: {max_attempts: 2, backoff: 10ms, max_backoff: 20ms}
+    notify: [{url: "http://127.0.0.1:$FAKE_slack_PORT/hook", format: slack, on: always}]
 YML
 export TARGET=http://127.0.0.1:$FAKE_hook_PORT/hook
 
@@ -77,6 +79,10 @@ expect_eq "week 2: exactly the change, the addition and the lapse" \
     "$(printf '%s\n' 'changed p2@example.org Someone Else' 'lapsed p4@example.org -' 'new p11@example.org Person 11' | sort)" \
     "$(got_since "$n0")"
 expect_match "week 2: unchanged people counted as skipped" w2.out "skipped 8"
+for a in new changed lapsed; do
+    expect_match "week 2: the summary counts $a" w2.out "(^|  )$a 1( |$)"
+    expect_match "week 2: so does the Slack message ($a)" "$FAKE_slack_RECORD" "w2\.csv.*[ n]$a 1"
+done
 
 # week 3 with the receiver down: the run fails, the snapshot stays week 2's
 {
@@ -100,6 +106,7 @@ n0=$(lines)
 run empty empty.csv
 expect_eq "empty export: the run fails" 1 "$RC"
 expect_match "empty export: says why" empty.out "no usable row.*nobody was lapsed"
+expect_match "empty export: the alert says why" "$FAKE_slack_RECORD" "members failed \(empty\.csv\).*no usable row"
 head -n 6 w3.csv >half.csv
 run half half.csv
 expect_eq "half-size export: the run fails" 1 "$RC"
