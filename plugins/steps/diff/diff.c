@@ -405,10 +405,13 @@ static int load_prev(diff_step *d, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
                             sl_ctx_name(d->ctx), n);
     }
+    /* offsets counted, not asked for: ftell on a read stream costs a
+     * system call per entry */
+    uint64_t off = (uint64_t)ftell(f);
     for (uint64_t k = 0; k < n; k++) {
-        long off = ftell(f);
         uint64_t kh, fp;
         uint16_t kl;
+        uint64_t at = off;
         if (read_entry(f, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
             free(key);
             fclose(f);
@@ -422,7 +425,8 @@ static int load_prev(diff_step *d, sl_error *err)
         }
         d->tk[i] = kh;
         d->tf[i] = fp;
-        d->toff[i] = (uint64_t)off;
+        d->toff[i] = at;
+        off += 16 + d->prev.ncols * 8 + 2 + kl;
     }
     free(key);
     fclose(f);
@@ -672,12 +676,14 @@ static int make_key(diff_step *d, sl_record *rec, int stage, uint64_t *kh)
             sl_buf_putc(&d->key, KEY_SEP);
             sl_buf_putc(&d->keyorig, KEY_SEP);
         }
-        for (const char *c = b; c < e; c++) {
-            char ch = *c;
-            if (d->lower && ch >= 'A' && ch <= 'Z') {
-                ch = (char)(ch - 'A' + 'a');
+        size_t at = d->key.len;
+        sl_buf_append(&d->key, b, (size_t)(e - b));
+        if (d->lower && d->key.data) {
+            for (char *c = d->key.data + at; c < d->key.data + d->key.len; c++) {
+                if (*c >= 'A' && *c <= 'Z') {
+                    *c = (char)(*c - 'A' + 'a');
+                }
             }
-            sl_buf_putc(&d->key, ch);
         }
         sl_buf_append(&d->keyorig, p, n);
     }
