@@ -217,4 +217,36 @@ expect_eq "dry run: exit 0, nothing sent" "0 $n" "$rc $(requests)"
 expect_match "dry run: the counts" dry.out 'dry run of dry: 3 read, 3 would be sent'
 expect_eq "dry run: nothing recorded" "" "$(outcomes dry)"
 
+
+# --- a plain CSV path: read directly, same records, no sender needed, nothing recorded
+python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import gen_eml; open("plain.csv","w").write(gen_eml.DEFAULT_CSV)' "$TOOLS"
+gzip -c plain.csv >plain.csv.gz
+cat >plain.yml <<YML
+pipelines:
+  plain:
+    source: {type: email, path: "\${EXPORT}"}
+    sink: {type: http, url: "http://127.0.0.1:$HOOK/hook"}
+YML
+for f in plain.csv plain.csv.gz; do
+    rc=0
+    EXPORT=$f "$SLUICE_BIN" run -c plain.yml >plain.out 2>&1 || rc=$?
+    expect_eq "plain CSV ($f): exit 0" 0 "$rc"
+    expect_eq "plain CSV ($f): the rows of the mailed export, exactly" "$(head -n 1 "$FAKE_hook_RECORD")" \
+        "$(tail -n 1 "$FAKE_hook_RECORD")"
+done
+expect_eq "plain CSV: nothing recorded in state" "" "$(outcomes plain)"
+printf 'email,email\nx@example.org,y\n' >dupcol.csv
+rc=0
+EXPORT=dupcol.csv "$SLUICE_BIN" run -c plain.yml >dupcol.out 2>&1 || rc=$?
+expect_eq "plain CSV with a bad header: exit 1" 1 "$rc"
+expect_match "names the file, line and column" dupcol.out "dupcol\.csv:1: duplicate column 'email'"
+rc=0
+EXPORT=https://example.org/members.csv "$SLUICE_BIN" check -c plain.yml >url.out 2>&1 || rc=$?
+expect_eq "a URL: config error" 78 "$rc"
+expect_match "says to use the csv source" url.out "is a URL.*use the csv source"
+rc=0
+EXPORT=x.eml "$SLUICE_BIN" check -c plain.yml >nofrom.out 2>&1 || rc=$?
+expect_eq "a .eml without from: config error" 78 "$rc"
+expect_match "from is required for .eml" nofrom.out "from: required for a \.eml or maildir: path"
+
 finish

@@ -15,7 +15,11 @@
  * Outcomes are kept in the plugin's state, keyed by the SHA-256 of the
  * message file, so each message is looked at once: rejections whatever
  * became of the run, the delivered and superseded ones only when the run
- * completed (a failed run looks at its message again). */
+ * completed (a failed run looks at its message again).
+ *
+ * A path that is neither maildir: nor a .eml file is a plain CSV export
+ * (the same export downloaded by hand): read directly by the same row
+ * reader, no message checks, nothing recorded. */
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
@@ -45,9 +49,11 @@
 
 static const sl_option email_options[] = {
     {"path", SL_OPT_STRING, NULL, SL_OPT_REQUIRED, NULL,
-     "a message file (.eml), or maildir:/dir for a Maildir (its new/ and cur/ messages)"},
-    {"from", SL_OPT_LIST, NULL, SL_OPT_REQUIRED, NULL,
-     "allowed senders: addresses (ak@example.org) or whole domains (@example.org)"},
+     "a message file (.eml), maildir:/dir for a Maildir (its new/ and cur/ messages), or any "
+     "other file: a plain CSV export, read directly"},
+    {"from", SL_OPT_LIST, NULL, 0, NULL,
+     "allowed senders: addresses (ak@example.org) or whole domains (@example.org); required "
+     "for .eml and maildir:"},
     {"subject", SL_OPT_STRING, NULL, 0, NULL,
      "the Subject must contain this text, or match it as a glob when it holds * ? or [ "
      "(case-insensitive); unset: any subject"},
@@ -94,6 +100,7 @@ typedef struct em_src {
     sl_ctx *ctx;
     char *path; /* as configured */
     int maildir;
+    int plain; /* path is a plain CSV file: no message */
     char **allow;
     size_t nallow;
     char *subject;
@@ -157,6 +164,12 @@ static int has_suffix_ci(const char *s, const char *suf)
 {
     size_t n = strlen(s), m = strlen(suf);
     return n >= m && strcasecmp(s + n - m, suf) == 0;
+}
+
+/* A path that is not a message (.eml) nor a Maildir: a plain CSV export. */
+static int is_plain_csv(const char *path)
+{
+    return path && *path && strncmp(path, "maildir:", 8) != 0 && !has_suffix_ci(path, ".eml");
 }
 
 static void msg_free(em_msg *m)
@@ -927,7 +940,16 @@ static void src_destroy(void *self)
 static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
 {
     int bad = 0;
-    size_t n = sl_opt_count(o, "from");
+    const char *path = sl_opt_str(o, "path");
+    int plain = is_plain_csv(path);
+    if (plain && (strncmp(path, "http://", 7) == 0 || strncmp(path, "https://", 8) == 0)) {
+        report(ud, "path",
+               "'%s' is a URL; the email source reads a local .eml, maildir:/dir or CSV file "
+               "(for a CSV at a URL use the csv source)",
+               path);
+        bad++;
+    }
+    size_t n = plain ? 0 : sl_opt_count(o, "from");
     for (size_t i = 0; i < n; i++) {
         const char *a = sl_opt_item(o, "from", i);
         const char *at = a ? strchr(a, '@') : NULL;
@@ -938,9 +960,10 @@ static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
             bad++;
         }
     }
-    if (n == 0) {
+    if (n == 0 && !plain) {
         report(ud, "from",
-               "lists no sender (expected addresses or @domains; is the environment "
+               "required for a .eml or maildir: path, lists no sender (expected addresses or "
+               "@domains; is the environment "
                "variable empty?)");
         bad++;
     }
@@ -953,7 +976,6 @@ static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
                auth);
         bad++;
     }
-    const char *path = sl_opt_str(o, "path");
     if (path && strncmp(path, "maildir:", 8) == 0 && !path[8]) {
         report(ud, "path", "maildir: needs a folder (maildir:/var/mail/ak)");
         bad++;
@@ -990,6 +1012,21 @@ static void collect_report(void *ud, const char *option, const char *fmt, ...)
         va_end(ap);
         sl_error_set(c->err, SL_ERR_CONFIG, "%s: %s", option, msg);
     }
+}
+
+/* A plain CSV export at s->path: read directly, as the csv source would
+ * (.gz / .bz2 decompressed). */
+static int open_plain(em_src *s, const sl_opts *o, sl_error *err)
+{
+    s->plain = 1;
+    sl_reader_opts ro = {0};
+    ro.compression = SL_COMPRESS_AUTO;
+    ro.max_bytes = s->max_decompressed;
+    sl_reader *r = sl_reader_open(s->path, &ro, err);
+    if (!r) {
+        return err && err->code ? err->code : SL_ERR_IO;
+    }
+    return sl_csv_open(&s->csv, r, o, err);
 }
 
 static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
@@ -1040,11 +1077,13 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
             rc = sl_error_set(err, SL_ERR_INPUT,
                               "%s: is a folder; for a Maildir write path: maildir:%s", s->path,
                               s->path);
+        } else if (is_plain_csv(s->path)) {
+            rc = open_plain(s, o, err);
         } else {
             rc = add_candidate(s, s->path, err);
         }
     }
-    if (rc == 0) {
+    if (rc == 0 && !s->plain) {
         rc = select_message(s, o, err);
     }
     if (rc != 0) {
@@ -1076,6 +1115,9 @@ static int src_checkpoint(void *self, uint64_t pos, uint64_t line, sl_buf *out, 
     if (!s->csv) {
         return sl_error_set(err, SL_ERR, "%s: no message is being read", s->path);
     }
+    if (s->plain) {
+        return sl_csv_checkpoint(s->csv, pos, line, out, err);
+    }
     sl_buf tmp;
     sl_buf_init(&tmp, 0);
     int rc = sl_csv_checkpoint(s->csv, pos, line, &tmp, err);
@@ -1099,6 +1141,9 @@ static int src_resume(void *self, const char *checkpoint, sl_error *err)
     em_src *s = self;
     if (!s->csv) {
         return 0; /* next() reports why nothing can be read */
+    }
+    if (s->plain) {
+        return sl_csv_resume(s->csv, checkpoint, err);
     }
     json_t *j = json_loads(checkpoint ? checkpoint : "", 0, NULL);
     const char *h = json_string_value(json_object_get(j, "message"));
