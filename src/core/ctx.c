@@ -101,16 +101,16 @@ int sl_ctx_files_dir(sl_ctx *c, sl_buf *out, sl_error *err)
 {
     char base[4096];
     if (!c->state) {
-        return sl_error_set(err, SL_ERR, "%s: no state store for this plugin's files", c->name);
+        return sl_error_set(err, SL_ERR, "no state store for this plugin's files");
     }
     if (sl_state_files_dir(c->state, base, sizeof(base), err) < 0) {
-        return sl_error_prefix(err, "%s", c->name);
+        return SL_ERR;
     }
     sl_buf_reset(out);
     if (sl_buf_printf(out, "%s/%s/%s", base, c->pipeline, c->ns) != 0) {
-        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", c->name);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
-    return mkdir_p(out->data, err) < 0 ? sl_error_prefix(err, "%s", c->name) : 0;
+    return mkdir_p(out->data, err) < 0 ? SL_ERR : 0;
 }
 
 double sl_ctx_run_started(const sl_ctx *c)

@@ -50,6 +50,12 @@ run() { # NAME EXPORT [ARGS...]: exit code in RC
     echo "email,name,zip"
     for i in $(seq 1 10); do echo "p$i@example.org,Person $i,0210$i"; done
 } >w1.csv
+# a dry run before any real run: no state store yet, everyone is new, and
+# no store is created
+run dry0 w1.csv --dry-run
+expect_eq "dry run before the first run: exit 0" 0 "$RC"
+expect_match "dry run before the first run: all ten new" dry0.out "new: 10"
+check "dry run before the first run: no state store created" test ! -e .sluice/state.db
 n0=$(lines)
 run w1 w1.csv
 expect_eq "week 1: exit 0" 0 "$RC"

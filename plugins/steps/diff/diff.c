@@ -533,6 +533,14 @@ static int diff_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         snprintf(d->dir, sizeof(d->dir), "%s", sl_buf_cstr(&dir));
     }
     sl_buf_free(&dir);
+    if (rc < 0 && sl_ctx_dry_run(ctx)) {
+        /* a dry run before any real run: no store yet, so no snapshot:
+         * everyone is new */
+        sl_error_clear(err);
+        sl_plog(ctx, SL_LOG_INFO, "no state store yet: diffing against an empty snapshot");
+        *self = d;
+        return 0;
+    }
     if (rc < 0) {
         diff_destroy(d);
         return rc;
