@@ -57,6 +57,8 @@ static const sl_option diff_options[] = {
      "columns whose change makes a record \"changed\" (default: every column but the key)"},
     {"changed_fields_only", SL_OPT_BOOL, "false", 0, NULL,
      "a changed record carries only its key and the columns that changed"},
+    {"lapsed", SL_OPT_BOOL, "true", 0, NULL,
+     "emit the people gone from the export (false: a destination with nothing to do for them)"},
     {"action_field", SL_OPT_STRING, NULL, 0, NULL,
      "also put the action (new, changed, lapsed) in this field, for sinks that do not read it"},
     {"max_lapse", SL_OPT_STRING, "20%", 0, NULL,
@@ -82,6 +84,7 @@ typedef struct diff_step {
     char **cmp_opt; /* compare: as configured, or NULL = all but the key */
     size_t ncmp_opt;
     int changed_only;
+    int emit_lapsed;
     char *action_field;
     double max_lapse; /* fraction of the previous snapshot; >= 1 = no guard */
 
@@ -517,6 +520,7 @@ static int diff_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         d->lower |= n && strcmp(n, "lowercase") == 0;
     }
     d->changed_only = sl_opt_bool(o, "changed_fields_only");
+    d->emit_lapsed = sl_opt_bool(o, "lapsed");
     if (sl_opt_isset(o, "action_field") &&
         !(d->action_field = strdup(sl_opt_str(o, "action_field")))) {
         diff_destroy(d);
@@ -847,7 +851,7 @@ static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
     diff_step *d = self;
     if (!d->drain_started) {
         d->drain_started = 1;
-        if (!d->have_prev || d->prev.count == 0) {
+        if (!d->have_prev || d->prev.count == 0 || !d->emit_lapsed) {
             return 0;
         }
         uint64_t seen = d->n_changed + d->n_same;
