@@ -29,7 +29,7 @@ CREATE TABLE people (id int PRIMARY KEY, email text, name text);
 INSERT INTO people SELECT i, 'Person' || i || '@Example.org', 'n' || i FROM generate_series(1, :n) i;
 INSERT INTO people VALUES (:n + 1, NULL, 'nobody'), (:n + 2, 'not-an-address', 'bad');
 CREATE VIEW emails_to_enrich AS SELECT email, name FROM people;
--- the upsert needs a unique key; the other columns are added by the sink
+-- a primary key (not needed by the upsert; checks one row per e-mail); other columns are added by the sink
 CREATE TABLE fullcontact_profiles (email_address text PRIMARY KEY);
 SQL
 
