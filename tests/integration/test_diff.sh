@@ -124,6 +124,15 @@ MAX_LAPSE=100% run purge half.csv
 expect_eq "with max_lapse 100%: exit 0" 0 "$RC"
 expect_eq "the six missing people lapse" 6 "$(got_since "$n0" | grep -c '^lapsed ')"
 
+# an export without the key column: a clear error, nothing sent or lapsed
+printf 'mail,name,zip\np1@example.org,A,1\n' >nokey.csv
+n0=$(lines)
+run nokey nokey.csv
+expect_eq "missing key column: exit 1" 1 "$RC"
+expect_match "missing key column: named, with the columns found" nokey.out \
+    "key column 'email' is not in the export \(its columns: mail, name, zip\)"
+expect_eq "missing key column: nothing sent" "$n0" "$(lines)"
+
 # duplicate and blank keys are dead-lettered, the first row wins
 {
     echo "email,name,zip"

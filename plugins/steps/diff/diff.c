@@ -765,6 +765,31 @@ static void drop_unchanged(diff_step *d, sl_record *rec)
     }
 }
 
+/* The export's header: every key column must be in it (a missing key column
+ * would make every row "blank key" and trip the lapse guard with a less
+ * useful message). */
+static int diff_columns(void *self, const char *const *cols, size_t n, sl_error *err)
+{
+    diff_step *d = self;
+    for (size_t k = 0; k < d->nkey; k++) {
+        size_t i = 0;
+        while (i < n && strcmp(cols[i], d->key_cols[k]) != 0) {
+            i++;
+        }
+        if (i == n) {
+            char have[512] = "";
+            for (size_t j = 0; j < n; j++) {
+                size_t l = strlen(have);
+                snprintf(have + l, sizeof(have) - l, "%s%s", j ? ", " : "", cols[j]);
+            }
+            return sl_error_set(err, SL_ERR_INPUT,
+                                "key column '%s' is not in the export (its columns: %s)",
+                                d->key_cols[k], have);
+        }
+    }
+    return 0;
+}
+
 static void set_action(diff_step *d, sl_record *rec, const char *action)
 {
     rec->action = action;
@@ -983,6 +1008,7 @@ const sl_step_plugin sl_step_diff = {
     .options = diff_options,
     .validate = diff_validate,
     .init = diff_init,
+    .columns = diff_columns,
     .process = diff_process,
     .drain = diff_drain,
     .commit = diff_commit,
