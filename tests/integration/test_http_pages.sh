@@ -129,6 +129,26 @@ p=$(peak)
 check "peak connections $p <= 10" test "$p" -le 10
 stop_fake "$MC_PID"
 
+# ---------------------------------------------------------------- sluice retry fetches the failed page
+start_mc retry --members 5000 --fail-offset 3000:503:3
+write_config retry
+n0=$(lines "$REC")
+sluice run -c "$T_DIR/retry.yml" >"$T_DIR/retry1.out" 2>&1 && rc=0 || rc=$?
+expect_eq "retry case: the first run ends partial" 2 "$rc"
+expect_eq "retry case: 4,000 members arrive" 4000 "$(ids_since "$REC" "$n0" | sort -u | wc -l)"
+mc POST /_reset_stats >/dev/null
+n0=$(lines "$REC")
+sluice retry -c "$T_DIR/retry.yml" members >"$T_DIR/retry2.out" 2>&1 && rc=0 || rc=$?
+expect_eq "sluice retry: exit 0" 0 "$rc"
+expect_match "sluice retry: says what it fetches" "$T_DIR/retry2.out" "retry: fetching 1 page that failed"
+expect_eq "sluice retry: the failed page, and nothing else" "1 3000" \
+    "$(fake_stats "$MC_PORT" | jq -r '[.request_log | length, .[0].offset] | join(" ")')"
+expect_eq "sluice retry: its 1,000 members arrive" 1000 "$(ids_since "$REC" "$n0" | sort -u | wc -l)"
+expect_eq "sluice retry: the ledger is cleared" "" "$(kv retry failed_pages)"
+expect_eq "sluice retry: the cursor stays where it was (unset): the next run reads its window" \
+    "" "$(kv retry cursor)"
+stop_fake "$MC_PID"
+
 # ---------------------------------------------------------------- churn
 start_mc churn --members 25000 --latency-ms 20
 write_config churn

@@ -502,6 +502,7 @@ struct hp_src {
     hp_ledger failed;      /* pages that failed this run */
     hp_page probe;
     int probe_used;
+    int retry_only; /* `sluice retry`: only the pages earlier runs could not fetch */
     unsigned start_pass;
     uint64_t start_page;
 
@@ -993,6 +994,10 @@ static int plan_next(hp_src *s, hp_page *p)
                 s->plan_page++;
                 return 1;
             }
+            if (s->retry_only) {
+                s->plan_end = 1; /* a retry fetches the ledger and nothing else */
+                return -1;
+            }
             s->plan_pass = s->start_pass;
             s->plan_page = s->start_page;
             continue;
@@ -1203,6 +1208,25 @@ static int start_run(hp_src *s, sl_error *err)
 {
     s->started = 1;
     int rc;
+    if (s->retry_only) {
+        /* `sluice retry`: the pages earlier runs recorded as failed, each
+         * with its own window; the cursor is neither read nor moved */
+        if ((rc = load_old_ledger(s, err)) != 0) {
+            return rc;
+        }
+        s->consistent = 1;
+        s->plan_pass = 0;
+        s->plan_page = s->old_base;
+        if (s->old.n) {
+            s->old_ok = calloc(s->old.n, 1);
+            if (!s->old_ok) {
+                return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
+            }
+        }
+        sl_plog(s->ctx, SL_LOG_INFO, "retry: fetching %zu page%s that failed in an earlier run",
+                s->old.n, s->old.n == 1 ? "" : "s");
+        return 0;
+    }
     if (!s->resumed) {
         double cursor;
         if ((rc = load_cursor(s, &cursor, err)) != 0 || (rc = load_old_ledger(s, err)) != 0) {
@@ -1594,6 +1618,14 @@ static void set_partial(hp_src *s, const hp_ledger *owe)
     }
 }
 
+static int src_retry(void *self, sl_error *err)
+{
+    hp_src *s = self;
+    (void)err;
+    s->retry_only = 1;
+    return 0;
+}
+
 static int src_commit(void *self, const sl_run_end *e, sl_error *err)
 {
     hp_src *s = self;
@@ -1618,7 +1650,7 @@ static int src_commit(void *self, const sl_run_end *e, sl_error *err)
         }
     }
     int advance = e->complete && s->started && !s->fatal_code && owe.n == 0 && s->consistent &&
-                  !empty(s->since_param) && s->win.before >= 0;
+                  !empty(s->since_param) && s->win.before >= 0 && !s->retry_only;
     if (advance) {
         char ts[40];
         hp_format_time(s->win.before, ts, sizeof(ts));
@@ -1626,7 +1658,7 @@ static int src_commit(void *self, const sl_run_end *e, sl_error *err)
             goto done;
         }
         sl_plog(s->ctx, SL_LOG_INFO, "cursor moves to %s", ts);
-    } else if (s->started && !empty(s->since_param)) {
+    } else if (s->started && !empty(s->since_param) && !s->retry_only) {
         sl_plog(s->ctx, SL_LOG_WARN, "cursor unchanged: %s",
                 !e->complete ? "the run did not deliver everything"
                 : owe.n      ? "some pages could not be fetched"
@@ -2075,6 +2107,7 @@ const sl_source_plugin sl_source_http_pages = {
     .validate = hp_validate,
     .init = src_init,
     .resume = src_resume,
+    .retry = src_retry,
     .next = src_next,
     .checkpoint = src_checkpoint,
     .input_name = src_input_name,
