@@ -47,6 +47,7 @@
 #define KEY_SEP '\x1f'
 #define MAX_COLS 1024
 #define KEY_MAX 65535
+#define SEEN_BIT (1ULL << 63)
 
 static const sl_option diff_options[] = {
     {"key", SL_OPT_LIST, NULL, SL_OPT_REQUIRED, NULL,
@@ -102,8 +103,12 @@ typedef struct diff_step {
     char prev_file[4200];
     int have_prev;
     snap_hdr prev;
-    uint64_t *tk, *tf, *toff; /* table: key hash (0 = empty), fingerprint, offset */
-    uint8_t *seen;
+    /* table: one slot per key, one cache line touched per probe */
+    struct tslot {
+        uint64_t kh;  /* key hash, 0 = empty */
+        uint64_t fp;  /* fingerprint */
+        uint64_t off; /* offset of the entry in the file; top bit: seen */
+    } * t;
     uint64_t tcap;
     FILE *prevf; /* random reads of entries (field hashes) */
 
@@ -309,10 +314,10 @@ static uint64_t prev_find(const diff_step *d, uint64_t h)
         return UINT64_MAX;
     }
     for (uint64_t i = slot_of(h, d->tcap);; i = i + 1 == d->tcap ? 0 : i + 1) {
-        if (d->tk[i] == 0) {
+        if (d->t[i].kh == 0) {
             return UINT64_MAX;
         }
-        if (d->tk[i] == h) {
+        if (d->t[i].kh == h) {
             return i;
         }
     }
@@ -396,13 +401,10 @@ static int load_prev(diff_step *d, sl_error *err)
     }
     uint64_t n = d->prev.count;
     d->tcap = n + n / 3 + 16;
-    d->tk = calloc(d->tcap, sizeof(*d->tk));
-    d->tf = calloc(d->tcap, sizeof(*d->tf));
-    d->toff = calloc(d->tcap, sizeof(*d->toff));
-    d->seen = calloc((d->tcap + 7) / 8, 1);
+    d->t = calloc(d->tcap, sizeof(*d->t));
     d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
     char *key = malloc(KEY_MAX + 1);
-    if (!d->tk || !d->tf || !d->toff || !d->seen || !d->pfh || !key) {
+    if (!d->t || !d->pfh || !key) {
         free(key);
         fclose(f);
         return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
@@ -423,12 +425,12 @@ static int load_prev(diff_step *d, sl_error *err)
                                 sl_ctx_name(d->ctx), d->prev_file, k + 1, n);
         }
         uint64_t i = slot_of(kh, d->tcap);
-        while (d->tk[i] && d->tk[i] != kh) {
+        while (d->t[i].kh && d->t[i].kh != kh) {
             i = i + 1 == d->tcap ? 0 : i + 1;
         }
-        d->tk[i] = kh;
-        d->tf[i] = fp;
-        d->toff[i] = at;
+        d->t[i].kh = kh;
+        d->t[i].fp = fp;
+        d->t[i].off = at;
         off += 16 + d->prev.ncols * 8 + 2 + kl;
     }
     free(key);
@@ -488,10 +490,7 @@ static void diff_destroy(void *self)
     strv_free(d->cols, d->ncols);
     free(d->prev_idx);
     hdr_free(&d->prev);
-    free(d->tk);
-    free(d->tf);
-    free(d->toff);
-    free(d->seen);
+    free(d->t);
     free(d->nk);
     free(d->fh);
     free(d->pfh);
@@ -727,7 +726,7 @@ static int prev_field_hashes(diff_step *d, uint64_t slot)
     uint64_t kh, fp;
     uint16_t kl;
     char key[KEY_MAX + 1];
-    if (fseek(d->prevf, (long)d->toff[slot], SEEK_SET) != 0 ||
+    if (fseek(d->prevf, (long)(d->t[slot].off & ~SEEN_BIT), SEEK_SET) != 0 ||
         read_entry(d->prevf, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
         return -1;
     }
@@ -813,7 +812,7 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
     uint64_t fp = fingerprint(d, rec);
     uint64_t slot = prev_find(d, kh);
     if (slot != UINT64_MAX) {
-        if (d->seen[slot / 8] & (1u << (slot % 8))) {
+        if (d->t[slot].off & SEEN_BIT) {
             d->n_dup++;
             sl_record_reject(rec, stage,
                              "duplicate key '%s' in this export (an earlier row has the same key "
@@ -821,7 +820,7 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
                              sl_buf_cstr(&d->keyorig));
             return 0;
         }
-        d->seen[slot / 8] |= (uint8_t)(1u << (slot % 8));
+        d->t[slot].off |= SEEN_BIT;
         int same;
         int need_fields = d->changed_only || !d->same_cols;
         if (need_fields && prev_field_hashes(d, slot) < 0) {
@@ -829,7 +828,7 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
                                 d->prev_file);
         }
         if (d->same_cols) {
-            same = fp == d->tf[slot];
+            same = fp == d->t[slot].fp;
         } else {
             same = 1; /* compare the columns both snapshots have */
             for (size_t i = 0; i < d->ncols && same; i++) {
@@ -921,7 +920,7 @@ static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
                                 d->prev_file);
         }
         uint64_t slot = prev_find(d, kh);
-        if (slot == UINT64_MAX || (d->seen[slot / 8] & (1u << (slot % 8)))) {
+        if (slot == UINT64_MAX || (d->t[slot].off & SEEN_BIT)) {
             continue;
         }
         /* the key columns, with the text the earlier export had */
