@@ -154,7 +154,8 @@ typedef struct runner {
     uint64_t not_retryable;
 } runner;
 
-double sl_engine_now(void); /* monotonic seconds */
+double sl_engine_now(void);      /* monotonic seconds */
+double sl_engine_wall_now(void); /* unix seconds (UTC) */
 int sl_engine_stopping(const runner *r);
 void sl_engine_set_fatal(runner *r, const sl_error *e);
 void sl_engine_give_free(runner *r, slot *s);

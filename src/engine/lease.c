@@ -39,13 +39,6 @@ static int holder_dead(const sl_lease *h)
     return kill((pid_t)h->pid, 0) < 0 && errno == ESRCH;
 }
 
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int sl_lease_acquire(runner *r, sl_error *err)
 {
     sl_run_lease *l = &r->lease;
@@ -60,7 +53,7 @@ int sl_lease_acquire(runner *r, sl_error *err)
     l->ttl_s = LEASE_TTL_S;
     snprintf(want.name, sizeof(want.name), "%s", l->name);
     snprintf(want.owner, sizeof(want.owner), "%s", l->owner);
-    want.expires_at = wall_now() + l->ttl_s;
+    want.expires_at = sl_engine_wall_now() + l->ttl_s;
 
     int rc = sl_state_lease_take(r->st, &want, NULL, &holder, err);
     if (rc == 0 && holder_dead(&holder)) {
@@ -74,7 +67,7 @@ int sl_lease_acquire(runner *r, sl_error *err)
         return rc;
     }
     if (rc == 0) {
-        double now = wall_now();
+        double now = sl_engine_wall_now();
         sl_error_set(err, SL_ERR_LOCKED,
                      "pipeline %s is already running: process %lld on %s holds its lease "
                      "(since %.0fs ago, last heartbeat %.0fs ago; it expires in %.0fs if that "
@@ -98,7 +91,7 @@ int sl_lease_renew(runner *r, int force, sl_error *err)
     if (!force && t - l->renewed_at < LEASE_RENEW_EVERY_S) {
         return 0;
     }
-    int rc = sl_state_lease_renew(r->st, l->name, l->owner, wall_now() + l->ttl_s, err);
+    int rc = sl_state_lease_renew(r->st, l->name, l->owner, sl_engine_wall_now() + l->ttl_s, err);
     if (rc < 0) {
         return rc;
     }

@@ -319,7 +319,7 @@ static const char *partial_reason(const runner *r)
     return NULL;
 }
 
-static double wall_now(void)
+double sl_engine_wall_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -338,7 +338,7 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
     r->st = state;
     r->o = o;
     r->stop = o->stop;
-    r->started_at = wall_now();
+    r->started_at = sl_engine_wall_now();
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv_work, NULL);
     pthread_cond_init(&r->cv_free, NULL);

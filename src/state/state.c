@@ -51,37 +51,46 @@ static int starts_with(const char *s, const char *prefix)
 }
 
 /* The SQLite file of a state URL ("sqlite:PATH", "sqlite://PATH[?opts]"
- * or a plain path) into out; 0, or <0 for other backends. */
-static int sqlite_path(const char *url, char *out, size_t cap)
+ * or a plain path): a copy of the path (free it), and *options pointing
+ * into url after the last '?' of a sqlite: URL (a plain path takes none:
+ * '?' may be part of a file name). NULL for other backends or out of
+ * memory. The one reading of a state URL's file: opening a
+ * store and asking whether one exists agree. */
+static char *sqlite_path(const char *url, const char **options)
 {
+    *options = NULL;
     if (!url || !*url || starts_with(url, "postgres://") || starts_with(url, "postgresql://")) {
-        return -1;
+        return NULL;
     }
     if (starts_with(url, "sqlite:")) {
         const char *p = url + strlen("sqlite:");
+        /* sqlite:///abs/path and sqlite://rel/path, as other tools write them */
         if (starts_with(p, "//")) {
             p += 2;
         }
-        snprintf(out, cap, "%.*s", (int)strcspn(p, "?"), p);
-        return 0;
+        const char *q = strrchr(p, '?');
+        if (q) {
+            *options = q + 1;
+            return strndup(p, (size_t)(q - p));
+        }
+        return strdup(p);
     }
     if (sl_url_scheme_len(url) > 0) {
-        return -1;
+        return NULL;
     }
-    snprintf(out, cap, "%s", url);
-    return 0;
+    return strdup(url);
 }
 
 int sl_state_exists(const char *url)
 {
-    char path[4096];
-    if (sqlite_path(url, path, sizeof(path)) < 0) {
+    const char *options;
+    char *path = sqlite_path(url, &options);
+    if (!path) {
         return -1;
     }
-    if (strcmp(path, ":memory:") == 0) {
-        return 0;
-    }
-    return access(path, F_OK) == 0;
+    int found = strcmp(path, ":memory:") != 0 && access(path, F_OK) == 0;
+    free(path);
+    return found;
 }
 
 int sl_state_files_dir(sl_state *s, char *out, size_t cap, sl_error *err)
@@ -116,21 +125,9 @@ sl_state *sl_state_open(const char *url, sl_error *err)
     if (starts_with(url, "postgres://") || starts_with(url, "postgresql://")) {
         ops = &sl_state_postgres_ops;
         target = strdup(url);
-    } else if (starts_with(url, "sqlite:")) {
-        const char *p = url + strlen("sqlite:");
-        /* sqlite:///abs/path and sqlite://rel/path, as other tools write them */
-        if (starts_with(p, "//")) {
-            p += 2;
-        }
-        target = strdup(p);
-        if (target) {
-            char *q = strrchr(target, '?');
-            if (q) {
-                *q = '\0';
-                options = q + 1;
-            }
-        }
-    } else if (sl_url_scheme_len(url) > 0) {
+    } else if (starts_with(url, "sqlite:") || sl_url_scheme_len(url) == 0) {
+        target = sqlite_path(url, &options);
+    } else {
         /* Show only the scheme: the rest may hold credentials. */
         size_t sl = sl_url_scheme_len(url);
         sl_error_set(err, SL_ERR_CONFIG,
@@ -138,9 +135,6 @@ sl_state *sl_state_open(const char *url, sl_error *err)
                      "or \"postgres://...\")",
                      (int)(sl > 32 ? 32 : sl), url);
         goto fail;
-    } else {
-        /* A plain path takes no options: '?' may be part of a file name. */
-        target = strdup(url);
     }
     if (!target) {
         sl_error_set(err, SL_ERR_NOMEM, "state: out of memory opening the state store");
