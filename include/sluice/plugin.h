@@ -74,6 +74,11 @@ const char *sl_opt_where(const sl_opts *o, const char *name);
  * file:line:col and the key path. Return the number of problems. */
 typedef void (*sl_report_fn)(void *ud, const char *option, const char *fmt, ...) SL_PRINTF(3, 4);
 typedef int (*sl_validate_fn)(const sl_opts *opts, sl_report_fn report, void *ud);
+/* Run a validate hook and make what it reports one error (SL_ERR_CONFIG):
+ * "file:line:col: option: message; ...". For init, so an instance created
+ * without configuration loading (a test) refuses what `sluice check` does.
+ * Returns the number of problems (0: valid). */
+int sl_opts_validate(const sl_opts *o, sl_validate_fn fn, sl_error *err);
 
 /* ---------------------------------------------------------------- context */
 

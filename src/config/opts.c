@@ -4,6 +4,7 @@
  * is built, so the accessors cannot fail; asking for a name that is not in
  * the table, or reading an option as a type it cannot be, is a plugin bug
  * and aborts (tests catch it at once). */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -870,4 +871,44 @@ const char *sl_opt_where(const sl_opts *o, const char *name)
 {
     const opt_val *v = lookup(o, name, __func__);
     return v->where[0] ? v->where : o->where;
+}
+
+/* ---- sl_opts_validate: a validate hook's reports as one error ---------------- */
+
+typedef struct joined {
+    const sl_opts *opts;
+    sl_buf msg;
+    int n;
+} joined;
+
+static void join_report(void *ud, const char *option, const char *fmt, ...) SL_PRINTF(3, 4);
+static void join_report(void *ud, const char *option, const char *fmt, ...)
+{
+    joined *j = ud;
+    j->n++;
+    if (j->msg.len) {
+        sl_buf_puts(&j->msg, "; ");
+    }
+    if (option) {
+        sl_buf_printf(&j->msg, "%s: %s: ", sl_opt_where(j->opts, option), option);
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    sl_buf_vprintf(&j->msg, fmt, ap);
+    va_end(ap);
+}
+
+int sl_opts_validate(const sl_opts *o, sl_validate_fn fn, sl_error *err)
+{
+    joined j = {.opts = o};
+    sl_buf_init(&j.msg, SL_ERRMSG_MAX);
+    int n = fn(o, join_report, &j);
+    if (n < j.n) {
+        n = j.n;
+    }
+    if (n > 0) {
+        sl_error_set(err, SL_ERR_CONFIG, "%s", j.msg.len ? sl_buf_cstr(&j.msg) : "invalid options");
+    }
+    sl_buf_free(&j.msg);
+    return n;
 }

@@ -180,29 +180,6 @@ static int an_validate(const sl_opts *opts, sl_report_fn report, void *ud)
     return bad;
 }
 
-typedef struct collector {
-    const sl_opts *opts;
-    char msg[SL_ERRMSG_MAX];
-} collector;
-
-static void collect(void *ud, const char *option, const char *fmt, ...) SL_PRINTF(3, 4);
-static void collect(void *ud, const char *option, const char *fmt, ...)
-{
-    collector *c = ud;
-    size_t len = strlen(c->msg);
-    if (len + 8 >= sizeof(c->msg)) {
-        return;
-    }
-    len += (size_t)snprintf(c->msg + len, sizeof(c->msg) - len, "%s%s: %s: ", len ? "; " : "",
-                            sl_opt_where(c->opts, option), option);
-    if (len < sizeof(c->msg)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(c->msg + len, sizeof(c->msg) - len, fmt, ap);
-        va_end(ap);
-    }
-}
-
 /* A column option: NULL when unset or "" (not mapped). 0, or -1 out of memory. */
 static int dup_col(const sl_opts *opts, const char *name, char **out)
 {
@@ -238,9 +215,8 @@ static int dup_list(const sl_opts *opts, const char *name, int keys, strv *out)
 
 static int an_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err)
 {
-    collector c = {opts, ""};
-    if (an_validate(opts, collect, &c) > 0) {
-        return sl_error_set(err, SL_ERR_CONFIG, "%s", c.msg);
+    if (sl_opts_validate(opts, an_validate, err) > 0) {
+        return SL_ERR_CONFIG;
     }
     an_sink *a = calloc(1, sizeof(*a));
     if (!a) {

@@ -297,38 +297,13 @@ static int http_validate(const sl_opts *opts, sl_report_fn report, void *ud)
     return http_check(opts, report, ud);
 }
 
-/* init's report function: the first problems, one message. */
-typedef struct collector {
-    const sl_opts *opts;
-    char msg[SL_ERRMSG_MAX];
-} collector;
-
-static void collect(void *ud, const char *option, const char *fmt, ...) SL_PRINTF(3, 4);
-static void collect(void *ud, const char *option, const char *fmt, ...)
-{
-    collector *c = ud;
-    size_t len = strlen(c->msg);
-    if (len + 8 >= sizeof(c->msg)) {
-        return;
-    }
-    len += (size_t)snprintf(c->msg + len, sizeof(c->msg) - len, "%s%s: %s: ", len ? "; " : "",
-                            sl_opt_where(c->opts, option), option);
-    if (len < sizeof(c->msg)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(c->msg + len, sizeof(c->msg) - len, fmt, ap);
-        va_end(ap);
-    }
-}
-
 static int http_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *err)
 {
     int rc = SL_ERR_NOMEM;
     char *basic = NULL;
     http_sink *h = NULL;
-    collector c = {opts, ""};
-    if (http_check(opts, collect, &c) > 0) {
-        return sl_error_set(err, SL_ERR_CONFIG, "%s", c.msg);
+    if (sl_opts_validate(opts, http_check, err) > 0) {
+        return SL_ERR_CONFIG;
     }
     h = calloc(1, sizeof(*h));
     if (!h) {

@@ -996,24 +996,6 @@ static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
     return bad;
 }
 
-typedef struct collect {
-    sl_error *err;
-    int n;
-} collect;
-
-static void collect_report(void *ud, const char *option, const char *fmt, ...)
-{
-    collect *c = ud;
-    if (c->n++ == 0) {
-        char msg[512];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
-        va_end(ap);
-        sl_error_set(c->err, SL_ERR_CONFIG, "%s: %s", option, msg);
-    }
-}
-
 /* A plain CSV export at s->path: read directly, as the csv source would
  * (.gz / .bz2 decompressed). */
 static int open_plain(em_src *s, const sl_opts *o, sl_error *err)
@@ -1032,8 +1014,7 @@ static int open_plain(em_src *s, const sl_opts *o, sl_error *err)
 static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
     pthread_once(&gmime_once, gmime_start);
-    collect c = {err, 0};
-    if (src_validate(o, collect_report, &c) != 0) {
+    if (sl_opts_validate(o, src_validate, err) > 0) {
         return SL_ERR_CONFIG;
     }
     int rc = 0;

@@ -212,24 +212,6 @@ static int src_validate(const sl_opts *o, sl_report_fn report, void *ud)
     return check_options(o, report, ud);
 }
 
-typedef struct collect {
-    sl_error *err;
-    int n;
-} collect;
-
-static void collect_first(void *ud, const char *option, const char *fmt, ...)
-{
-    collect *c = ud;
-    if (c->n++ == 0) {
-        char m[600];
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(m, sizeof(m), fmt, ap);
-        va_end(ap);
-        sl_error_set(c->err, SL_ERR_CONFIG, "%s%s%s", option ? option : "", option ? ": " : "", m);
-    }
-}
-
 /* ---------------------------------------------------------------- helpers */
 
 static int nomem(sl_error *err)
@@ -569,8 +551,7 @@ static void src_destroy(void *self)
 
 static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
-    collect c = {err, 0};
-    if (check_options(o, collect_first, &c) != 0) {
+    if (sl_opts_validate(o, check_options, err) > 0) {
         return SL_ERR_CONFIG;
     }
     sql_src *s = calloc(1, sizeof(*s));
