@@ -1879,7 +1879,7 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     s->max_passes = (unsigned)sl_opt_int(o, "max_passes");
 
     /* the same checks `sluice check` makes, for callers that skip it (tests) */
-    if (hp_validate(o, NULL, err) != 0) {
+    if (sl_opts_validate(o, hp_validate, err) > 0) {
         rc = SL_ERR_CONFIG;
         goto fail;
     }
@@ -1988,11 +1988,7 @@ static void vbad(vctx *v, const char *opt, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (v->report) {
-        v->report(v->ud, opt, "%s", msg);
-    } else if (v->n == 0) {
-        sl_error_set(v->ud, SL_ERR_CONFIG, "%s: %s: %s", sl_opt_where(v->o, opt), opt, msg);
-    }
+    v->report(v->ud, opt, "%s", msg);
     v->n++;
 }
 
