@@ -124,6 +124,11 @@ void sl_ctx_set_partial(sl_ctx *c, const char *fmt, ...) SL_PRINTF(2, 3);
 void sl_ctx_skip_run(sl_ctx *c, const char *fmt, ...) SL_PRINTF(2, 3);
 /* Set by the engine when the user asked to stop (SIGINT/SIGTERM). */
 int sl_ctx_stopping(const sl_ctx *c);
+/* The share of a per-API-key rate limit this process may use: 1 normally;
+ * 1/N for each of N `sluice worker` processes sharing one key (the
+ * pipeline's `distributed.workers`). A plugin with its own rate limit (the
+ * enrich step) multiplies it by this. */
+double sl_ctx_rate_share(const sl_ctx *c);
 
 #define sl_plog(ctx, level, ...) sl_log((level), sl_ctx_name(ctx), __VA_ARGS__)
 
@@ -143,6 +148,9 @@ typedef struct sl_run_end {
 } sl_run_end;
 
 /* ---------------------------------------------------------------- sources */
+
+/* `next`: nothing to read right now; call again (see sl_source_plugin). */
+#define SL_SOURCE_IDLE 2
 
 typedef struct sl_source_plugin {
     const char *name;
@@ -171,11 +179,24 @@ typedef struct sl_source_plugin {
      * record was produced, 0 at end of input, <0 on a fatal error (err set).
      * A bad row is not fatal: produce it with sl_record_reject(rec,
      * SL_STAGE_SOURCE, ...) and it is dead-lettered with its line number.
-     * rec->pos/line must be set; *next_pos is set to the position just past it. */
+     * rec->pos/line must be set; *next_pos is set to the position just past it.
+     * A source that waits for input (a Kafka consumer) returns SL_SOURCE_IDLE
+     * after waiting a short while (~100 ms) with nothing to read: the engine
+     * sends what it has batched so far and calls next again. Such a source
+     * ends (returns 0) when sl_ctx_stopping() says the user asked to stop:
+     * the engine then delivers everything read before it and closes the run
+     * normally. */
     int (*next)(void *self, sl_record *rec, uint64_t *next_pos, sl_error *err);
     /* Serialize a resume point: the record starting at (pos, line) is the first
      * one not yet acknowledged. The text is stored as-is and given to resume. */
     int (*checkpoint)(void *self, uint64_t pos, uint64_t line, sl_buf *out, sl_error *err);
+    /* Every record before the one at (pos, line) has been acknowledged by
+     * the sink or dead-lettered, and that is durable in the state store:
+     * for a source whose position lives outside the state store (a Kafka
+     * consumer group's committed offsets). Called on the engine's sink
+     * thread, while next runs on the reader thread: the source guards what
+     * both touch. <0 fails the run. Optional. */
+    int (*acked)(void *self, uint64_t pos, uint64_t line, sl_error *err);
     /* Column names when known up front (CSV header), else NULL. */
     const char *const *(*columns)(void *self, size_t *n);
     /* Input name for summaries ("users.csv"). Optional. */

@@ -43,6 +43,11 @@ int sl_ctx_dry_run(const sl_ctx *c)
     return c->dry_run;
 }
 
+double sl_ctx_rate_share(const sl_ctx *c)
+{
+    return c->rate_share > 0 && c->rate_share < 1 ? c->rate_share : 1.0;
+}
+
 int sl_ctx_stopping(const sl_ctx *c)
 {
     return c->stop && *c->stop;

@@ -19,6 +19,7 @@ struct sl_ctx {
     double run_started;          /* unix seconds, set by the engine */
     sl_state *state;             /* borrowed; may be NULL (tests, dry runs) */
     volatile sig_atomic_t *stop; /* borrowed; may be NULL */
+    double rate_share;           /* sl_ctx_rate_share; 0 = 1 */
 };
 
 /* kind: "source", "step", "sink". state may be NULL: then the state_get/set

@@ -452,7 +452,8 @@ void sl_deliver_loop(runner *r)
             sl_report_progress(r, t0, 0);
             last_progress = t;
         }
-        if (!r->o->dry_run && r->o->mode == SL_RUN_NORMAL && t - last_update >= 5.0) {
+        if (!r->o->dry_run && (r->o->mode == SL_RUN_NORMAL || r->o->mode == SL_RUN_WORKER) &&
+            t - last_update >= 5.0) {
             sl_error e;
             sl_state_run_update(r->st, r->run_id, &r->counts, &e);
             last_update = t;

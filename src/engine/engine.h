@@ -81,7 +81,7 @@ typedef struct replay_item {
 
 typedef struct sl_run_lease {
     int held;
-    char name[128];
+    char name[448]; /* "run:<pipeline>" or "worker:<pipeline>:<host>:<pid>" */
     char owner[192];
     double ttl_s;
     double renewed_at; /* monotonic seconds of the last renewal */

@@ -202,6 +202,13 @@ int sl_finalize_completed(runner *r)
             goto fail;
         }
     }
+    /* durable now: a source keeping its position elsewhere may move it */
+    if (r->have_ckpt && r->src && r->srcp->acked && !r->o->dry_run && r->o->mode != SL_RUN_RETRY &&
+        !sl_engine_transactional(r) && r->srcp->acked(r->src, r->ck_pos, r->ck_line, &err) < 0) {
+        sl_error_prefix(&err, "%s", sl_ctx_name(r->src_ctx));
+        sl_engine_set_fatal(r, &err);
+        return SL_ERR;
+    }
     return 0;
 fail:
     if (in_txn) {

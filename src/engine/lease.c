@@ -7,7 +7,11 @@
  * lease whose holder is gone is taken over: at once when the holder was a
  * process on this host that no longer exists, else when it expires. A run
  * that finds its lease taken (it stalled past the expiry and another run
- * took over) stops before it can move a checkpoint. */
+ * took over) stops before it can move a checkpoint.
+ *
+ * `sluice worker` processes share one input (a Kafka consumer group divides
+ * it): each holds a lease "worker:<pipeline>:<host>:<pid>" instead, renewed
+ * the same way, so status can tell the live workers from the dead. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -45,9 +49,16 @@ int sl_lease_acquire(runner *r, sl_error *err)
     sl_lease want, holder;
     memset(&want, 0, sizeof(want));
     memset(&holder, 0, sizeof(holder));
-    snprintf(l->name, sizeof(l->name), "run:%s", r->p->name);
     host_name(want.host, sizeof(want.host));
     want.pid = getpid();
+    if (r->o->mode == SL_RUN_WORKER) {
+        /* workers share the input: each holds one of its own, which is how
+         * `sluice status` counts the live ones */
+        snprintf(l->name, sizeof(l->name), "worker:%s:%s:%ld", r->p->name, want.host,
+                 (long)want.pid);
+    } else {
+        snprintf(l->name, sizeof(l->name), "run:%s", r->p->name);
+    }
     snprintf(l->owner, sizeof(l->owner), "%s:%ld:%016llx", want.host, (long)want.pid,
              (unsigned long long)sl_retry_seed(l));
     l->ttl_s = LEASE_TTL_S;

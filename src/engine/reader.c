@@ -10,6 +10,9 @@
  * batch step sees each record once. (Replayed dead letters are ordered by
  * stage and a batch closes where the stage changes.)
  *
+ * A source waiting for input (SL_SOURCE_IDLE) closes the batch early, so
+ * what was read is delivered without waiting for more.
+ *
  * At end of input each step's drain is called in step order, after every
  * earlier record went through every step; what it emits goes through the
  * later steps to the sink like any record, in batches of its own. */
@@ -227,6 +230,11 @@ void *sl_reader_main(void *arg)
             uint64_t next_pos = 0;
             size_t from = 0;
             int n = produce(r, &f, rec, &from, &next_pos, &err);
+            if (n == SL_SOURCE_IDLE && f.kind == FEED_SOURCE) {
+                /* nothing to read for now: send what this batch holds */
+                sl_batch_pop(&s->b);
+                break;
+            }
             if (n <= 0) {
                 sl_batch_pop(&s->b);
                 if (n < 0) {

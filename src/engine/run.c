@@ -52,8 +52,8 @@ static int init_plugins(runner *r, sl_error *err)
 {
     const sl_pipeline_cfg *p = r->p;
     r->srcp = p->source_plugin;
-    r->src_ctx = sl_ctx_new(p->name, "source", p->source.type, r->st, r->o->dry_run, r->stop);
-    r->sink_ctx = sl_ctx_new(p->name, "sink", p->sink.type, r->st, r->o->dry_run, r->stop);
+    r->src_ctx = sl_ctx_new(p->name, "source", p->source.type, r->st, r->o->dry_run, r->o->stop);
+    r->sink_ctx = sl_ctx_new(p->name, "sink", p->sink.type, r->st, r->o->dry_run, r->o->stop);
     r->steps = calloc(p->nsteps + 1, sizeof(void *));
     r->step_ctx = calloc(p->nsteps + 1, sizeof(sl_ctx *));
     if (!r->src_ctx || !r->sink_ctx || !r->steps || !r->step_ctx) {
@@ -61,6 +61,7 @@ static int init_plugins(runner *r, sl_error *err)
     }
     r->src_ctx->run_started = r->started_at;
     r->sink_ctx->run_started = r->started_at;
+    r->src_ctx->rate_share = r->sink_ctx->rate_share = r->o->rate_share;
     r->src_ctx->again = r->o->again;
     if (r->o->mode != SL_RUN_RETRY || r->srcp->retry) {
         if (r->srcp->init(&r->src, p->source.opts, r->src_ctx, err) < 0) {
@@ -72,12 +73,13 @@ static int init_plugins(runner *r, sl_error *err)
     }
     for (size_t i = 0; i < p->nsteps; i++) {
         r->step_ctx[i] =
-            sl_ctx_new(p->name, "step", p->steps[i].type, r->st, r->o->dry_run, r->stop);
+            sl_ctx_new(p->name, "step", p->steps[i].type, r->st, r->o->dry_run, r->o->stop);
         if (!r->step_ctx[i]) {
             return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
         }
         sl_ctx_set_index(r->step_ctx[i], (int)i);
         r->step_ctx[i]->run_started = r->started_at;
+        r->step_ctx[i]->rate_share = r->o->rate_share;
         if (p->step_plugins[i]->init(&r->steps[i], p->steps[i].opts, r->step_ctx[i], err) < 0) {
             return sl_error_prefix(err, "%s", sl_ctx_name(r->step_ctx[i]));
         }
@@ -258,7 +260,8 @@ static int start_http(runner *r, sl_error *err)
     ho.concurrency = r->concurrency;
     double rate = p->rate_per_sec >= 0 ? p->rate_per_sec : p->sink_plugin->defaults.rate_per_sec;
     double burst = p->rate_per_sec >= 0 ? p->rate_burst : p->sink_plugin->defaults.rate_burst;
-    ho.rate_per_sec = rate > 0 ? rate : 0;
+    double share = r->o->rate_share > 0 && r->o->rate_share < 1 ? r->o->rate_share : 1.0;
+    ho.rate_per_sec = rate > 0 ? rate * share : 0;
     ho.rate_burst = burst > 0 ? burst : 0;
     ho.max_attempts = p->max_attempts;
     ho.backoff_base_ms = (long)p->backoff_base_ms;
@@ -337,7 +340,10 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
     r->p = p;
     r->st = state;
     r->o = o;
-    r->stop = o->stop;
+    /* A worker stops by its source ending (the plugins see o->stop): what
+     * was read is delivered and its position kept before the process
+     * leaves; any other run stops reading and dispatching at once. */
+    r->stop = o->mode == SL_RUN_WORKER ? NULL : o->stop;
     r->started_at = sl_engine_wall_now();
     pthread_mutex_init(&r->mu, NULL);
     pthread_cond_init(&r->cv_work, NULL);
@@ -449,6 +455,12 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
         }
         complete = 1;
         if (sl_finalize_run(r, 1, &err) < 0) {
+            goto out;
+        }
+        /* a transactional sink's acknowledgements hold only from its finish */
+        if (sl_engine_transactional(r) && r->have_ckpt && r->srcp->acked && !o->dry_run &&
+            r->srcp->acked(r->src, r->ck_pos, r->ck_line, &err) < 0) {
+            sl_error_prefix(&err, "%s", sl_ctx_name(r->src_ctx));
             goto out;
         }
         const char *why = partial_reason(r);

@@ -25,6 +25,11 @@ typedef enum sl_run_mode {
     SL_RUN_RETRY,      /* re-deliver the pipeline's dead letters */
     SL_RUN_JOB,        /* one job of a triggered pipeline: no checkpoint, the
                           sink's finish() makes the load atomic instead */
+    SL_RUN_WORKER,     /* one of many processes sharing the input (`sluice
+                          worker`): a lease of its own instead of the
+                          pipeline's; the source keeps its position itself
+                          (acked) and ends when asked to stop, after which
+                          everything read is delivered */
 } sl_run_mode;
 
 typedef struct sl_run_opts {
@@ -35,6 +40,9 @@ typedef struct sl_run_opts {
     int progress; /* 1: a \r progress line on stderr (a TTY); 0: periodic log lines */
     int samples;  /* --dry-run: payloads to print (default 3) */
     volatile sig_atomic_t *stop; /* set by signal handlers; may be NULL */
+    /* This process's share of per-API-key rate limits (sl_ctx_rate_share):
+     * 1/N for one of N workers; 0 means 1. */
+    double rate_share;
 } sl_run_opts;
 
 /* Records of one action ("new", "changed", "lapsed"; "send" when a record

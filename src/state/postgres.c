@@ -1327,6 +1327,39 @@ static int pg_lease_get(void *impl, const char *name, sl_lease *out, sl_error *e
     return found;
 }
 
+static int pg_lease_each(void *impl, const char *prefix, sl_lease_cb cb, void *ud, sl_error *err)
+{
+    pg *p = impl;
+    params ps = {0};
+    p_text(&ps, prefix);
+    PGresult *bad = NULL;
+    PGresult *res = pg_run(p,
+                           "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
+                           "FROM sluice.leases WHERE left(name, length($1)) = $1 ORDER BY name",
+                           &ps, 0, &bad);
+    if (!res) {
+        int rc = pg_fail(p, err, bad, "cannot list the leases '%s*'", prefix);
+        PQclear(bad);
+        return rc;
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        sl_lease l;
+        memset(&l, 0, sizeof(l));
+        copy_text(l.name, sizeof(l.name), col(res, i, 0));
+        copy_text(l.owner, sizeof(l.owner), col(res, i, 1));
+        copy_text(l.host, sizeof(l.host), col(res, i, 2));
+        l.pid = col_i64(res, i, 3);
+        l.acquired_at = col_f64(res, i, 4);
+        l.heartbeat_at = col_f64(res, i, 5);
+        l.expires_at = col_f64(res, i, 6);
+        if (cb(ud, &l)) {
+            break;
+        }
+    }
+    PQclear(res);
+    return 0;
+}
+
 static int pg_lease_take(void *impl, const sl_lease *want, double now, const char *steal,
                          sl_lease *holder, sl_error *err)
 {
@@ -1428,4 +1461,5 @@ const struct sl_state_ops sl_state_postgres_ops = {
     .lease_renew = pg_lease_renew,
     .lease_release = pg_lease_release,
     .lease_get = pg_lease_get,
+    .lease_each = pg_lease_each,
 };

@@ -1526,6 +1526,40 @@ static int sq_lease_get(void *impl, const char *name, sl_lease *out, sl_error *e
     return found;
 }
 
+static int sq_lease_each(void *impl, const char *prefix, sl_lease_cb cb, void *ud, sl_error *err)
+{
+    sq *q = impl;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(q->db,
+                                "SELECT name, owner, host, pid, acquired_at, heartbeat_at, "
+                                "expires_at FROM leases WHERE substr(name, 1, length(?1)) = ?1 "
+                                "ORDER BY name",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            sl_lease l;
+            memset(&l, 0, sizeof(l));
+            snprintf(l.name, sizeof(l.name), "%s", col_text(st, 0));
+            snprintf(l.owner, sizeof(l.owner), "%s", col_text(st, 1));
+            snprintf(l.host, sizeof(l.host), "%s", col_text(st, 2));
+            l.pid = sqlite3_column_int64(st, 3);
+            l.acquired_at = sqlite3_column_double(st, 4);
+            l.heartbeat_at = sqlite3_column_double(st, 5);
+            l.expires_at = sqlite3_column_double(st, 6);
+            if (cb(ud, &l)) {
+                rc = SQLITE_DONE;
+                break;
+            }
+        }
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        return sq_fail(q, err, rc, "cannot list the leases '%s*'", prefix);
+    }
+    return 0;
+}
+
 static int sq_lease_take(void *impl, const sl_lease *want, double now, const char *steal,
                          sl_lease *holder, sl_error *err)
 {
@@ -1630,4 +1664,5 @@ const struct sl_state_ops sl_state_sqlite_ops = {
     .lease_renew = sq_lease_renew,
     .lease_release = sq_lease_release,
     .lease_get = sq_lease_get,
+    .lease_each = sq_lease_each,
 };

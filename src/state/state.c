@@ -864,6 +864,14 @@ int sl_state_lease_release(sl_state *s, const char *name, const char *owner, sl_
     return rc;
 }
 
+int sl_state_lease_each(sl_state *s, const char *prefix, sl_lease_cb cb, void *ud, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = s->ops->lease_each(s->impl, prefix ? prefix : "", cb, ud, err);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int sl_state_lease_get(sl_state *s, const char *name, sl_lease *out, sl_error *err)
 {
     pthread_mutex_lock(&s->mu);

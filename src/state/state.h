@@ -148,7 +148,7 @@ int sl_state_job_counts(sl_state *s, const char *pipeline, int64_t counts[5], sl
  * its lease can never move a checkpoint); a lease whose holder stopped
  * renewing expires and can be taken over. */
 typedef struct sl_lease {
-    char name[128];
+    char name[448];  /* "run:<pipeline>", "worker:<pipeline>:<host>:<pid>" */
     char owner[192]; /* "host:pid:nonce": unique per process lifetime */
     char host[128];
     int64_t pid;
@@ -169,5 +169,9 @@ int sl_state_lease_renew(sl_state *s, const char *name, const char *owner, doubl
 int sl_state_lease_release(sl_state *s, const char *name, const char *owner, sl_error *err);
 /* 1 found (out filled), 0 none, <0 error. */
 int sl_state_lease_get(sl_state *s, const char *name, sl_lease *out, sl_error *err);
+/* Every lease whose name starts with prefix (expired ones included: compare
+ * expires_at with the clock), in name order; cb returning nonzero stops. */
+typedef int (*sl_lease_cb)(void *ud, const sl_lease *l);
+int sl_state_lease_each(sl_state *s, const char *prefix, sl_lease_cb cb, void *ud, sl_error *err);
 
 #endif

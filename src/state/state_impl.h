@@ -93,6 +93,7 @@ struct sl_state_ops {
     int (*lease_release)(void *impl, const char *name, const char *owner, sl_error *err);
     /* 1 found, 0 none. */
     int (*lease_get)(void *impl, const char *name, sl_lease *out, sl_error *err);
+    int (*lease_each)(void *impl, const char *prefix, sl_lease_cb cb, void *ud, sl_error *err);
 };
 
 struct sl_state {
