@@ -56,8 +56,8 @@ static const sl_option pipeline_options[] = {
     {"description", SL_OPT_STRING, NULL, 0, NULL, "free text"},
     SL_OPTIONS_END,
 };
-static const char *const pipeline_handled[] = {"source", "steps", "sink",   "trigger",
-                                               "batch",  "retry", "notify", NULL};
+static const char *const pipeline_handled[] = {
+    "source", "steps", "sink", "trigger", "batch", "retry", "notify", "distributed", NULL};
 
 static const sl_option batch_options[] = {
     {"records", SL_OPT_INT, NULL, 0, NULL, "records per sink batch (>= 1)"},
@@ -388,6 +388,92 @@ static const void *load_plugin(const sl_catalog *cat, const char *file, const ch
     return pc->opts ? plugin : NULL;
 }
 
+/* `distributed:`: the options of the kafka source and sink (one table),
+ * validated like a plugin block of that type, with no `type:` key. */
+static void load_distributed(const sl_catalog *cat, const char *file, const sl_node *block,
+                             const char *path, sl_pipeline_cfg *p, sl_buf *errors)
+{
+    plugin_ref src = catalog_find(cat, "source", "kafka");
+    plugin_ref sink = catalog_find(cat, "sink", "kafka");
+    if (!src.plugin || !sink.plugin) {
+        cfg_err(errors, file, block->line, block->col, path,
+                "distributed mode needs the kafka source and sink, and this build has none "
+                "(expected a build with librdkafka)");
+        return;
+    }
+    if (p->trigger.type) {
+        cfg_err(errors, file, block->line, block->col, path,
+                "a triggered pipeline runs as jobs and cannot be distributed (expected "
+                "`distributed:` only on a pipeline with a source of its own)");
+        return;
+    }
+    cfg_where(p->distributed.where, sizeof(p->distributed.where), file, block->line, block->col);
+    if (block->kind != SL_NODE_MAP) {
+        cfg_err(errors, file, block->line, block->col, path,
+                "found %s (expected a mapping of Kafka settings: brokers, topic, key, ...)",
+                block->kind == SL_NODE_SEQ ? "a list" : "a value");
+        return;
+    }
+    p->distributed.type = strdup("kafka");
+    if (!p->distributed.type) {
+        cfg_err(errors, file, 0, 0, NULL, "out of memory");
+        return;
+    }
+    int bad = 0;
+    p->distributed.opts =
+        cfg_opts_build(src.options, block, file, path, NULL, errors, &bad, CFG_TMPL_CHECK);
+    if (!bad && p->distributed.opts) {
+        bad = run_validate(src.validate, p->distributed.opts, file, path, errors);
+    }
+    if (bad) {
+        sl_opts_free(p->distributed.opts);
+        p->distributed.opts = NULL;
+        return;
+    }
+    p->dist_source_plugin = src.plugin;
+    p->dist_sink_plugin = sink.plugin;
+}
+
+int sl_pipeline_role(const sl_pipeline_cfg *p, sl_dist_role role, sl_pipeline_cfg *out,
+                     double *rate_share, sl_error *err)
+{
+    if (!p->distributed.opts || !p->dist_source_plugin || !p->dist_sink_plugin) {
+        return sl_error_set(err, SL_ERR_CONFIG,
+                            "%s: pipeline %s has no `distributed:` block (expected brokers, "
+                            "topic and key there to run it with fanout and worker)",
+                            p->where, p->name);
+    }
+    *out = *p;
+    *rate_share = 1.0;
+    if (role == SL_DIST_FANOUT) {
+        out->steps = NULL;
+        out->step_plugins = NULL;
+        out->nsteps = 0;
+        out->sink = p->distributed;
+        out->sink_plugin = p->dist_sink_plugin;
+        /* the pipeline's delivery settings are for its own sink */
+        out->concurrency = -1;
+        out->rate_per_sec = out->rate_burst = -1;
+        out->batch_records = -1;
+        out->batch_bytes = -1;
+        return 0;
+    }
+    for (size_t i = 0; i < p->nsteps; i++) {
+        if (p->step_plugins[i]->drain) {
+            return sl_error_set(err, SL_ERR_CONFIG,
+                                "%s: step %zu (%s) needs the whole input in one process (it "
+                                "emits at the end of it), so pipeline %s cannot be split among "
+                                "workers (expected steps that work record by record)",
+                                p->steps[i].where, i + 1, p->steps[i].type, p->name);
+        }
+    }
+    out->source = p->distributed;
+    out->source_plugin = p->dist_source_plugin;
+    int64_t workers = sl_opt_int(p->distributed.opts, "workers");
+    *rate_share = workers > 1 ? 1.0 / (double)workers : 1.0;
+    return 0;
+}
+
 /* ------------------------------------------------------------- engine keys */
 
 static void report_range(sl_buf *errors, const sl_opts *o, const char *path, const char *name,
@@ -574,6 +660,7 @@ static void pipeline_free(sl_pipeline_cfg *p)
     free(p->step_plugins);
     plugin_cfg_free(&p->sink);
     plugin_cfg_free(&p->trigger);
+    plugin_cfg_free(&p->distributed);
     free(p->schedule);
     for (size_t i = 0; i < p->nnotify; i++) {
         free(p->notify[i].url);
@@ -760,6 +847,11 @@ static void load_pipeline(const sl_catalog *cat, const char *file, const char *n
         cfg_path_key(kpath, sizeof(kpath), path, "notify");
         load_notify(file, notify, kpath, p, errors);
     }
+    const sl_node *dist = map_get(body, "distributed", &kl, &kc);
+    if (!is_empty(dist)) {
+        cfg_path_key(kpath, sizeof(kpath), path, "distributed");
+        load_distributed(cat, file, dist, kpath, p, errors);
+    }
 }
 
 /* ------------------------------------------------------------- serve */
@@ -908,6 +1000,9 @@ sl_pipeline_cfg *sl_config_instantiate(const sl_config *c, const sl_pipeline_cfg
     q->nsteps = 0;
     memset(&q->sink, 0, sizeof(q->sink));
     memset(&q->trigger, 0, sizeof(q->trigger));
+    memset(&q->distributed, 0, sizeof(q->distributed)); /* a job is never distributed */
+    q->dist_source_plugin = NULL;
+    q->dist_sink_plugin = NULL;
     q->schedule = NULL;
     q->notify = NULL;
     q->nnotify = 0;
@@ -1097,6 +1192,9 @@ static void load_outline(const sl_catalog *cat, const char *file, const char *na
     p->source.type = outline_type(body, "source");
     p->sink.type = outline_type(body, "sink");
     p->trigger.type = outline_type(body, "trigger");
+    if (map_get(body, "distributed", NULL, NULL)) {
+        p->distributed.type = strdup("kafka"); /* status: ask the group, loading it in full */
+    }
     if (p->source.type) {
         p->source_plugin = catalog_find(cat, "source", p->source.type).plugin;
     }

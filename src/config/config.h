@@ -85,7 +85,30 @@ typedef struct sl_pipeline_cfg {
 
     sl_notify_cfg *notify;
     size_t nnotify;
+
+    /* `distributed:` (type "kafka" when present, NULL otherwise): the
+     * options of the kafka source and sink that `sluice fanout` and `sluice
+     * worker` put in place of the pipeline's sink and source. */
+    sl_plugin_cfg distributed;
+    const sl_source_plugin *dist_source_plugin;
+    const sl_sink_plugin *dist_sink_plugin;
 } sl_pipeline_cfg;
+
+/* The two halves of a distributed pipeline. */
+typedef enum sl_dist_role {
+    SL_DIST_FANOUT, /* the source -> the kafka sink (no steps; the kafka sink's own batching) */
+    SL_DIST_WORKER, /* the kafka source -> the steps -> the sink */
+} sl_dist_role;
+
+/* The pipeline one half runs, as a shallow copy of p into *out (it borrows
+ * p's names, options and plugins: free nothing, keep p alive). The name
+ * stays p's: dead letters, run history and plugin state are the pipeline's
+ * own. *rate_share: the share of per-API-key rate limits one worker may use
+ * (1 / `distributed.workers`; 1 for fanout). <0 with err set when p has no
+ * `distributed:` block or uses a step that needs the whole input in one
+ * process (one that emits at end of input, like diff). */
+int sl_pipeline_role(const sl_pipeline_cfg *p, sl_dist_role role, sl_pipeline_cfg *out,
+                     double *rate_share, sl_error *err);
 
 typedef struct sl_config {
     char *path;

@@ -70,6 +70,23 @@ static const cmd_help commands[] = {
      "with their attempt count raised. Rows the source rejected (malformed input)\n"
      "cannot be retried: fix the input and run again. For a pipeline with a\n"
      "trigger, failed jobs are queued again and run now."},
+    {"fanout", "sluice fanout [-c FILE] [PIPELINE] [--from-start] [--again]",
+     "Distributed mode, step one: read the pipeline's source and produce every\n"
+     "record to its Kafka topic (`distributed:` in the pipeline), keyed by the\n"
+     "`key` field so one person always lands in one partition. Every delivery\n"
+     "report is checked; the source's checkpoint moves only past records Kafka\n"
+     "confirmed, so a fanout killed mid-way resumes where it stopped. The steps\n"
+     "and the sink run in the workers. Holds the pipeline's lease, like run.\n"
+     "PIPELINE may be left out when one pipeline of the file is distributed."},
+    {"worker", "sluice worker [-c FILE] [PIPELINE]",
+     "Distributed mode, step two, on as many machines as the topic has\n"
+     "partitions: join the pipeline's consumer group and run its steps and sink\n"
+     "on the records of the partitions this worker is given, with the usual\n"
+     "batching, limits and dead letters. A partition's offset is committed only\n"
+     "once every record before it was acknowledged or dead-lettered. SIGTERM\n"
+     "stops reading, delivers what was read, commits, leaves the group, exit 0.\n"
+     "Per-API-key rate limits are divided by `distributed.workers`. The state\n"
+     "store must be one every worker reaches (state: postgres://...)."},
     {NULL, NULL, NULL},
 };
 
@@ -272,6 +289,7 @@ static void print_result(const sl_pipeline_cfg *p, const sl_run_result *res, int
 }
 
 static int retry_jobs(sl_config *cfg, sl_pipeline_cfg *p, sl_state *st);
+static int cmd_distributed(const cli *c, sl_dist_role role);
 
 static int worse(int a, int b)
 {
@@ -448,6 +466,45 @@ static void print_lease(sl_state *st, const sl_pipeline_cfg *p)
     }
 }
 
+static int print_worker(void *ud, const sl_lease *l)
+{
+    double now = *(const double *)ud;
+    char since[32];
+    fmt_time(l->acquired_at, since, sizeof(since));
+    if (l->expires_at < now) {
+        printf("    process %lld on %s: gone (no heartbeat for %.0fs; its partitions moved to "
+               "the others)\n",
+               (long long)l->pid, l->host, now - l->heartbeat_at);
+    } else {
+        printf("    process %lld on %s: alive since %s (heartbeat %.0fs ago)\n", (long long)l->pid,
+               l->host, since, now - l->heartbeat_at);
+    }
+    return 0;
+}
+
+static int count_worker(void *ud, const sl_lease *l)
+{
+    int *n = ud;
+    n[l->expires_at >= (double)time(NULL) ? 0 : 1]++;
+    return 0;
+}
+
+/* `sluice worker` processes of a distributed pipeline, from their leases. */
+static void print_workers(sl_state *st, const sl_pipeline_cfg *p)
+{
+    char prefix[192];
+    snprintf(prefix, sizeof(prefix), "worker:%s:", p->name);
+    int n[2] = {0, 0};
+    sl_error err = {0};
+    if (sl_state_lease_each(st, prefix, count_worker, n, &err) < 0) {
+        printf("  workers: %s\n", err.msg);
+        return;
+    }
+    printf("  workers: %d alive, %d gone\n", n[0], n[1]);
+    double now = (double)time(NULL);
+    sl_state_lease_each(st, prefix, print_worker, &now, &err);
+}
+
 static void print_schedule(const sl_pipeline_cfg *p, sl_state *st)
 {
     sl_schedule_info si;
@@ -577,6 +634,9 @@ static int cmd_status(const cli *c)
         printf("%s  (%s -> %s)\n", p->name, p->source.type ? p->source.type : "?",
                p->sink.type ? p->sink.type : "?");
         print_lease(st, p);
+        if (p->distributed.type) {
+            print_workers(st, p);
+        }
         printf("  runs (newest first):\n");
         if (sl_state_runs(st, p->name, 5, print_run, NULL, &err) < 0) {
             fprintf(stderr, "sluice: %s\n", err.msg);
@@ -641,6 +701,77 @@ static int cmd_serve(const cli *c)
     sl_state_close(st);
     sl_config_free(cfg);
     return code;
+}
+
+/* sluice fanout / sluice worker: one half of a distributed pipeline, run
+ * by the same engine as `run` with the kafka sink or source in place. */
+static int cmd_distributed(const cli *c, sl_dist_role role)
+{
+    const char *cmd = role == SL_DIST_FANOUT ? "fanout" : "worker";
+    int code = 0;
+    sl_config *cfg = load_config(c, &code);
+    if (!cfg) {
+        return code;
+    }
+    sl_pipeline_cfg *p = NULL;
+    size_t ndist = 0;
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        sl_pipeline_cfg *q = &cfg->pipelines[i];
+        if (c->nnames ? strcmp(q->name, c->names[0]) == 0 : q->distributed.type != NULL) {
+            p = q;
+            ndist++;
+        }
+    }
+    if (!c->nnames && ndist != 1) {
+        fprintf(stderr,
+                "sluice: %s: %s has %zu distributed pipelines (expected the name of the one "
+                "to run: sluice %s -c %s PIPELINE)\n",
+                cmd, c->config, ndist, cmd, c->config);
+        sl_config_free(cfg);
+        return SL_EXIT_USAGE;
+    }
+    sl_pipeline_cfg half;
+    double share = 1;
+    sl_error err = {0};
+    if (sl_pipeline_role(p, role, &half, &share, &err) < 0) {
+        fprintf(stderr, "sluice: %s: %s\n", cmd, err.msg);
+        sl_config_free(cfg);
+        return SL_EXIT_CONFIG;
+    }
+    if (role == SL_DIST_WORKER && !c->dry_run && strncmp(cfg->state_url, "postgres", 8) != 0) {
+        sl_warn(p->name,
+                "the state store %s is a local file: workers on other machines cannot share "
+                "it (dead letters, run history); use state: postgres://... across machines",
+                cfg->state_url);
+    }
+    sl_state *st = NULL;
+    if (!c->dry_run || sl_state_exists(cfg->state_url) == 1) {
+        st = open_state(cfg, &code);
+        if (!st) {
+            sl_config_free(cfg);
+            return code;
+        }
+    }
+    sl_run_opts o = {0};
+    o.mode = role == SL_DIST_WORKER ? SL_RUN_WORKER : SL_RUN_NORMAL;
+    o.dry_run = c->dry_run;
+    o.from_start = c->from_start;
+    o.again = c->again;
+    o.progress = role == SL_DIST_FANOUT && isatty(STDERR_FILENO) && sl_log_level >= SL_LOG_INFO;
+    o.samples = 3;
+    o.stop = &g_stop;
+    o.rate_share = share;
+    sl_run_result res;
+    int rc = sl_run_pipeline(cfg, &half, st, &o, &res);
+    if ((rc == SL_EXIT_FAILED || rc == SL_EXIT_LOCKED) && res.error[0]) {
+        fprintf(stderr, "sluice: %s: %s\n", p->name, res.error);
+    }
+    if (rc != SL_EXIT_LOCKED) {
+        print_result(p, &res, c->dry_run);
+    }
+    sl_state_close(st);
+    sl_config_free(cfg);
+    return rc;
 }
 
 /* sluice retry on a triggered pipeline: failed jobs run again, now. */
@@ -797,8 +928,9 @@ int main(int argc, char **argv)
     } else if (strcmp(cmd, "serve") == 0) {
         rc = cmd_serve(&c);
     } else if (strcmp(cmd, "fanout") == 0 || strcmp(cmd, "worker") == 0) {
-        fprintf(stderr, "sluice: '%s' is not available in this version yet\n", cmd);
-        rc = SL_EXIT_USAGE;
+        rc = c.nnames > 1
+                 ? (fprintf(stderr, "sluice: %s takes at most one pipeline\n", cmd), SL_EXIT_USAGE)
+                 : cmd_distributed(&c, cmd[0] == 'f' ? SL_DIST_FANOUT : SL_DIST_WORKER);
     } else {
         fprintf(stderr,
                 "sluice: unknown command '%s' (expected run, serve, check, status, "

@@ -142,6 +142,7 @@ typedef struct runner {
     int have_ckpt;
     uint64_t ck_pos, ck_line;
     int samples_shown;
+    int columns_pending; /* the source did not know its columns at setup */
     sl_action_count actions[SL_RUN_ACTIONS_MAX];
     size_t nactions;
     sl_run_lease lease;
@@ -160,6 +161,9 @@ int sl_engine_stopping(const runner *r);
 void sl_engine_set_fatal(runner *r, const sl_error *e);
 void sl_engine_give_free(runner *r, slot *s);
 int sl_engine_transactional(const runner *r);
+
+/* run.c: the columns through the steps to the sink (see there) */
+int sl_engine_check_columns(runner *r, sl_error *err);
 
 /* replay.c */
 int sl_replay_load(runner *r, sl_error *err);

@@ -286,6 +286,13 @@ void *sl_reader_main(void *arg)
             atomic_store(&r->prog_total, total);
         }
         atomic_fetch_add(&r->prog_read, (int_fast64_t)s->nread);
+        if (rc == 0 && s->b.n > 0 && r->columns_pending && f.kind == FEED_SOURCE) {
+            /* learnt from the input: checked before the sink sees any */
+            if (sl_engine_check_columns(r, &err) < 0) {
+                rc = SL_ERR;
+            }
+            r->columns_pending = 0; /* asked once more, not per batch */
+        }
         if (rc == 0 && (s->b.n > 0 || s->nread > 0)) {
             enqueue(r, s);
         } else {

@@ -91,15 +91,19 @@ static int init_plugins(runner *r, sl_error *err)
 }
 
 /* The source's columns (when it knows them) through every step to the
- * sink: each checks what reaches it; a step that changes them says how. */
-static int check_columns(runner *r, sl_error *err)
+ * sink: each checks what reaches it; a step that changes them says how. A
+ * source that learns them from its input (a Kafka message's header) is
+ * asked again by the reader before its first batch goes to the sink. */
+int sl_engine_check_columns(runner *r, sl_error *err)
 {
+    r->columns_pending = 0;
     if (r->o->mode == SL_RUN_RETRY || !r->srcp->columns) {
         return 0;
     }
     size_t n = 0;
     const char *const *cols = r->srcp->columns(r->src, &n);
     if (!cols) {
+        r->columns_pending = 1;
         return 0;
     }
     for (size_t i = 0; i < r->p->nsteps; i++) {
@@ -412,7 +416,7 @@ int sl_run_pipeline(const sl_config *cfg, const sl_pipeline_cfg *p, sl_state *st
         const char *in = r->srcp->input_name ? r->srcp->input_name(r->src) : NULL;
         snprintf(res->input, sizeof(res->input), "%s", in ? in : p->source.type);
     }
-    if (resume_source(r, &err) < 0 || check_columns(r, &err) < 0) {
+    if (resume_source(r, &err) < 0 || sl_engine_check_columns(r, &err) < 0) {
         goto out;
     }
     if (!o->dry_run && p->sink_plugin->encode && start_http(r, &err) < 0) {

@@ -50,6 +50,14 @@ static struct script {
     char action25[16]; /* the action record 25 reached the sink with */
     uint64_t refetch;  /* in a retry, the source yields ids 5001.. this many */
     sl_state *st;
+    /* the waiting source (worker mode) */
+    volatile sig_atomic_t stop;
+    uint64_t acked[64]; /* positions given to acked, in order */
+    int nacked;
+    int workers_seen, run_lease_seen; /* leases held while the source ran */
+    int columns_calls;                /* the sink's columns hook */
+    uint64_t idled_at;                /* the burst the source last said idle after */
+    size_t columns_n;
 } S;
 
 static void script_reset(void)
@@ -305,6 +313,84 @@ static const sl_step_plugin draining_step = {
     .drain = drain_step_drain,
     .commit = drain_commit,
     .destroy = step_destroy,
+};
+
+/* A source that waits for input, as a Kafka consumer does: bursts of 3
+ * records, each followed by SL_SOURCE_IDLE; after record 23 the user asks
+ * to stop, and it ends. Its columns are known only once it read one. */
+static int count_lease(void *ud, const sl_lease *l)
+{
+    (*(int *)ud)++;
+    return 0;
+}
+
+static int idle_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *err)
+{
+    src *s = self;
+    if (sl_ctx_stopping(s->ctx)) {
+        return 0;
+    }
+    if (s->next > 0 && s->next % 3 == 0 && S.idled_at != s->next) {
+        S.idled_at = s->next;
+        if (s->next == 3) {
+            sl_error e = {0};
+            sl_state_lease_each(S.st, "worker:t:", count_lease, &S.workers_seen, &e);
+            sl_state_lease_each(S.st, "run:t", count_lease, &S.run_lease_seen, &e);
+        }
+        return SL_SOURCE_IDLE;
+    }
+    rec->pos = s->next;
+    rec->line = s->next + 1;
+    sl_record_add_int(rec, "id", 2, (int64_t)s->next);
+    s->next++;
+    *next_pos = s->next;
+    if (s->next == 23) {
+        S.stop = 1; /* as SIGTERM would */
+    }
+    return 1;
+}
+
+static int idle_acked(void *self, uint64_t pos, uint64_t line, sl_error *err)
+{
+    if (S.nacked < 64) {
+        S.acked[S.nacked++] = pos;
+    }
+    return 0;
+}
+
+static const char *const id_cols[] = {"id"};
+
+static const char *const *idle_columns(void *self, size_t *n)
+{
+    src *s = self;
+    *n = 1;
+    return s->next > 0 ? id_cols : NULL;
+}
+
+static const sl_source_plugin idle_source = {
+    .name = "waiting",
+    .init = src_init,
+    .next = idle_next,
+    .acked = idle_acked,
+    .columns = idle_columns,
+    .commit = src_commit,
+    .destroy = src_destroy,
+};
+
+static int sink_columns(void *self, const char *const *cols, size_t n, sl_error *err)
+{
+    S.columns_calls++;
+    S.columns_n = n;
+    return 0;
+}
+
+static const sl_sink_plugin columns_sink = {
+    .name = "script",
+    .defaults = {.batch_records = 10, .concurrency = 1},
+    .init = sink_init,
+    .columns = sink_columns,
+    .write = sink_write,
+    .destroy = sink_destroy,
 };
 
 /* ---------------------------------------------------------------- harness */
@@ -666,6 +752,49 @@ static void test_lost_lease_stops_before_progress(void **state)
 
 /* `sluice retry`: dead letters replayed from the stage that rejected them,
  * deleted once delivered; the source is not committed. */
+/* A worker: a waiting source's partial batches go out at once (not when
+ * 10 records have gathered); acked hears every position in order, the
+ * engine keeps no checkpoint of its own; the worker holds a lease of its
+ * own, not the pipeline's; stopping delivers everything read and ends the
+ * run "ok"; columns learnt from the input reach the sink before any batch. */
+static void test_worker_waiting_source(void **state)
+{
+    script_reset();
+    pipe_def d;
+    pipe_init(&d, NULL, 0);
+    d.p.source_plugin = &idle_source;
+    d.p.sink_plugin = &columns_sink;
+    sl_state *st = mem_state();
+    S.st = st;
+    sl_run_opts o = {.mode = SL_RUN_WORKER, .stop = &S.stop};
+    sl_run_result res;
+    assert_int_equal(sl_run_pipeline(NULL, &d.p, st, &o, &res), SL_EXIT_OK);
+    assert_string_equal(res.status, "ok");
+    assert_int_equal(res.counts.read, 23);
+    assert_int_equal(S.nsent, 23);
+    for (size_t i = 0; i < S.nsent; i++) {
+        assert_int_equal(S.sent_ids[i], i);
+    }
+    /* bursts of 3 were sent as they came: batches of 3 (the last of 2) */
+    assert_int_equal(S.writes, 8);
+    assert_int_equal(S.columns_calls, 1);
+    assert_int_equal(S.columns_n, 1);
+    assert_true(S.nacked >= 1);
+    for (int i = 1; i < S.nacked; i++) {
+        assert_true(S.acked[i] > S.acked[i - 1]);
+    }
+    assert_int_equal(S.acked[S.nacked - 1], 23);
+    assert_int_equal(S.workers_seen, 1);
+    assert_int_equal(S.run_lease_seen, 0);
+    char v[64];
+    assert_int_equal(kv(st, "checkpoint", v, sizeof(v)), 0);
+    int left = 0;
+    sl_error err = {0};
+    sl_state_lease_each(st, "worker:", count_lease, &left, &err);
+    assert_int_equal(left, 0); /* released */
+    sl_state_close(st);
+}
+
 static void test_replay_from_dead_letters(void **state)
 {
     script_reset();
@@ -719,6 +848,7 @@ int main(void)
         cmocka_unit_test(test_drain_emits_after_input_and_commits),
         cmocka_unit_test(test_lease_refuses_second_run_and_takes_over_dead_one),
         cmocka_unit_test(test_replay_from_dead_letters),
+        cmocka_unit_test(test_worker_waiting_source),
         cmocka_unit_test(test_lost_lease_stops_before_progress),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
