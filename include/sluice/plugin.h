@@ -106,6 +106,20 @@ int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err);
  * pipeline's durable state only when the commit hook records them. <0 when
  * the state store keeps no files. */
 int sl_ctx_files_dir(sl_ctx *c, sl_buf *out, sl_error *err);
+/* A ledger: facts that hold whether or not the run completes (a lookup
+ * that was paid for), kept in the state store under a scope name, so every
+ * run and every process sharing the store (two pipelines enriching from
+ * one account, `sluice worker`s on many machines) sees them. Unlike
+ * sl_ctx_state_set, written at any time, from any thread: put writes n
+ * entries (distinct keys, text values) atomically and they are durable when
+ * it returns. get calls found(ud, i, value, len) for each keys[i] present
+ * (nonzero stops). One round trip each on Postgres. <0 on errors; a dry run
+ * reads but cannot put. */
+typedef int (*sl_ledger_found_fn)(void *ud, size_t i, const char *value, size_t len);
+int sl_ctx_ledger_get(sl_ctx *c, const char *scope, const char *const *keys, size_t n,
+                      sl_ledger_found_fn found, void *ud, sl_error *err);
+int sl_ctx_ledger_put(sl_ctx *c, const char *scope, const char *const *keys,
+                      const char *const *values, size_t n, sl_error *err);
 /* Unix time (UTC) when this run began (the same value commit hooks get). */
 double sl_ctx_run_started(const sl_ctx *c);
 /* The user asked for `--again`: deliver an input that an earlier run

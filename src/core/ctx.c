@@ -176,3 +176,43 @@ int sl_ctx_state_del(sl_ctx *c, const char *key, sl_error *err)
     }
     return sl_state_kv_del(c->state, c->pipeline, k, err);
 }
+
+/* A ledger lives in the key/value store under "ledger:<scope>" in place of
+ * a pipeline name: shared by every pipeline naming the scope, and out of
+ * the way of `sluice status`, which lists a pipeline's own keys. */
+static int ledger_scope(const sl_ctx *c, const char *scope, char *out, size_t cap, sl_error *err)
+{
+    if (!c->state) {
+        return sl_error_set(err, SL_ERR, "%s: no state store available for the ledger '%s'",
+                            c->name, scope ? scope : "");
+    }
+    if (!scope || !*scope || snprintf(out, cap, "ledger:%s", scope) >= (int)cap) {
+        return sl_error_set(err, SL_ERR_USAGE, "%s: ledger scope empty or longer than %zu bytes",
+                            c->name, cap - 8);
+    }
+    return 0;
+}
+
+int sl_ctx_ledger_get(sl_ctx *c, const char *scope, const char *const *keys, size_t n,
+                      sl_ledger_found_fn found, void *ud, sl_error *err)
+{
+    char sc[128];
+    if (ledger_scope(c, scope, sc, sizeof(sc), err) < 0) {
+        return SL_ERR;
+    }
+    return sl_state_kv_get_many(c->state, sc, keys, n, found, ud, err);
+}
+
+int sl_ctx_ledger_put(sl_ctx *c, const char *scope, const char *const *keys,
+                      const char *const *values, size_t n, sl_error *err)
+{
+    char sc[128];
+    if (ledger_scope(c, scope, sc, sizeof(sc), err) < 0) {
+        return SL_ERR;
+    }
+    if (c->dry_run) {
+        return sl_error_set(err, SL_ERR_USAGE, "%s: a dry run writes nothing to the ledger '%s'",
+                            c->name, scope);
+    }
+    return sl_state_kv_set_many(c->state, sc, keys, values, n, err);
+}

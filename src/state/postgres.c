@@ -807,6 +807,96 @@ static int pg_kv_set(void *impl, const char *pipeline, const char *key, const ch
                   sl_state_key_noun(key, noun, sizeof(noun)), pipeline);
 }
 
+/* A text[] literal {"a","b"} of n strings (quotes and backslashes escaped). */
+static int text_array(sl_buf *b, const char *const *v, size_t n)
+{
+    int rc = sl_buf_putc(b, '{');
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc |= sl_buf_puts(b, i ? ",\"" : "\"");
+        for (const char *c = v[i]; *c && rc == 0; c++) {
+            if (*c == '"' || *c == '\\') {
+                rc |= sl_buf_putc(b, '\\');
+            }
+            rc |= sl_buf_putc(b, *c);
+        }
+        rc |= sl_buf_putc(b, '"');
+    }
+    rc |= sl_buf_putc(b, '}');
+    return rc;
+}
+
+static int pg_kv_get_many(void *impl, const char *pipeline, const char *const *keys, size_t n,
+                          sl_kv_found_cb found, void *ud, sl_error *err)
+{
+    pg *p = impl;
+    sl_buf arr;
+    sl_buf_init(&arr, 0);
+    if (text_array(&arr, keys, n) != 0) {
+        sl_buf_free(&arr);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory reading %zu keys", n);
+    }
+    params ps = {0};
+    p_text(&ps, pipeline);
+    p_text(&ps, sl_buf_cstr(&arr));
+    PGresult *bad = NULL;
+    /* the index of each key found: ordinality of the array element */
+    PGresult *res = pg_run(p,
+                           "SELECT k.i - 1, kv.value FROM unnest($2::text[]) WITH ORDINALITY "
+                           "AS k(key, i) JOIN sluice.kv kv ON kv.pipeline = $1 AND kv.key = k.key",
+                           &ps, 0, &bad);
+    sl_buf_free(&arr);
+    if (!res) {
+        int rc = pg_fail(p, err, bad, "cannot read %zu keys of '%s'", n, pipeline);
+        PQclear(bad);
+        return rc;
+    }
+    int rc = 0;
+    for (int r = 0; r < PQntuples(res) && rc == 0; r++) {
+        long i = strtol(PQgetvalue(res, r, 0), NULL, 10);
+        size_t len = 0;
+        unsigned char *raw = PQunescapeBytea((const unsigned char *)PQgetvalue(res, r, 1), &len);
+        if (!raw) {
+            rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory reading '%s'", pipeline);
+            break;
+        }
+        if (i >= 0 && (size_t)i < n && found(ud, (size_t)i, (const char *)raw, len)) {
+            PQfreemem(raw);
+            break;
+        }
+        PQfreemem(raw);
+    }
+    PQclear(res);
+    return rc;
+}
+
+static int pg_kv_set_many(void *impl, const char *pipeline, const char *const *keys,
+                          const char *const *values, size_t n, double now, sl_error *err)
+{
+    pg *p = impl;
+    sl_buf ka, va;
+    sl_buf_init(&ka, 0);
+    sl_buf_init(&va, 0);
+    if (text_array(&ka, keys, n) != 0 || text_array(&va, values, n) != 0) {
+        sl_buf_free(&ka);
+        sl_buf_free(&va);
+        return sl_error_set(err, SL_ERR_NOMEM, "out of memory writing %zu keys", n);
+    }
+    params ps = {0};
+    p_text(&ps, pipeline);
+    p_text(&ps, sl_buf_cstr(&ka));
+    p_text(&ps, sl_buf_cstr(&va));
+    p_f64(&ps, now);
+    int rc = pg_cmd(p,
+                    "INSERT INTO sluice.kv(pipeline, key, value, updated_at) "
+                    "SELECT $1, k, convert_to(v, 'UTF8'), $4::float8 "
+                    "FROM unnest($2::text[], $3::text[]) AS t(k, v) ON CONFLICT (pipeline, key) "
+                    "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    &ps, NULL, err, "cannot write %zu keys of '%s'", n, pipeline);
+    sl_buf_free(&ka);
+    sl_buf_free(&va);
+    return rc;
+}
+
 static int pg_kv_del(void *impl, const char *pipeline, const char *key, sl_error *err)
 {
     pg *p = impl;
@@ -1461,5 +1551,7 @@ const struct sl_state_ops sl_state_postgres_ops = {
     .lease_renew = pg_lease_renew,
     .lease_release = pg_lease_release,
     .lease_get = pg_lease_get,
+    .kv_get_many = pg_kv_get_many,
+    .kv_set_many = pg_kv_set_many,
     .lease_each = pg_lease_each,
 };

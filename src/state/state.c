@@ -509,6 +509,75 @@ int sl_state_kv_del(sl_state *s, const char *pipeline, const char *key, sl_error
     return rc;
 }
 
+int sl_state_kv_get_many(sl_state *s, const char *pipeline, const char *const *keys, size_t n,
+                         sl_kv_found_cb found, void *ud, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_pipeline(s, pipeline, "read state", err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = check_key(s, pipeline, keys[i], "read state", err);
+    }
+    if (rc == 0 && n > 0 && s->ops->kv_get_many) {
+        rc = s->ops->kv_get_many(s->impl, pipeline, keys, n, found, ud, err);
+    } else if (rc == 0) {
+        sl_buf v;
+        sl_buf_init(&v, KV_VALUE_MAX + 1);
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            sl_buf_reset(&v);
+            int got = s->ops->kv_get(s->impl, pipeline, keys[i], &v, err);
+            if (got < 0) {
+                rc = got;
+            } else if (got == 1 && found(ud, i, v.data ? v.data : "", v.len)) {
+                break;
+            }
+        }
+        sl_buf_free(&v);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int sl_state_kv_set_many(sl_state *s, const char *pipeline, const char *const *keys,
+                         const char *const *values, size_t n, sl_error *err)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = check_pipeline(s, pipeline, "write state", err);
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = check_key(s, pipeline, keys[i], "write state", err);
+        if (rc == 0 && strlen(values[i]) > KV_VALUE_MAX) {
+            rc = sl_error_set(err, SL_ERR_LIMIT,
+                              "state %s: cannot write '%s' for '%s': value larger than the "
+                              "%zu-byte limit",
+                              s->where, keys[i], pipeline, KV_VALUE_MAX);
+        }
+    }
+    int own = !s->in_tx; /* the lock is recursive: in_tx here means this thread's */
+    if (rc == 0 && n > 0 && own) {
+        rc = s->ops->begin(s->impl, err);
+    }
+    if (rc == 0 && n > 0) {
+        double now = sl_state_now();
+        if (s->ops->kv_set_many) {
+            rc = s->ops->kv_set_many(s->impl, pipeline, keys, values, n, now, err);
+        } else {
+            for (size_t i = 0; i < n && rc == 0; i++) {
+                rc = s->ops->kv_set(s->impl, pipeline, keys[i], values[i], strlen(values[i]), now,
+                                    err);
+            }
+        }
+        if (own) {
+            if (rc == 0) {
+                rc = s->ops->commit(s->impl, err);
+            } else {
+                sl_error e2;
+                s->ops->rollback(s->impl, &e2);
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
 int sl_state_kv_each(sl_state *s, const char *pipeline, sl_kv_cb cb, void *ud, sl_error *err)
 {
     pthread_mutex_lock(&s->mu);

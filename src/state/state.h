@@ -85,6 +85,17 @@ int sl_state_kv_set(sl_state *s, const char *pipeline, const char *key, const ch
 int sl_state_kv_del(sl_state *s, const char *pipeline, const char *key, sl_error *err);
 typedef int (*sl_kv_cb)(void *ud, const char *key, const char *value, double updated_at);
 int sl_state_kv_each(sl_state *s, const char *pipeline, sl_kv_cb cb, void *ud, sl_error *err);
+/* Many keys at once (a ledger consulted per batch): found(ud, i, value,
+ * len) for each keys[i] present, in no particular order; nonzero from found
+ * stops. One round trip on Postgres. */
+typedef int (*sl_kv_found_cb)(void *ud, size_t i, const char *value, size_t len);
+int sl_state_kv_get_many(sl_state *s, const char *pipeline, const char *const *keys, size_t n,
+                         sl_kv_found_cb found, void *ud, sl_error *err);
+/* Write many text values at once, atomically: in the caller's transaction
+ * when one is open on this thread, else in one of their own. Keys must be
+ * distinct. */
+int sl_state_kv_set_many(sl_state *s, const char *pipeline, const char *const *keys,
+                         const char *const *values, size_t n, sl_error *err);
 
 /* Dead letters. Texts are redacted before they are stored. */
 int sl_state_dl_add(sl_state *s, const sl_dead_letter *d, sl_error *err);

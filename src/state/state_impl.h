@@ -49,6 +49,12 @@ struct sl_state_ops {
                   double now, sl_error *err);
     int (*kv_del)(void *impl, const char *pipeline, const char *key, sl_error *err);
     int (*kv_each)(void *impl, const char *pipeline, sl_kv_cb cb, void *ud, sl_error *err);
+    /* Optional (NULL: state.c loops over kv_get / kv_set): one round trip
+     * for many keys. set_many runs inside a transaction state.c opened. */
+    int (*kv_get_many)(void *impl, const char *pipeline, const char *const *keys, size_t n,
+                       sl_kv_found_cb found, void *ud, sl_error *err);
+    int (*kv_set_many)(void *impl, const char *pipeline, const char *const *keys,
+                       const char *const *values, size_t n, double now, sl_error *err);
 
     /* d's texts are already redacted and truncated; d->created_at is set. */
     int (*dl_add)(void *impl, const sl_dead_letter *d, double now, sl_error *err);

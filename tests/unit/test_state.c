@@ -436,6 +436,56 @@ static int collect_kv(void *ud, const char *key, const char *value, double updat
     return 0;
 }
 
+typedef struct found_log {
+    char seen[8][64];
+    int count;
+} found_log;
+
+static int found_one(void *ud, size_t i, const char *value, size_t len)
+{
+    found_log *l = ud;
+    if (i < 8) {
+        snprintf(l->seen[i], sizeof(l->seen[i]), "%.*s", (int)len, value);
+    }
+    l->count++;
+    return 0;
+}
+
+/* Many keys at once, as a ledger uses them: one atomic write, one read of
+ * a batch of keys, tricky text in both, others' namespaces untouched. */
+static void test_kv_many(void **state)
+{
+    fixture *f = *state;
+    sl_error err = {0};
+    sl_state *s = open_ok(f->url);
+    const char *keys[] = {"a@example.org", "b\"q\\uote@example.org", "{c},NULL", "d"};
+    const char *vals[] = {"{\"t\":1}", "it's \"x\"\\", "", "caf\xc3\xa9"};
+    assert_int_equal(sl_state_kv_set_many(s, "ledger:x", keys, vals, 3, &err), 0);
+    assert_int_equal(sl_state_kv_set(s, "other", "d", "no", 2, &err), 0);
+    found_log l;
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sl_state_kv_get_many(s, "ledger:x", keys, 4, found_one, &l, &err), 0);
+    assert_int_equal(l.count, 3);
+    assert_string_equal(l.seen[0], vals[0]);
+    assert_string_equal(l.seen[1], vals[1]);
+    assert_string_equal(l.seen[2], "");
+    assert_string_equal(l.seen[3], ""); /* "d" is another scope's */
+    /* overwrite inside the caller's transaction: rolled back with it */
+    assert_int_equal(sl_state_begin(s, &err), 0);
+    const char *v2[] = {"changed"};
+    assert_int_equal(sl_state_kv_set_many(s, "ledger:x", keys, v2, 1, &err), 0);
+    sl_state_rollback(s);
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sl_state_kv_get_many(s, "ledger:x", keys, 1, found_one, &l, &err), 0);
+    assert_string_equal(l.seen[0], vals[0]);
+    /* and on its own it commits */
+    assert_int_equal(sl_state_kv_set_many(s, "ledger:x", keys, v2, 1, &err), 0);
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(sl_state_kv_get_many(s, "ledger:x", keys, 1, found_one, &l, &err), 0);
+    assert_string_equal(l.seen[0], "changed");
+    sl_state_close(s);
+}
+
 static void test_kv(void **state)
 {
     fixture *f = *state;
@@ -1236,6 +1286,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_urls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_run_lifecycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kv, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kv_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letters_reentrant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dead_letter_redaction, setup, teardown),
