@@ -1249,7 +1249,7 @@ int sl_s3_upload_part(sl_s3_upload *u, const void *data, size_t len, sl_error *e
                           u->bucket, u->key, n);
     }
     if (rc == 0) {
-        snprintf(u->etags[u->nparts], sizeof(u->etags[0]), "%s", rs.etag);
+        memcpy(u->etags[u->nparts], rs.etag, strlen(rs.etag) + 1); /* length checked above */
         u->nparts = n;
     }
     sl_buf_free(&rs.body);
