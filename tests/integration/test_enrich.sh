@@ -41,7 +41,6 @@ pipelines:
         preset: fullcontact
         url: ${FC_URL}/v3/person.enrich
         token: ${FC_KEY}
-        journal: ${JOURNAL}
         concurrency: 20
         queued_wait: 50ms
     sink:
@@ -49,7 +48,7 @@ pipelines:
       url: ${HOOK_URL}/hook
 YML
 CFG=$T_DIR/enrich.yml
-export CSV=$T_DIR/in.csv STATE=$T_DIR/a/state.db JOURNAL=$T_DIR/a/fc.journal
+export CSV=$T_DIR/in.csv STATE=$T_DIR/a/state.db
 mkdir -p "$T_DIR/a" "$T_DIR/b" "$T_DIR/c"
 
 stat_of() { json_get "$(fake_stats "${FC_URL##*:}")" "$1"; }
@@ -98,7 +97,7 @@ expect_match "the second run reused the kept profiles" "$T_DIR/run2.err" "$billa
 # ---- kill -9 mid-run, then rerun: billed calls = distinct e-mails
 stop_fake "$FC_PID"
 start_fc --latency-ms 60 # a run of ~6 s: the kill lands mid-way even on a busy machine
-export STATE=$T_DIR/b/state.db JOURNAL=$T_DIR/b/fc.journal
+export STATE=$T_DIR/b/state.db
 (cd "$T_DIR" && exec "$SLUICE_BIN" run -c "$CFG" >"$T_DIR/crash.out" 2>"$T_DIR/crash.err") &
 pid=$!
 for i in $(seq 1 400); do
@@ -117,15 +116,17 @@ read -r emails billable2 notfound2 wrong rest <<<"$(outcomes)"
 twice=$(stat_of billed_twice)
 # FullContact bills when it answers: a 200 still on the wire when the
 # process dies is paid and lost, and the rerun pays for it again. Every
-# answer that reached the process is in the journal and never paid again,
+# answer that reached the process is in the ledger and never paid again,
 # so the only double payments are those in flight at the kill (<= CONC).
 expect_eq "after kill -9 + rerun: billed calls = distinct e-mails + those in flight at the kill" \
     "$((billable2 + twice))" "$(stat_of billed)"
 check "after kill -9 + rerun: at most one window billed twice ($twice <= $CONC)" \
     test "$twice" -le "$CONC"
-expect_eq "the journal holds each paid e-mail once" "$billable2" \
-    "$(python3 -c 'import json,sys; print(len({json.loads(l)["k"] for l in open(sys.argv[1])}))' "$JOURNAL")"
-expect_eq "the journal has no duplicate line" "$billable2" "$(wc -l <"$JOURNAL")"
+# the ledger lives in the state store, under the preset's shared scope
+expect_eq "the ledger holds each paid e-mail once" "$billable2" \
+    "$(sqlite3 "$STATE" "SELECT count(*) FROM kv WHERE pipeline = 'ledger:fullcontact'")"
+expect_eq "each entry is the time it was paid and the profile" 0 \
+    "$(sqlite3 "$STATE" "SELECT count(*) FROM kv WHERE pipeline = 'ledger:fullcontact' AND (json_type(value, '$.t') NOT IN ('real', 'integer') OR json_type(value, '$.f') != 'object')")"
 read -r rows ok na <<<"$(python3 -c '
 import json,sys
 seen={}
@@ -136,7 +137,7 @@ print(len(seen), sum(1 for r in seen.values() if r["success_at"]), 0)' "$FAKE_ho
 expect_eq "after the rerun every e-mail was delivered" "$N" "$rows"
 
 # ---- a refused key: exit 1, nothing billed after, key never printed
-export STATE=$T_DIR/c/state.db JOURNAL=$T_DIR/c/fc.journal
+export STATE=$T_DIR/c/state.db
 billed_before=$(stat_of billed)
 req_before=$(stat_of requests)
 good_key=$FC_KEY

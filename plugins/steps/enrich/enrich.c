@@ -3,19 +3,20 @@
  * concurrency, rate limit and retries with Retry-After), merged into the
  * record under chosen fields.
  *
- * Billing ledger: every 200 is appended to a journal file (write() as soon
- * as it arrives, fsync before the batch goes on to the sink) and the journal
- * is read at init: a key with a 200 inside `fresh_for` is never looked up
+ * Billing ledger: every 200 goes to a ledger in the state store
+ * (sl_ctx_ledger_put, written as the answers arrive, all of them durable
+ * before the batch goes on to the sink), and each batch's keys are looked
+ * up there first: a key with a 200 inside `fresh_for` is never looked up
  * again: its kept profile is merged instead, so a run that crashed after
  * paying for a lookup and before the sink acknowledged delivers the profile
- * on the next run without paying twice. See docs/steps/enrich.md. */
+ * on the next run without paying twice. The ledger is shared by every
+ * pipeline and every process using the store (`sluice worker`s on many
+ * machines). See docs/steps/enrich.md. */
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -87,9 +88,13 @@ typedef struct enrich {
     /* ledger */
     ent **buckets;
     size_t nbuckets, nents;
-    char *journal_path;
-    int jfd;
-    int jdirty;
+    char *ledger;                  /* scope in the state store, or NULL: no ledger */
+    char **pend_keys, **pend_vals; /* paid answers not yet in the ledger */
+    size_t npend, pend_cap;
+    const char **fetch; /* keys of the batch this run has not seen yet */
+    size_t *koff;       /* each record's key in keys (SIZE_MAX: none) */
+    size_t kcap;
+    sl_buf keys;
     /* the current batch */
     job *jobs;
     size_t njobs, jobs_cap;
@@ -101,7 +106,7 @@ typedef struct enrich {
     int fatal;
     sl_error ferr;
     /* counters */
-    uint64_t lookups, ok, queued, notfound, reused, parked, rejected, journal_loaded;
+    uint64_t lookups, ok, queued, notfound, reused, parked, rejected, ledger_hits;
 } enrich;
 
 static const sl_option enrich_options[] = {
@@ -135,8 +140,9 @@ static const sl_option enrich_options[] = {
      "wait before the first re-poll of a 202; doubles each time, at most 60s"},
     {"fresh_for", SL_OPT_DURATION, "90d", 0, NULL,
      "a key with a 200 this recent is not looked up again (its kept profile is used)"},
-    {"journal", SL_OPT_STRING, NULL, 0, NULL,
-     "billing ledger file (append-only); default with preset fullcontact: beside the state store"},
+    {"ledger", SL_OPT_STRING, NULL, 0, NULL,
+     "billing ledger in the state store: a name shared by every pipeline that pays the same "
+     "account; default with preset fullcontact: fullcontact; empty: none"},
     SL_OPTIONS_END,
 };
 
@@ -222,104 +228,99 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* One journal line: {"k":"key","t":unix_s,"f":{mapped fields}} */
-static int journal_load(enrich *e, sl_error *err)
+/* A ledger entry: {"t":unix_s,"f":{mapped fields}} under the key. */
+static int ledger_push(enrich *e, const char *key, double at, const char *fields)
 {
-    FILE *f = fdopen(dup(e->jfd), "r");
-    if (!f) {
-        return sl_error_set(err, SL_ERR_IO, "journal %s: %s", e->journal_path, strerror(errno));
+    if (e->npend == e->pend_cap) {
+        size_t nc = e->pend_cap ? e->pend_cap * 2 : 64;
+        char **nk = realloc(e->pend_keys, nc * sizeof(*nk));
+        if (nk) {
+            e->pend_keys = nk;
+        }
+        char **nv = nk ? realloc(e->pend_vals, nc * sizeof(*nv)) : NULL;
+        if (!nv) {
+            return SL_ERR_NOMEM;
+        }
+        e->pend_vals = nv;
+        e->pend_cap = nc;
     }
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    uint64_t lineno = 0;
-    int rc = 0;
-    double now = now_s();
-    while ((n = getline(&line, &cap, f)) > 0) {
-        lineno++;
-        if (line[n - 1] != '\n') {
-            /* a line cut by a crash mid-write: its lookup was paid but the
-             * profile is lost; nothing after it was written */
-            sl_plog(e->ctx, SL_LOG_WARN, "journal %s:%llu: incomplete last line ignored",
-                    e->journal_path, (unsigned long long)lineno);
-            break;
-        }
-        json_error_t jerr;
-        json_t *o = json_loadb(line, (size_t)n, 0, &jerr);
-        json_t *k = json_object_get(o, "k"), *t = json_object_get(o, "t");
-        json_t *fl = json_object_get(o, "f");
-        if (!json_is_string(k) || !json_is_number(t) || !json_is_object(fl)) {
-            json_decref(o);
-            rc = sl_error_set(err, SL_ERR_INPUT,
-                              "journal %s:%llu: expected {\"k\":key,\"t\":time,\"f\":{fields}}",
-                              e->journal_path, (unsigned long long)lineno);
-            break;
-        }
-        double at = json_number_value(t);
-        if ((now - at) * 1000.0 < (double)e->fresh_ms) {
-            ent *x = ledger_get(e, json_string_value(k));
-            char *txt = json_dumps(fl, JSON_COMPACT);
-            if (!x || !txt) {
-                free(txt);
-                json_decref(o);
-                rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory loading the journal");
-                break;
-            }
-            free(x->fields);
-            x->fields = txt;
-            x->state = E_OK;
-            x->at = at;
-            e->journal_loaded++;
-        }
+    sl_buf v;
+    sl_buf_init(&v, 0);
+    if (sl_buf_printf(&v, "{\"t\":%.3f,\"f\":%s}", at, fields) != 0) {
+        sl_buf_free(&v);
+        return SL_ERR_NOMEM;
+    }
+    char *k = strdup(key);
+    if (!k) {
+        sl_buf_free(&v);
+        return SL_ERR_NOMEM;
+    }
+    e->pend_keys[e->npend] = k;
+    e->pend_vals[e->npend] = sl_buf_steal(&v);
+    e->npend++;
+    return 0;
+}
+
+/* The paid answers so far into the ledger, in one transaction. */
+static int ledger_flush(enrich *e, sl_error *err)
+{
+    if (e->npend == 0) {
+        return 0;
+    }
+    int rc = sl_ctx_ledger_put(e->ctx, e->ledger, (const char *const *)e->pend_keys,
+                               (const char *const *)e->pend_vals, e->npend, err);
+    for (size_t i = 0; i < e->npend; i++) {
+        free(e->pend_keys[i]);
+        free(e->pend_vals[i]);
+    }
+    e->npend = 0;
+    if (rc < 0) {
+        return sl_error_prefix(err,
+                               "cannot record paid lookups in the ledger '%s' (stopping so "
+                               "nothing is paid twice)",
+                               e->ledger);
+    }
+    return 0;
+}
+
+typedef struct fetch_ctx {
+    enrich *e;
+    double now;
+    int oom;
+} fetch_ctx;
+
+/* A ledger entry of a key this run had not seen: kept when fresh. */
+static int ledger_found(void *ud, size_t i, const char *value, size_t len)
+{
+    fetch_ctx *fc = ud;
+    enrich *e = fc->e;
+    json_t *o = json_loadb(value, len, 0, NULL);
+    json_t *t = json_object_get(o, "t"), *fl = json_object_get(o, "f");
+    if (!json_is_number(t) || !json_is_object(fl)) {
+        sl_plog(e->ctx, SL_LOG_WARN,
+                "ledger '%s': the entry of %s is not {\"t\":..,\"f\":{..}}; "
+                "looking it up again",
+                e->ledger, e->fetch[i]);
         json_decref(o);
+        return 0;
     }
-    if (rc == 0 && ferror(f)) {
-        rc = sl_error_set(err, SL_ERR_IO, "journal %s: %s", e->journal_path, strerror(errno));
-    }
-    free(line);
-    fclose(f);
-    return rc;
-}
-
-static int journal_open(enrich *e, sl_error *err)
-{
-    e->jfd = open(e->journal_path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (e->jfd < 0) {
-        return sl_error_set(err, SL_ERR_IO, "journal %s: cannot open: %s", e->journal_path,
-                            strerror(errno));
-    }
-    if (flock(e->jfd, LOCK_EX | LOCK_NB) != 0) {
-        return sl_error_set(err, SL_ERR_LOCKED,
-                            "journal %s is in use by another run (flock: %s); one run at a time",
-                            e->journal_path, strerror(errno));
-    }
-    return journal_load(e, err);
-}
-
-static int journal_append(enrich *e, const char *key, double at, const char *fields)
-{
-    sl_buf b;
-    sl_buf_init(&b, 0);
-    int rc = sl_buf_puts(&b, "{\"k\":\"");
-    rc |= sl_json_escape(&b, key, strlen(key));
-    rc |= sl_buf_printf(&b, "\",\"t\":%.3f,\"f\":%s}\n", at, fields);
-    const char *p = b.data;
-    size_t n = b.len;
-    while (rc == 0 && n > 0) {
-        ssize_t w = write(e->jfd, p, n); /* O_APPEND: one write per line */
-        if (w < 0 && errno == EINTR) {
-            continue;
+    double at = json_number_value(t);
+    if ((fc->now - at) * 1000.0 < (double)e->fresh_ms && !ledger_find(e, e->fetch[i])) {
+        ent *x = ledger_get(e, e->fetch[i]);
+        char *txt = json_dumps(fl, JSON_COMPACT);
+        if (!x || !txt) {
+            free(txt);
+            json_decref(o);
+            fc->oom = 1;
+            return 1;
         }
-        if (w < 0) {
-            rc = SL_ERR_IO;
-            break;
-        }
-        p += w;
-        n -= (size_t)w;
+        x->fields = txt;
+        x->state = E_OK;
+        x->at = at;
+        e->ledger_hits++;
     }
-    sl_buf_free(&b);
-    e->jdirty = 1;
-    return rc;
+    json_decref(o);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ records */
@@ -437,11 +438,8 @@ static void on_ok(enrich *e, job *j, const sl_http_resp *resp)
     double at = now_s();
     if (!txt) {
         set_fatal(e, SL_ERR_NOMEM, "out of memory keeping a profile");
-    } else if (e->jfd >= 0 && journal_append(e, j->ent->key, at, txt) != 0) {
-        set_fatal(e, SL_ERR_IO,
-                  "journal %s: cannot append a paid lookup: %s (stopping so nothing is paid "
-                  "twice)",
-                  e->journal_path, strerror(errno));
+    } else if (e->ledger && ledger_push(e, j->ent->key, at, txt) != 0) {
+        set_fatal(e, SL_ERR_NOMEM, "out of memory keeping a paid lookup for the ledger");
     }
     if (txt) {
         j->ent->state = E_OK;
@@ -625,10 +623,27 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
         }
         e->jobs_cap = e->chain_cap = b->n;
     }
-    double now = now_s();
+    if (b->n > e->kcap) {
+        size_t *nk = realloc(e->koff, b->n * sizeof(*nk));
+        const char **nf = nk ? realloc(e->fetch, b->n * sizeof(*nf)) : NULL;
+        if (nk) {
+            e->koff = nk;
+        }
+        if (!nf) {
+            rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory for a batch of %zu keys", b->n);
+            goto done;
+        }
+        e->fetch = nf;
+        e->kcap = b->n;
+    }
+    /* each record's key; those this run has not seen yet are asked of the
+     * ledger at once (another run, another worker may have paid for them) */
+    sl_buf_reset(&e->keys);
+    size_t nfetch = 0;
     for (size_t i = 0; i < b->n; i++) {
         sl_record *rec = &b->recs[i];
         e->chain[i] = SIZE_MAX;
+        e->koff[i] = SIZE_MAX;
         if (rec->status != SL_REC_OK) {
             continue;
         }
@@ -641,6 +656,36 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
             e->rejected++;
             continue;
         }
+        e->koff[i] = e->keys.len;
+        if (sl_buf_append(&e->keys, key.data, key.len + 1) != 0) {
+            rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory for a batch of keys");
+            goto done;
+        }
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        if (e->koff[i] != SIZE_MAX && !ledger_find(e, e->keys.data + e->koff[i])) {
+            e->fetch[nfetch++] = e->keys.data + e->koff[i];
+        }
+    }
+    double now = now_s();
+    if (e->ledger && nfetch > 0 && !sl_ctx_dry_run(e->ctx)) {
+        fetch_ctx fc = {.e = e, .now = now};
+        if (sl_ctx_ledger_get(e->ctx, e->ledger, e->fetch, nfetch, ledger_found, &fc, err) < 0) {
+            rc = sl_error_prefix(err, "cannot read the ledger '%s'", e->ledger);
+            goto done;
+        }
+        if (fc.oom) {
+            rc = sl_error_set(err, SL_ERR_NOMEM, "out of memory reading the ledger");
+            goto done;
+        }
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        sl_record *rec = &b->recs[i];
+        if (e->koff[i] == SIZE_MAX) {
+            continue;
+        }
+        sl_buf_reset(&key);
+        sl_buf_puts(&key, e->keys.data + e->koff[i]);
         if (sl_ctx_dry_run(e->ctx)) {
             continue; /* nothing is looked up (or paid) in a dry run */
         }
@@ -712,6 +757,10 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
             continue;
         }
         sl_http_run(e->http, 200);
+        /* the answers of this pass into the ledger, as they arrive */
+        if (e->npend && !e->fatal && ledger_flush(e, err) < 0) {
+            set_fatal(e, err->code ? err->code : SL_ERR_IO, "%s", err->msg);
+        }
         if (sl_ctx_stopping(e->ctx) && !e->fatal) {
             set_fatal(e, SL_ERR_INTERRUPTED, "stopped while looking up (%zu of %zu sent)", next,
                       e->njobs);
@@ -724,13 +773,9 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
             e->jobs[i].ent = NULL;
         }
     }
-    if (e->jdirty) {
-        /* before the records go on: a profile the sink may see is durable */
-        if (fdatasync(e->jfd) != 0 && !e->fatal) {
-            set_fatal(e, SL_ERR_IO, "journal %s: fsync failed: %s", e->journal_path,
-                      strerror(errno));
-        }
-        e->jdirty = 0;
+    /* before the records go on: a profile the sink may see is in the ledger */
+    if (e->npend && ledger_flush(e, err) < 0 && !e->fatal) {
+        set_fatal(e, err->code ? err->code : SL_ERR_IO, "%s", err->msg);
     }
     if (e->fatal) {
         rc = sl_error_set(err, e->ferr.code, "%s", e->ferr.msg);
@@ -773,10 +818,16 @@ static void enrich_destroy(void *self)
         }
     }
     free(e->buckets);
-    if (e->jfd >= 0) {
-        close(e->jfd);
+    for (size_t i = 0; i < e->npend; i++) {
+        free(e->pend_keys[i]);
+        free(e->pend_vals[i]);
     }
-    free(e->journal_path);
+    free(e->pend_keys);
+    free(e->pend_vals);
+    free(e->fetch);
+    free(e->koff);
+    sl_buf_free(&e->keys);
+    free(e->ledger);
     sl_tpl_free(&e->url);
     sl_tpl_free(&e->body);
     free(e->url_text);
@@ -876,8 +927,8 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
     if (!e) {
         return sl_error_set(err, rc, "out of memory");
     }
-    e->jfd = -1;
     e->ctx = ctx;
+    sl_buf_init(&e->keys, 0);
     e->preset = strcmp(sl_opt_str(o, "preset"), "fullcontact") == 0 ? P_FULLCONTACT : P_GENERIC;
     int fc = e->preset == P_FULLCONTACT;
     e->key_field = dup_or(o, "key", "email");
@@ -945,7 +996,8 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
     sl_http_opts ho;
     sl_http_opts_default(&ho);
     ho.concurrency = e->concurrency;
-    ho.rate_per_sec = sl_opt_float(o, "rate_limit");
+    /* a per-key limit shared by `sluice worker`s: this process's part */
+    ho.rate_per_sec = sl_opt_float(o, "rate_limit") * sl_ctx_rate_share(ctx);
     ho.max_attempts = (int)sl_opt_int(o, "max_attempts");
     ho.timeout_ms = (long)sl_opt_duration_ms(o, "timeout");
     ho.log_prefix = sl_ctx_name(ctx);
@@ -954,34 +1006,19 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
         rc = err->code;
         goto fail_msg;
     }
-    int want_journal = sl_opt_isset(o, "journal");
-    if (want_journal) {
-        e->journal_path = strdup(sl_opt_str(o, "journal"));
-    } else if (sl_opt_str(o, "preset") && strcmp(sl_opt_str(o, "preset"), "fullcontact") == 0) {
-        /* the billing ledger of a paid API lives beside the state store */
-        sl_buf dir = {0};
-        if (sl_ctx_files_dir(ctx, &dir, err) < 0) {
-            sl_buf_free(&dir);
-            rc = err->code;
-            goto fail_msg;
-        }
-        sl_buf_puts(&dir, "/journal");
-        e->journal_path = strdup(sl_buf_cstr(&dir));
-        sl_buf_free(&dir);
-        want_journal = 1;
-    }
-    if (want_journal) {
-        if (!e->journal_path) {
+    const char *scope = sl_opt_isset(o, "ledger") ? sl_opt_str(o, "ledger")
+                        : fc                      ? "fullcontact"
+                                                  : NULL;
+    if (scope && *scope) {
+        e->ledger = strdup(scope);
+        if (!e->ledger) {
             goto fail;
         }
-        rc = journal_open(e, err);
-        if (rc != 0) {
+        /* a state store must be there to keep it: say so now, not mid-run */
+        if (!sl_ctx_dry_run(ctx) &&
+            sl_ctx_ledger_get(ctx, e->ledger, NULL, 0, NULL, NULL, err) < 0) {
+            rc = err->code;
             goto fail_msg;
-        }
-        if (e->journal_loaded) {
-            sl_plog(ctx, SL_LOG_INFO, "journal %s: %llu profiles inside the %llds window",
-                    e->journal_path, (unsigned long long)e->journal_loaded,
-                    (long long)(e->fresh_ms / 1000));
         }
     }
     *self = e;
