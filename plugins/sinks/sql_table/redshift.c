@@ -67,7 +67,7 @@ static int nomem(sl_error *err)
     return sl_error_set(err, SL_ERR_NOMEM, "sql_table: out of memory");
 }
 
-static void trace(rsb *p, const char *sql, int nparams)
+void rs_trace(rsb *p, const char *sql, int nparams)
 {
     if (!p->trace) {
         return;
@@ -85,7 +85,7 @@ static void trace(rsb *p, const char *sql, int nparams)
 
 PGresult *rs_query(rsb *p, const char *sql, int nparams, const char *const *params)
 {
-    trace(p, sql, nparams);
+    rs_trace(p, sql, nparams);
     if (nparams == 0) {
         return PQexec(p->conn, sql);
     }

@@ -51,6 +51,8 @@ typedef struct rsb {
     rs_copy *copy;   /* the COPY path's state (s3_staging set), else NULL */
 } rsb;
 
+/* Write a line to the statement trace (SLUICE_REDSHIFT_TRACE), if any. */
+void rs_trace(rsb *p, const char *sql, int nparams);
 /* Run sql (traced). The caller clears the result. */
 PGresult *rs_query(rsb *p, const char *sql, int nparams, const char *const *params);
 /* Run a statement; rows (may be NULL) gets its row count. */
@@ -78,5 +80,26 @@ int rs_copy_load(rsb *p, sl_error *err);
 void rs_copy_done(rsb *p);
 void rs_copy_abort(rsb *p);
 void rs_copy_free(rsb *p);
+
+/* What Redshift recorded about a row COPY refused (STL_LOAD_ERRORS /
+ * SYS_LOAD_ERROR_DETAIL); strings borrowed, may be NULL or empty. */
+typedef struct rs_load_error {
+    const char *file;   /* s3://bucket/.../part-00002.csv.gz */
+    long long line;     /* line in that file */
+    const char *column; /* colname */
+    const char *type;   /* the column's type ("int4", "varchar") */
+    const char *length; /* its length where it has one ("20") */
+    const char *value;  /* raw_field_value */
+    int code;           /* err_code */
+    const char *reason; /* err_reason */
+} rs_load_error;
+
+/* Append e[0..n) to out as one line: "part-00002.csv.gz line 17, column
+ * 'age' (int4): Invalid digit, Value 'x', Pos 0, Type: Integer (error 1207);
+ * value 'x'" joined by "; ", then "; and N more" when more > 0. */
+void rs_load_error_text(sl_buf *out, const rs_load_error *e, size_t n, long long more);
+/* The COPY statement for a manifest (appended to q). region may be NULL. */
+void rs_copy_sql(sl_buf *q, const char *collist, int upsert, const char *bucket,
+                 const char *manifest_key, const char *iam_role, const char *region);
 
 #endif
