@@ -330,9 +330,15 @@ static inline void fk_status_json(sl_buf *b, const unsigned long *status, size_t
 /* Start an MHD daemon on 127.0.0.1:port with one thread per connection: a
  * handler may sleep (--latency-ms) without stalling other connections.
  * notify (may be NULL) is told when each TCP connection opens and closes. */
-static inline struct MHD_Daemon *fk_start(uint16_t port, MHD_AccessHandlerCallback handler,
-                                          MHD_RequestCompletedCallback done,
-                                          MHD_NotifyConnectionCallback notify)
+/* uri_log (may be NULL) sees each request's raw URI (before MHD decodes the
+ * path and the query) and its return value becomes the request's initial
+ * *con_cls: fake_s3 needs the bytes the client signed. */
+typedef void *(*fk_uri_log_fn)(void *cls, const char *uri, struct MHD_Connection *c);
+
+static inline struct MHD_Daemon *fk_start_uri(uint16_t port, MHD_AccessHandlerCallback handler,
+                                              MHD_RequestCompletedCallback done,
+                                              MHD_NotifyConnectionCallback notify,
+                                              fk_uri_log_fn uri_log)
 {
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof(addr));
@@ -344,7 +350,15 @@ static inline struct MHD_Daemon *fk_start(uint16_t port, MHD_AccessHandlerCallba
         NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
         MHD_OPTION_NOTIFY_COMPLETED, done, NULL, MHD_OPTION_NOTIFY_CONNECTION, notify, NULL,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)2000, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1024 * 1024), MHD_OPTION_END);
+        MHD_OPTION_THREAD_STACK_SIZE, (size_t)(1024 * 1024), MHD_OPTION_URI_LOG_CALLBACK, uri_log,
+        NULL, MHD_OPTION_END);
+}
+
+static inline struct MHD_Daemon *fk_start(uint16_t port, MHD_AccessHandlerCallback handler,
+                                          MHD_RequestCompletedCallback done,
+                                          MHD_NotifyConnectionCallback notify)
+{
+    return fk_start_uri(port, handler, done, notify, NULL);
 }
 
 /* Block SIGTERM/SIGINT (before starting threads, so they inherit the mask) and
@@ -372,15 +386,14 @@ static inline int fk_wait_signal(const sigset_t *set)
  * daemon, then print the final stats that stats_fn writes. notify (may be
  * NULL) sees every TCP connection open and close. Returns 0, or 1 when the
  * server could not start. */
-static inline int fk_serve_notify(const char *prog, long port, const char *port_file,
-                                  MHD_AccessHandlerCallback handler,
-                                  MHD_RequestCompletedCallback done,
-                                  MHD_NotifyConnectionCallback notify, void (*on_stop)(void),
-                                  void (*stats_fn)(sl_buf *))
+static inline int fk_serve_uri(const char *prog, long port, const char *port_file,
+                               MHD_AccessHandlerCallback handler, MHD_RequestCompletedCallback done,
+                               MHD_NotifyConnectionCallback notify, fk_uri_log_fn uri_log,
+                               void (*on_stop)(void), void (*stats_fn)(sl_buf *))
 {
     sigset_t sigs;
     fk_block_signals(&sigs);
-    struct MHD_Daemon *d = fk_start((uint16_t)port, handler, done, notify);
+    struct MHD_Daemon *d = fk_start_uri((uint16_t)port, handler, done, notify, uri_log);
     if (!d) {
         fprintf(stderr, "%s: cannot listen on 127.0.0.1:%ld: %s\n", prog, port, strerror(errno));
         return 1;
@@ -411,6 +424,15 @@ static inline int fk_serve_notify(const char *prog, long port, const char *port_
     fflush(stdout);
     sl_buf_free(&b);
     return 0;
+}
+
+static inline int fk_serve_notify(const char *prog, long port, const char *port_file,
+                                  MHD_AccessHandlerCallback handler,
+                                  MHD_RequestCompletedCallback done,
+                                  MHD_NotifyConnectionCallback notify, void (*on_stop)(void),
+                                  void (*stats_fn)(sl_buf *))
+{
+    return fk_serve_uri(prog, port, port_file, handler, done, notify, NULL, on_stop, stats_fn);
 }
 
 static inline int fk_serve(const char *prog, long port, const char *port_file,
