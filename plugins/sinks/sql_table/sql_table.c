@@ -389,7 +389,8 @@ static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
             : sl_pg_is_url(url)        ? &sqlt_pg
                                        : &sqlt_sqlite;
     int pglike = s->be != &sqlt_sqlite;
-    const char *const rs_only[] = {"s3_staging", "iam_role", "region", NULL};
+    /* (region is ignored elsewhere: AWS_REGION is often set for other reasons) */
+    const char *const rs_only[] = {"s3_staging", "iam_role", NULL};
     for (int i = 0; rs_only[i]; i++) {
         const char *v = sl_opt_str(opts, rs_only[i]);
         if (v && v[0] && s->be != &sqlt_redshift) {
