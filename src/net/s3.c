@@ -756,6 +756,7 @@ typedef struct s3_req {
     const char *content_type;
     int error_in_200; /* a 200 may carry an <Error> (CompleteMultipartUpload) */
     int ok_404;       /* 404 is an answer, not an error (DeleteObject is 204 anyway) */
+    int part;         /* part number for messages, or 0 */
 } s3_req;
 
 typedef struct s3_resp {
@@ -849,8 +850,11 @@ static int s3_do(sl_s3 *s, CURL *e, uint64_t *rng, const s3_req *rq, s3_resp *rs
 {
     char sha[65];
     char where[S3_KEY_MAX + 128];
-    snprintf(where, sizeof(where), "S3 %s s3://%s/%.*s", rq->method, rq->bucket, S3_KEY_MAX,
-             rq->key ? rq->key : "");
+    int wl = snprintf(where, sizeof(where), "S3 %s s3://%s/%.*s", rq->method, rq->bucket,
+                      S3_KEY_MAX, rq->key ? rq->key : "");
+    if (rq->part > 0 && wl > 0 && (size_t)wl < sizeof(where)) {
+        snprintf(where + wl, sizeof(where) - (size_t)wl, " (part %d)", rq->part);
+    }
     if (sha256_hex(rq->body ? rq->body : "", rq->len, sha) != 0) {
         return sl_error_set(err, SL_ERR, "%s: SHA-256 failed", where);
     }
@@ -1235,19 +1239,18 @@ int sl_s3_upload_part(sl_s3_upload *u, const void *data, size_t len, sl_error *e
                  .query = qbuf,
                  .body = data ? data : "",
                  .len = len,
-                 .content_type = "application/octet-stream"};
+                 .content_type = "application/octet-stream",
+                 .part = n};
     s3_resp rs;
     resp_init(&rs);
     int rc = s3_do(u->s, u->e, &u->rng, &rq, &rs, err);
     if (rc == 0 && (!rs.etag[0] || strlen(rs.etag) >= sizeof(u->etags[0]))) {
-        rc = sl_error_set(err, SL_ERR_INPUT, "S3 PUT s3://%s/%s part %d: answer without an ETag",
+        rc = sl_error_set(err, SL_ERR_INPUT, "S3 PUT s3://%s/%s (part %d): answer without an ETag",
                           u->bucket, u->key, n);
     }
     if (rc == 0) {
-        snprintf(u->etags[u->nparts], sizeof(u->etags[0]), "%s", rs.etag);
+        memcpy(u->etags[u->nparts], rs.etag, strlen(rs.etag) + 1); /* length checked above */
         u->nparts = n;
-    } else {
-        sl_error_prefix(err, "part %d", n);
     }
     sl_buf_free(&rs.body);
     return rc;
