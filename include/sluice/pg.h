@@ -20,10 +20,24 @@
 #define SL_PG_WHERE_MAX 300
 
 /* 1 when url names a Postgres server: a postgres:// or postgresql:// URI,
- * or a libpq key=value string ("host=... dbname=..."); "sqlite:..." never. */
+ * or a libpq key=value string ("host=... dbname=..."); "sqlite:..." and
+ * "redshift://..." never. */
 int sl_pg_is_url(const char *url);
 
-/* Open a session on url (the option's text, a secret: never printed). The
+/* 1 when url is a redshift:// URI (redshift://user:pw@host:5439/db?...).
+ * Amazon Redshift speaks the Postgres wire protocol: sl_pg_connect accepts
+ * such a URL and hands libpq the same URI as postgres://, with port 5439
+ * when the URL names none. Plugins use this to pick the Redshift dialect. */
+int sl_pg_is_redshift_url(const char *url);
+
+/* The libpq conninfo for a redshift:// URL: "postgres://" + the rest, with
+ * ":5439" after the host when the URL names no port. Returns a malloc'd
+ * string (free it; it holds the password) or NULL (out of memory, or not a
+ * redshift:// URL). */
+char *sl_pg_redshift_conninfo(const char *url);
+
+/* Open a session on url (the option's text, a secret: never printed; a
+ * postgres:// URI, a key=value string or a redshift:// URI). The
  * password is registered with the redactor first; *where receives a
  * description of the server for messages (database, host, port: never the
  * URL). Sessions are UTF-8, connect within 15 s and are named "sluice" when

@@ -2,6 +2,7 @@
 #include "sluice/pg.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sluice/log.h"
@@ -12,7 +13,48 @@ int sl_pg_is_url(const char *url)
         return 0;
     }
     return strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0 ||
-           (strchr(url, '=') && strncmp(url, "sqlite:", 7) != 0);
+           (strchr(url, '=') && strncmp(url, "sqlite:", 7) != 0 && !sl_pg_is_redshift_url(url));
+}
+
+#define RS_SCHEME "redshift://"
+#define RS_PORT "5439"
+
+int sl_pg_is_redshift_url(const char *url)
+{
+    return url && strncmp(url, RS_SCHEME, strlen(RS_SCHEME)) == 0;
+}
+
+char *sl_pg_redshift_conninfo(const char *url)
+{
+    if (!sl_pg_is_redshift_url(url)) {
+        return NULL;
+    }
+    const char *rest = url + strlen(RS_SCHEME);
+    /* authority: up to the first '/', '?' or '#'; the host after its last
+     * '@'; a port after the host's ':' (an IPv6 host is in brackets) */
+    size_t alen = strcspn(rest, "/?#");
+    const char *host = rest;
+    for (const char *c = rest; c < rest + alen; c++) {
+        if (*c == '@') {
+            host = c + 1;
+        }
+    }
+    const char *hend = rest + alen;
+    const char *scan = host;
+    if (*scan == '[') {
+        const char *rb = memchr(scan, ']', (size_t)(hend - scan));
+        scan = rb ? rb + 1 : hend;
+    }
+    int has_port = memchr(scan, ':', (size_t)(hend - scan)) != NULL;
+    int add_port = !has_port && hend > host; /* no host: libpq's default (socket) */
+    size_t n = strlen("postgres://") + strlen(rest) + (add_port ? strlen(":" RS_PORT) : 0) + 1;
+    char *out = malloc(n);
+    if (!out) {
+        return NULL;
+    }
+    snprintf(out, n, "postgres://%.*s%s%s", (int)alen, rest, add_port ? ":" RS_PORT : "",
+             rest + alen);
+    return out;
 }
 
 char *sl_pg_first_line(char *dst, size_t cap, const char *msg)
@@ -141,25 +183,37 @@ PGconn *sl_pg_connect(const char *url, const char *label, const char *log_prefix
                       char where[SL_PG_WHERE_MAX], sl_error *err)
 {
     where[0] = '\0';
+    char *rs = NULL;
+    if (sl_pg_is_redshift_url(url)) {
+        if (!(rs = sl_pg_redshift_conninfo(url))) {
+            sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", label);
+            return NULL;
+        }
+        url = rs;
+    }
+    PGconn *conn = NULL;
     if (inspect_url(url, label, where, err) != 0) {
-        return NULL;
+        goto done;
     }
     /* Later keywords override what the URL says: the text we exchange is UTF-8. */
     const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
                                 "client_encoding", NULL};
     const char *const vals[] = {"15", "sluice", url, "UTF8", NULL};
-    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    conn = PQconnectdbParams(keys, vals, 1);
     if (!conn) {
         sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory connecting to %s", label, where);
-        return NULL;
+        goto done;
     }
     if (PQstatus(conn) != CONNECTION_OK) {
         char m[512];
         sl_error_set(err, SL_ERR_IO, "%s: cannot connect to %s: %s", label, where,
                      sl_pg_first_line(m, sizeof(m), PQerrorMessage(conn)));
         PQfinish(conn);
-        return NULL;
+        conn = NULL;
+        goto done;
     }
     PQsetNoticeProcessor(conn, notice_to_log, (void *)log_prefix);
+done:
+    free(rs);
     return conn;
 }

@@ -57,8 +57,8 @@ struct sqlt_sink {
 
 static const sl_option sqlt_options[] = {
     {"url", SL_OPT_STRING, NULL, SL_OPT_REQUIRED | SL_OPT_SECRET, NULL,
-     "postgres://user:pass@host/db (or a libpq key=value string), or a SQLite file path "
-     "(sqlite:PATH)"},
+     "postgres://user:pass@host/db (or a libpq key=value string), "
+     "redshift://user:pass@cluster:5439/db, or a SQLite file path (sqlite:PATH)"},
     {"table", SL_OPT_STRING, NULL, SL_OPT_REQUIRED, NULL,
      "target table name (one identifier, used exactly as written)"},
     {"schema", SL_OPT_STRING, NULL, 0, NULL,
@@ -77,6 +77,13 @@ static const sl_option sqlt_options[] = {
      "the load fails naming the row)"},
     {"new_columns", SL_OPT_ENUM, "add", 0, "add|error|ignore",
      "a header column the table lacks: add it (text), fail the load, or drop it with a warning"},
+    {"s3_staging", SL_OPT_STRING, "", 0, NULL,
+     "Redshift: s3://bucket/prefix/ where rows are staged as gzip CSV for COPY (empty: "
+     "multi-row INSERTs, for small tables)"},
+    {"iam_role", SL_OPT_STRING, "", 0, NULL,
+     "Redshift: ARN of the IAM role COPY uses to read s3_staging"},
+    {"region", SL_OPT_STRING, "", 0, NULL,
+     "Redshift: AWS region of the s3_staging bucket (default: AWS_REGION)"},
     {"empty_as_null", SL_OPT_BOOL, "true", 0, NULL,
      "load an empty value as NULL (like psql \\copy csv); false keeps ''"},
     SL_OPTIONS_END,
@@ -378,21 +385,36 @@ static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
                           sl_opt_where(opts, "url"));
         goto fail;
     }
-    s->be = sl_pg_is_url(url) ? &sqlt_pg : &sqlt_sqlite;
+    s->be = sl_pg_is_redshift_url(url) ? &sqlt_redshift
+            : sl_pg_is_url(url)        ? &sqlt_pg
+                                       : &sqlt_sqlite;
+    int pglike = s->be != &sqlt_sqlite;
+    /* (region is ignored elsewhere: AWS_REGION is often set for other reasons) */
+    const char *const rs_only[] = {"s3_staging", "iam_role", NULL};
+    for (int i = 0; rs_only[i]; i++) {
+        const char *v = sl_opt_str(opts, rs_only[i]);
+        if (v && v[0] && s->be != &sqlt_redshift) {
+            rc = sl_error_set(err, SL_ERR_CONFIG,
+                              "%s: %s: only for Redshift (url is not redshift://...)",
+                              sl_opt_where(opts, rs_only[i]), rs_only[i]);
+            goto fail;
+        }
+    }
     if (!table || !table[0]) {
         rc = sl_error_set(err, SL_ERR_CONFIG, "%s: table: must not be empty",
                           sl_opt_where(opts, "table"));
         goto fail;
     }
-    if (s->be == &sqlt_pg && strlen(table) > SQLT_PG_IDENT_MAX) {
+    if (pglike && strlen(table) > SQLT_PG_IDENT_MAX) {
         rc = sl_error_set(err, SL_ERR_CONFIG,
-                          "%s: table: '%s' is longer than %d bytes (the Postgres limit)",
-                          sl_opt_where(opts, "table"), table, SQLT_PG_IDENT_MAX);
+                          "%s: table: '%s' is longer than %d bytes (the %s limit)",
+                          sl_opt_where(opts, "table"), table, SQLT_PG_IDENT_MAX,
+                          s->be == &sqlt_pg ? "Postgres" : "Redshift");
         goto fail;
     }
-    if (schema && schema[0] && s->be != &sqlt_pg) {
+    if (schema && schema[0] && !pglike) {
         rc = sl_error_set(err, SL_ERR_CONFIG,
-                          "%s: schema: only for Postgres (url is a SQLite database)",
+                          "%s: schema: only for Postgres and Redshift (url is a SQLite database)",
                           sl_opt_where(opts, "schema"));
         goto fail;
     }
@@ -468,6 +490,14 @@ static int sqlt_init(void **self, const sl_opts *opts, sl_ctx *ctx, sl_error *er
     s->cfg.prefix = sl_ctx_name(ctx);
     s->cfg.label = s->label;
     s->cfg.dry_run = sl_ctx_dry_run(ctx);
+    if (s->be == &sqlt_redshift) {
+        const char *v = sl_opt_str(opts, "s3_staging");
+        s->cfg.s3_staging = v && v[0] ? v : NULL;
+        v = sl_opt_str(opts, "iam_role");
+        s->cfg.iam_role = v && v[0] ? v : NULL;
+        v = sl_opt_str(opts, "region");
+        s->cfg.region = v && v[0] ? v : NULL;
+    }
     if ((rc = s->be->open(&s->bs, url, &s->cfg, err)) != 0) {
         goto fail;
     }
@@ -546,7 +576,7 @@ static int check_header(sqlt_sink *s, const char *const *cols, size_t n, sl_erro
             return sl_error_set(err, SL_ERR_INPUT, "%s: input column %zu: name is not valid UTF-8",
                                 s->label, i + 1);
         }
-        if (s->be == &sqlt_pg && len > SQLT_PG_IDENT_MAX) {
+        if (s->be != &sqlt_sqlite && len > SQLT_PG_IDENT_MAX) {
             return sl_error_set(err, SL_ERR_INPUT,
                                 "%s: input column '%s' is longer than %d bytes (the Postgres "
                                 "limit for names)",

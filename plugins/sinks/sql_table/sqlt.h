@@ -52,6 +52,11 @@ typedef struct sqlt_cfg {
     const char *label;  /* 'postgres table "petitions"', for messages */
     int dry_run;
     int fail_load; /* on_bad_row: fail: one streamed COPY, no per-row isolation (Postgres) */
+    /* Redshift only (NULL otherwise): the COPY path's S3 staging prefix
+     * ("s3://bucket/prefix/"), the IAM role COPY assumes, the bucket's region */
+    const char *s3_staging;
+    const char *iam_role;
+    const char *region;
 } sqlt_cfg;
 
 /* A list of names (owned). */
@@ -66,7 +71,7 @@ void sqlt_names_free(sqlt_names *l);
 int sqlt_names_has(const sqlt_names *l, const char *s, int nocase);
 
 typedef struct sqlt_backend {
-    const char *name; /* "postgres" / "sqlite" */
+    const char *name; /* "postgres" / "sqlite" / "redshift" */
     int nocase;       /* column names match ignoring ASCII case (SQLite) */
     /* Connect. url is the option's text (secret: never in a message). */
     int (*open)(void **be, const char *url, const sqlt_cfg *cfg, sl_error *err);
@@ -97,6 +102,7 @@ typedef struct sqlt_backend {
 
 extern const sqlt_backend sqlt_pg;
 extern const sqlt_backend sqlt_sqlite;
+extern const sqlt_backend sqlt_redshift;
 
 /* The text of load column j of rec. Returns 0 when the value is NULL
  * (absent, omitted, SL_T_NULL, or an empty string with empty_as_null);

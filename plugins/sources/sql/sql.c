@@ -33,6 +33,7 @@
 #define BATCH_ROWS_MAX 1000000
 #define SQL_MAX ((size_t)1024 * 1024)
 #define CURSOR "sluice_cursor"
+#define REDSHIFT_FETCH_MAX 1000
 
 static const sl_option sql_options[] = {
     {"url", SL_OPT_STRING, NULL, SL_OPT_REQUIRED | SL_OPT_SECRET, NULL,
@@ -63,7 +64,8 @@ typedef struct kent {
 typedef struct sql_src {
     sl_ctx *ctx;
     const char *prefix;
-    int pg; /* 1 Postgres, 0 SQLite */
+    int pg;       /* 1 Postgres (or Redshift), 0 SQLite */
+    int redshift; /* a redshift:// URL: Redshift's cursor and FETCH rules */
     char url_log[512];
     char label[640]; /* "sql source (postgres://host:5432/db)" */
     char where[SL_PG_WHERE_MAX];
@@ -138,7 +140,7 @@ static void first_word(const char *q, char *w, size_t cap)
 
 static int is_sqlite_url(const char *url)
 {
-    return !sl_pg_is_url(url);
+    return !sl_pg_is_url(url) && !sl_pg_is_redshift_url(url);
 }
 
 static const char *sqlite_path(const char *url)
@@ -168,11 +170,11 @@ static int check_options(const sl_opts *o, sl_report_fn report, void *ud)
     if (url && is_sqlite_url(url) && !sqlite_path(url)[0]) {
         report(ud, "url", "no SQLite file path after 'sqlite:' (expected sqlite:PATH)");
         bad++;
-    } else if (url && !sl_pg_is_url(url) && sl_url_scheme_len(url) > 0 &&
-               strncmp(url, "sqlite:", 7) != 0) {
+    } else if (url && !sl_pg_is_url(url) && !sl_pg_is_redshift_url(url) &&
+               sl_url_scheme_len(url) > 0 && strncmp(url, "sqlite:", 7) != 0) {
         report(ud, "url",
-               "unknown database scheme (expected postgres://…, postgresql://…, a libpq "
-               "key=value string, or a SQLite file path / sqlite:PATH)");
+               "unknown database scheme (expected postgres://…, postgresql://…, "
+               "redshift://…, a libpq key=value string, or a SQLite file path / sqlite:PATH)");
         bad++;
     }
     const char *q = sl_opt_str(o, "query");
@@ -375,6 +377,15 @@ static int pg_open(sql_src *s, const char *url, sl_error *err)
     }
     /* text output that maps without guessing: ISO dates in UTC, floats
      * exact; a snapshot, so a long read sees one consistent state */
+    if (s->redshift) {
+        /* Redshift has no IntervalStyle; its transactions are serializable
+         * (a snapshot) whatever level is asked for */
+        int rc = pg_exec(s,
+                         "SET DateStyle TO ISO, YMD; SET TimeZone TO 'UTC'; "
+                         "SET extra_float_digits TO 3",
+                         "cannot set up the session", err);
+        return rc ? rc : pg_exec(s, "BEGIN READ ONLY", "cannot start the read transaction", err);
+    }
     int rc = pg_exec(s,
                      "SET DateStyle TO ISO, YMD; SET TimeZone TO 'UTC'; "
                      "SET IntervalStyle TO iso_8601; SET extra_float_digits TO 3",
@@ -388,7 +399,9 @@ static int pg_start(sql_src *s, sl_error *err)
 {
     sl_buf q;
     sl_buf_init(&q, SQL_MAX);
-    int rc = sl_buf_puts(&q, "DECLARE " CURSOR " NO SCROLL CURSOR FOR ");
+    /* Redshift's DECLARE has no NO SCROLL (its cursors only go forward) */
+    int rc = sl_buf_puts(&q, s->redshift ? "DECLARE " CURSOR " CURSOR FOR "
+                                         : "DECLARE " CURSOR " NO SCROLL CURSOR FOR ");
     rc = rc ? rc : build_sql(s, &q);
     if (rc) {
         sl_buf_free(&q);
@@ -414,7 +427,11 @@ static int pg_fetch(sql_src *s, sl_error *err)
     PQclear(s->res);
     s->res = NULL;
     char q[96];
-    snprintf(q, sizeof(q), "FETCH FORWARD %" PRId64 " FROM " CURSOR, s->batch_rows);
+    /* Redshift: at most 1000 rows per FETCH on a single-node cluster (and
+     * the leader node materializes the result on the first FETCH) */
+    int64_t n =
+        s->redshift && s->batch_rows > REDSHIFT_FETCH_MAX ? REDSHIFT_FETCH_MAX : s->batch_rows;
+    snprintf(q, sizeof(q), "FETCH FORWARD %" PRId64 " FROM " CURSOR, n);
     s->res = PQexec(s->conn, q);
     if (PQresultStatus(s->res) != PGRES_TUPLES_OK) {
         char m[1024];
@@ -566,7 +583,8 @@ static int src_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
     s->batch_rows = sl_opt_int(o, "batch_rows");
     s->key = sl_opt_isset(o, "order_key") ? sl_opt_str(o, "order_key") : NULL;
     const char *url = sl_opt_str(o, "url");
-    s->pg = sl_pg_is_url(url);
+    s->redshift = sl_pg_is_redshift_url(url);
+    s->pg = sl_pg_is_url(url) || s->redshift;
     int rc = 0;
     if (s->pg) {
         sl_url_register_secrets(url);
