@@ -540,6 +540,15 @@ static int json_run(void *ud, const sl_run_info *r)
     return 0;
 }
 
+static int json_worker(void *ud, const sl_lease *l)
+{
+    json_array_append_new(ud,
+                          json_pack("{ss sI sf sf sb}", "host", l->host, "pid", (json_int_t)l->pid,
+                                    "since", l->acquired_at, "heartbeat", l->heartbeat_at, "alive",
+                                    l->expires_at >= (double)time(NULL)));
+    return 0;
+}
+
 /* sluice status --json: one document with every (or the named) pipeline. */
 static int status_json(const cli *c, sl_config *cfg, sl_state *st)
 {
@@ -588,6 +597,13 @@ static int status_json(const cli *c, sl_config *cfg, sl_state *st)
                 "next_run_local", si.next_run >= 0 ? json_string(si.next_local) : json_null());
         }
         json_object_set_new(o, "schedule", sj);
+        if (p->distributed.type) {
+            char prefix[192];
+            snprintf(prefix, sizeof(prefix), "worker:%s:", p->name);
+            json_t *ws = json_array();
+            sl_state_lease_each(st, prefix, json_worker, ws, &err);
+            json_object_set_new(o, "workers", ws);
+        }
         json_array_append_new(arr, o);
     }
     if (!found) {
