@@ -24,7 +24,8 @@ start_kafka_mock() {
 # kmock NAME COMMAND: sends one command and waits for its answer line
 # ("ok COMMAND" or "error COMMAND: why"); fails on an error answer.
 kmock() {
-    local name=$1 cmd=$2 fdv="KMOCK_${name}_FD" out=$T_DIR/$1.out n i
+    local name=$1 cmd=$2 n i
+    local fdv="KMOCK_${name}_FD" out=$T_DIR/$name.out
     n=$(wc -l <"$out")
     echo "$cmd" >&"${!fdv}"
     for i in $(seq 1 600); do
