@@ -14,6 +14,7 @@
 #include "core/registry.h"
 #include "engine/run.h"
 #include "core/serve.h"
+#include "sluice/kafka.h"
 #include "sluice/log.h"
 #include "state/state.h"
 #include "util/schedule.h"
@@ -489,6 +490,55 @@ static int count_worker(void *ud, const sl_lease *l)
     return 0;
 }
 
+/* Each partition of a distributed pipeline's topic: what the worker group
+ * committed, the end, the lag. Needs the pipeline's `distributed:` block in
+ * full (status loads only an outline, whose environment may be unset). */
+static void print_partitions(const cli *c, const sl_pipeline_cfg *p)
+{
+    const char *only[1] = {p->name};
+    sl_buf errors = {0};
+    sl_config *full = sl_config_load(&sl_builtin_plugins, c->config, only, 1, &errors);
+    sl_pipeline_cfg *fp = full ? sl_config_pipeline(full, p->name) : NULL;
+    if (!fp || !fp->distributed.opts) {
+        const char *e = sl_buf_cstr(&errors);
+        const char *nl = strchr(e, '\n');
+        printf("  partitions: not asked (the pipeline's environment is needed to reach Kafka: "
+               "%.*s)\n",
+               nl ? (int)(nl - e) : (int)strlen(e), e);
+        sl_buf_free(&errors);
+        sl_config_free(full);
+        return;
+    }
+    sl_buf_free(&errors);
+    sl_kafka_partition *parts = NULL;
+    size_t n = 0;
+    sl_error err = {0};
+    char topic[256];
+    sl_kafka_topic(fp->distributed.opts, p->name, topic, sizeof(topic));
+    if (sl_kafka_group_progress(fp->distributed.opts, p->name, 10000, &parts, &n, &err) < 0) {
+        printf("  partitions of %s: %s\n", topic, err.msg);
+    } else {
+        int64_t lag = 0;
+        for (size_t i = 0; i < n; i++) {
+            lag += parts[i].lag;
+        }
+        printf("  topic %s: %zu partitions, %" PRId64 " records not yet done by the workers\n",
+               topic, n, lag);
+        for (size_t i = 0; i < n; i++) {
+            char committed[32];
+            if (parts[i].committed < 0) {
+                snprintf(committed, sizeof(committed), "none");
+            } else {
+                snprintf(committed, sizeof(committed), "%" PRId64, parts[i].committed);
+            }
+            printf("    partition %d: committed %s, end %" PRId64 ", lag %" PRId64 "\n",
+                   (int)parts[i].partition, committed, parts[i].high, parts[i].lag);
+        }
+    }
+    free(parts);
+    sl_config_free(full);
+}
+
 /* `sluice worker` processes of a distributed pipeline, from their leases. */
 static void print_workers(sl_state *st, const sl_pipeline_cfg *p)
 {
@@ -652,6 +702,7 @@ static int cmd_status(const cli *c)
         print_lease(st, p);
         if (p->distributed.type) {
             print_workers(st, p);
+            print_partitions(c, p);
         }
         printf("  runs (newest first):\n");
         if (sl_state_runs(st, p->name, 5, print_run, NULL, &err) < 0) {

@@ -217,6 +217,11 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
              : level == 4 ? SL_LOG_WARN
              : level <= 6 ? SL_LOG_INFO
                           : SL_LOG_DEBUG;
+    /* `properties` serve the producer and the consumer alike: the one
+     * saying a consumer setting means nothing to a producer is noise */
+    if (strcmp(fac, "CONFWARN") == 0 && strstr(buf, "will be ignored by this")) {
+        lv = SL_LOG_DEBUG;
+    }
     if (lv > sl_log_level) {
         return;
     }

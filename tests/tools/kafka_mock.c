@@ -9,6 +9,7 @@
  *
  *   down ID                       broker ID (1..N) stops answering, connections close
  *   up ID                         broker ID is back
+ *   rtt ID MS                     broker ID answers MS milliseconds late
  *   leader TOPIC PARTITION ID     move a partition's leadership to broker ID
  *   produce TOPIC PARTITION KEY VALUE...
  *                                 produce one message (PARTITION -1: by key; VALUE is the
@@ -215,6 +216,11 @@ int main(int argc, char **argv)
                 snprintf(why, sizeof(why), "%s", rd_kafka_err2str(e));
             } else if (strncmp(cmd, "up ", 3) == 0 && sscanf(cmd + 3, "%d", &id) == 1) {
                 rd_kafka_resp_err_t e = rd_kafka_mock_broker_set_up(mc, id);
+                rc = e ? -1 : 0;
+                snprintf(why, sizeof(why), "%s", rd_kafka_err2str(e));
+            } else if (strncmp(cmd, "rtt ", 4) == 0 && sscanf(cmd + 4, "%d %d", &id, &part) == 2) {
+                /* every answer of broker ID comes MS later: a slow cluster */
+                rd_kafka_resp_err_t e = rd_kafka_mock_broker_set_rtt(mc, id, part);
                 rc = e ? -1 : 0;
                 snprintf(why, sizeof(why), "%s", rd_kafka_err2str(e));
             } else if (strncmp(cmd, "leader ", 7) == 0 &&
