@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -301,6 +302,36 @@ static int read_entry(FILE *f, size_t ncols, uint64_t *kh, uint64_t *fp, uint64_
 
 /* ------------------------------------------------------------ tables */
 
+/* Zeroed memory for a table. Large tables are probed at random: ask for
+ * huge pages (one TLB entry per 2 MB instead of per 4 KB), which roughly
+ * halves the cost of a probe that misses the cache. */
+static void *table_alloc(size_t size)
+{
+    if (size < (2u << 20)) {
+        return calloc(1, size ? size : 1);
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+static void table_free(void *p, size_t size)
+{
+    if (!p) {
+        return;
+    }
+    if (size < (2u << 20)) {
+        free(p);
+    } else {
+        munmap(p, size);
+    }
+}
+
 static uint64_t slot_of(uint64_t h, uint64_t cap)
 {
     /* multiply-shift into [0, cap): no power-of-two rounding of memory */
@@ -329,7 +360,7 @@ static int newset_add(diff_step *d, uint64_t h)
 {
     if ((d->nn + 1) * 4 > d->ncap * 3) {
         uint64_t cap = d->ncap ? d->ncap * 2 : 1024;
-        uint64_t *nk = calloc(cap, sizeof(*nk));
+        uint64_t *nk = table_alloc(cap * sizeof(*nk));
         if (!nk) {
             return -1;
         }
@@ -342,7 +373,7 @@ static int newset_add(diff_step *d, uint64_t h)
                 nk[j] = d->nk[i];
             }
         }
-        free(d->nk);
+        table_free(d->nk, d->ncap * sizeof(*d->nk));
         d->nk = nk;
         d->ncap = cap;
     }
@@ -401,7 +432,7 @@ static int load_prev(diff_step *d, sl_error *err)
     }
     uint64_t n = d->prev.count;
     d->tcap = n + n / 3 + 16;
-    d->t = calloc(d->tcap, sizeof(*d->t));
+    d->t = table_alloc(d->tcap * sizeof(*d->t));
     d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
     char *key = malloc(KEY_MAX + 1);
     if (!d->t || !d->pfh || !key) {
@@ -490,8 +521,8 @@ static void diff_destroy(void *self)
     strv_free(d->cols, d->ncols);
     free(d->prev_idx);
     hdr_free(&d->prev);
-    free(d->t);
-    free(d->nk);
+    table_free(d->t, d->tcap * sizeof(*d->t));
+    table_free(d->nk, d->ncap * sizeof(*d->nk));
     free(d->fh);
     free(d->pfh);
     free(d->scan_fh);
