@@ -30,6 +30,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,11 +124,17 @@ typedef struct diff_step {
     uint64_t out_count;
     int write_new; /* not in a dry run */
 
-    /* drain */
-    FILE *scan;
-    uint64_t scan_left;
+    /* drain: the lapsed entries' offsets, a window of the file at a time */
+    uint64_t prev_end; /* offset just past the last entry */
     int drain_started;
-    uint64_t *scan_fh;
+    int scan_fd;
+    uint64_t *lap;
+    size_t nlap, lapi, lapcap;
+    uint32_t *hist; /* lapsed entries per bucket of the file, when many */
+    size_t hist_next, nhist;
+    uint64_t hist_bytes;
+    char *ebuf; /* one entry read back */
+    size_t ebuf_cap;
 
     /* counts */
     uint64_t n_new, n_changed, n_same, n_lapsed, n_dup;
@@ -434,37 +441,77 @@ static int load_prev(diff_step *d, sl_error *err)
     d->tcap = n + n / 3 + 16;
     d->t = table_alloc(d->tcap * sizeof(*d->t));
     d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
-    char *key = malloc(KEY_MAX + 1);
-    if (!d->t || !d->pfh || !key) {
-        free(key);
+    if (!d->t || !d->pfh) {
         fclose(f);
         return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
                             sl_ctx_name(d->ctx), n);
     }
-    /* offsets counted, not asked for: ftell on a read stream costs a
-     * system call per entry */
-    uint64_t off = (uint64_t)ftell(f);
-    for (uint64_t k = 0; k < n; k++) {
-        uint64_t kh, fp;
-        uint16_t kl;
-        uint64_t at = off;
-        if (read_entry(f, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
-            free(key);
-            fclose(f);
-            return sl_error_set(err, SL_ERR_IO,
-                                "%s: %s is cut short (entry %" PRIu64 " of %" PRIu64 ")",
-                                sl_ctx_name(d->ctx), d->prev_file, k + 1, n);
-        }
-        uint64_t i = slot_of(kh, d->tcap);
-        while (d->t[i].kh && d->t[i].kh != kh) {
-            i = i + 1 == d->tcap ? 0 : i + 1;
-        }
-        d->t[i].kh = kh;
-        d->t[i].fp = fp;
-        d->t[i].off = at;
-        off += 16 + d->prev.ncols * 8 + 2 + kl;
+    /* The entries are read in big blocks and inserted a batch at a time:
+     * the slots of a batch are prefetched first, so their cache misses
+     * overlap instead of following one another. */
+    const size_t fixed = 16 + d->prev.ncols * 8 + 2;
+    const size_t cap = 1u << 20;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
+                            sl_ctx_name(d->ctx), n);
     }
-    free(key);
+    uint64_t off = (uint64_t)ftell(f);
+    size_t have = 0, at = 0;
+    int eof = 0;
+    enum { B = 16 };
+    uint64_t bkh[B], bfp[B], boff[B], bslot[B];
+    for (uint64_t k = 0; k < n;) {
+        size_t nb = 0;
+        while (nb < B && k + nb < n) {
+            /* one whole entry in buf[at, have), reading more as needed */
+            size_t need = fixed;
+            uint16_t kl = 0;
+            for (;;) {
+                if (have - at >= fixed) {
+                    memcpy(&kl, buf + at + fixed - 2, 2);
+                    need = fixed + kl;
+                    if (have - at >= need) {
+                        break;
+                    }
+                }
+                if (eof) {
+                    free(buf);
+                    fclose(f);
+                    return sl_error_set(err, SL_ERR_IO,
+                                        "%s: %s is cut short (entry %" PRIu64 " of %" PRIu64 ")",
+                                        sl_ctx_name(d->ctx), d->prev_file, k + nb + 1, n);
+                }
+                memmove(buf, buf + at, have - at);
+                have -= at;
+                at = 0;
+                size_t got = fread(buf + have, 1, cap - have, f);
+                eof = got < cap - have;
+                have += got;
+            }
+            memcpy(&bkh[nb], buf + at, 8);
+            memcpy(&bfp[nb], buf + at + 8, 8);
+            boff[nb] = off;
+            bslot[nb] = slot_of(bkh[nb], d->tcap);
+            __builtin_prefetch(&d->t[bslot[nb]], 1);
+            at += need;
+            off += need;
+            nb++;
+        }
+        for (size_t j = 0; j < nb; j++) {
+            uint64_t i = bslot[j];
+            while (d->t[i].kh && d->t[i].kh != bkh[j]) {
+                i = i + 1 == d->tcap ? 0 : i + 1;
+            }
+            d->t[i].kh = bkh[j];
+            d->t[i].fp = bfp[j];
+            d->t[i].off = boff[j];
+        }
+        k += nb;
+    }
+    d->prev_end = off;
+    free(buf);
     fclose(f);
     d->prevf = fopen(d->prev_file, "rb");
     return d->prevf ? 0
@@ -512,8 +559,8 @@ static void diff_destroy(void *self)
     if (d->prevf) {
         fclose(d->prevf);
     }
-    if (d->scan) {
-        fclose(d->scan);
+    if (d->scan_fd >= 0) {
+        close(d->scan_fd);
     }
     free(d->action_field);
     strv_free(d->key_cols, d->nkey);
@@ -525,7 +572,9 @@ static void diff_destroy(void *self)
     table_free(d->nk, d->ncap * sizeof(*d->nk));
     free(d->fh);
     free(d->pfh);
-    free(d->scan_fh);
+    free(d->lap);
+    free(d->hist);
+    free(d->ebuf);
     sl_buf_free(&d->key);
     sl_buf_free(&d->keyorig);
     sl_buf_free(&d->val);
@@ -539,6 +588,7 @@ static int diff_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     d->ctx = ctx;
+    d->scan_fd = -1;
     if (list_dup(o, "key", &d->key_cols, &d->nkey) < 0 ||
         (sl_opt_isset(o, "compare") && list_dup(o, "compare", &d->cmp_opt, &d->ncmp_opt) < 0)) {
         diff_destroy(d);
@@ -900,6 +950,111 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
     return 0;
 }
 
+/* ------------------------------------------------------------ lapsed
+ *
+ * The lapsed are the table's slots never seen. They are found by walking
+ * the table (in memory, in order: no random probe, no second read of the
+ * snapshot file) and emitted in the order of the snapshot file, as the
+ * earlier export listed them: their offsets are sorted, then each entry's
+ * key text is read back. At most LAP_WINDOW offsets are held at once: when
+ * more lapse, a first walk counts them per stretch of the file, and each
+ * later walk takes the stretches that fit. */
+
+#define LAP_WINDOW ((size_t)1 << 20)
+#define LAP_BUCKETS ((size_t)1 << 16)
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int lapsed_histogram(diff_step *d)
+{
+    d->nhist = LAP_BUCKETS;
+    d->hist_bytes = d->prev_end / LAP_BUCKETS + 1;
+    d->hist = calloc(d->nhist, sizeof(*d->hist));
+    if (!d->hist) {
+        return -1;
+    }
+    for (uint64_t i = 0; i < d->tcap; i++) {
+        if (d->t[i].kh && !(d->t[i].off & SEEN_BIT)) {
+            d->hist[d->t[i].off / d->hist_bytes]++;
+        }
+    }
+    return 0;
+}
+
+/* The next window of lapsed offsets, sorted, into d->lap. 1, or 0 when
+ * every window was taken, <0 out of memory. */
+static int lapsed_window(diff_step *d)
+{
+    uint64_t lo = 0, hi = UINT64_MAX;
+    if (d->hist) {
+        if (d->hist_next >= d->nhist) {
+            return 0;
+        }
+        size_t b = d->hist_next, sum = d->hist[b++];
+        while (b < d->nhist && sum + d->hist[b] <= LAP_WINDOW) {
+            sum += d->hist[b++];
+        }
+        lo = (uint64_t)d->hist_next * d->hist_bytes;
+        hi = b < d->nhist ? (uint64_t)b * d->hist_bytes : UINT64_MAX;
+        d->hist_next = b;
+    } else if (d->hist_next++ > 0) {
+        return 0;
+    }
+    d->nlap = d->lapi = 0;
+    for (uint64_t i = 0; i < d->tcap; i++) {
+        uint64_t off = d->t[i].off;
+        if (!d->t[i].kh || (off & SEEN_BIT) || off < lo || off >= hi) {
+            continue;
+        }
+        if (d->nlap == d->lapcap) {
+            size_t cap = d->lapcap ? d->lapcap * 2 : 1024;
+            uint64_t *l = realloc(d->lap, cap * sizeof(*l));
+            if (!l) {
+                return -1;
+            }
+            d->lap = l;
+            d->lapcap = cap;
+        }
+        d->lap[d->nlap++] = off;
+    }
+    qsort(d->lap, d->nlap, sizeof(*d->lap), cmp_u64);
+    return 1;
+}
+
+/* The key text of the entry at off (valid until the next call). */
+static int read_key_at(diff_step *d, uint64_t off, const char **key, uint16_t *kl)
+{
+    size_t fixed = 16 + d->prev.ncols * 8 + 2;
+    size_t want = fixed + 256;
+    for (;;) {
+        if (d->ebuf_cap < want) {
+            char *b = realloc(d->ebuf, want);
+            if (!b) {
+                return -1;
+            }
+            d->ebuf = b;
+            d->ebuf_cap = want;
+        }
+        ssize_t got = pread(d->scan_fd, d->ebuf, want, (off_t)off);
+        if (got < (ssize_t)fixed) {
+            return -1;
+        }
+        memcpy(kl, d->ebuf + fixed - 2, 2);
+        if ((size_t)got >= fixed + *kl) {
+            *key = d->ebuf + fixed;
+            return 0;
+        }
+        if (want >= fixed + *kl) {
+            return -1; /* the file ends inside the entry */
+        }
+        want = fixed + *kl;
+    }
+}
+
 /* The lapse guard, then every key of the previous snapshot not seen. */
 static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
 {
@@ -929,47 +1084,44 @@ static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
                                 sl_ctx_name(d->ctx), lapsing, d->prev.count, 100.0 * share,
                                 100.0 * d->max_lapse);
         }
-        d->scan = fopen(d->prev_file, "rb");
-        d->scan_fh = calloc(d->prev.ncols + 1, sizeof(*d->scan_fh));
-        snap_hdr h = {0};
-        if (!d->scan || !d->scan_fh || (setvbuf(d->scan, NULL, _IOFBF, 1 << 20), 0) ||
-            read_hdr(d->scan, &h) < 0) {
-            hdr_free(&h);
-            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s", sl_ctx_name(d->ctx),
-                                d->prev_file);
+        d->scan_fd = open(d->prev_file, O_RDONLY | O_CLOEXEC);
+        if (d->scan_fd < 0) {
+            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s: %s", sl_ctx_name(d->ctx),
+                                d->prev_file, strerror(errno));
         }
-        hdr_free(&h);
-        d->scan_left = d->prev.count;
+        if (lapsing > LAP_WINDOW && lapsed_histogram(d) < 0) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
+        }
     }
-    char key[KEY_MAX + 1];
-    while (d->scan && d->scan_left > 0) {
-        uint64_t kh, fp;
-        uint16_t kl;
-        d->scan_left--;
-        if (read_entry(d->scan, d->prev.ncols, &kh, &fp, d->scan_fh, key, &kl) < 0) {
-            return sl_error_set(err, SL_ERR_IO, "%s: %s is cut short", sl_ctx_name(d->ctx),
-                                d->prev_file);
+    while (d->lapi == d->nlap) {
+        int rc = lapsed_window(d);
+        if (rc < 0) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
         }
-        uint64_t slot = prev_find(d, kh);
-        if (slot == UINT64_MAX || (d->t[slot].off & SEEN_BIT)) {
-            continue;
+        if (rc == 0) {
+            return 0;
         }
-        /* the key columns, with the text the earlier export had */
-        const char *p = key;
-        for (size_t k = 0; k < d->prev.nkeys; k++) {
-            const char *e = memchr(p, KEY_SEP, (size_t)(key + kl - p));
-            size_t n = e ? (size_t)(e - p) : (size_t)(key + kl - p);
-            const char *name = k < d->nkey && strcmp(d->key_cols[k], d->prev.keys[k]) == 0
-                                   ? d->key_cols[k]
-                                   : d->prev.keys[k];
-            sl_record_add_str(rec, name, (uint32_t)strlen(name), p, n);
-            p = e ? e + 1 : key + kl;
-        }
-        set_action(d, rec, "lapsed");
-        d->n_lapsed++;
-        return 1;
     }
-    return 0;
+    const char *key;
+    uint16_t kl;
+    if (read_key_at(d, d->lap[d->lapi++], &key, &kl) < 0) {
+        return sl_error_set(err, SL_ERR_IO, "%s: %s is cut short", sl_ctx_name(d->ctx),
+                            d->prev_file);
+    }
+    /* the key columns, with the text the earlier export had */
+    const char *p = key;
+    for (size_t k = 0; k < d->prev.nkeys; k++) {
+        const char *e = memchr(p, KEY_SEP, (size_t)(key + kl - p));
+        size_t n = e ? (size_t)(e - p) : (size_t)(key + kl - p);
+        const char *name = k < d->nkey && strcmp(d->key_cols[k], d->prev.keys[k]) == 0
+                               ? d->key_cols[k]
+                               : d->prev.keys[k];
+        sl_record_add_str(rec, name, (uint32_t)strlen(name), p, n);
+        p = e ? e + 1 : key + kl;
+    }
+    set_action(d, rec, "lapsed");
+    d->n_lapsed++;
+    return 1;
 }
 
 /* An export without a single row: the snapshot still gets its header. */
