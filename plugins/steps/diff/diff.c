@@ -1005,12 +1005,18 @@ static int diff_process_batch(void *self, sl_batch *b, int stage, sl_error *err)
  * the table (in memory, in order: no random probe, no second read of the
  * snapshot file) and emitted in the order of the snapshot file, as the
  * earlier export listed them: their offsets are sorted, then each entry's
- * key text is read back. At most LAP_WINDOW offsets are held at once: when
- * more lapse, a first walk counts them per stretch of the file, and each
- * later walk takes the stretches that fit. */
+ * key text is read back. At most lap_window() offsets are held at once (a
+ * byte per key of the snapshot): when more lapse, a first walk counts them
+ * per stretch of the file, and each later walk (about ten at most) takes
+ * the stretches that fit. */
 
-#define LAP_WINDOW ((size_t)1 << 20)
 #define LAP_BUCKETS ((size_t)1 << 16)
+
+static size_t lap_window(const diff_step *d)
+{
+    size_t w = (size_t)(d->prev.count / 8);
+    return w > 65536 ? w : 65536;
+}
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -1044,7 +1050,7 @@ static int lapsed_window(diff_step *d)
             return 0;
         }
         size_t b = d->hist_next, sum = d->hist[b++];
-        while (b < d->nhist && sum + d->hist[b] <= LAP_WINDOW) {
+        while (b < d->nhist && sum + d->hist[b] <= lap_window(d)) {
             sum += d->hist[b++];
         }
         lo = (uint64_t)d->hist_next * d->hist_bytes;
@@ -1138,7 +1144,7 @@ static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
             return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s: %s", sl_ctx_name(d->ctx),
                                 d->prev_file, strerror(errno));
         }
-        if (lapsing > LAP_WINDOW && lapsed_histogram(d) < 0) {
+        if (lapsing > lap_window(d) && lapsed_histogram(d) < 0) {
             return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
         }
     }
