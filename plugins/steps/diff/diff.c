@@ -1076,7 +1076,9 @@ static int lapsed_window(diff_step *d)
         }
         d->lap[d->nlap++] = off;
     }
-    qsort(d->lap, d->nlap, sizeof(*d->lap), cmp_u64);
+    if (d->nlap > 1) {
+        qsort(d->lap, d->nlap, sizeof(*d->lap), cmp_u64);
+    }
     return 1;
 }
 
