@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -328,6 +329,37 @@ static void *table_alloc(size_t size)
     return p;
 }
 
+/* Fault in [p, p + n) (the kernel zeroes each page on its first write). */
+static void *touch_pages(void *arg)
+{
+    char **r = arg;
+    for (volatile char *c = r[0]; c < r[1]; c += 4096) {
+        *c = 0;
+    }
+    return NULL;
+}
+
+/* A large fresh table is faulted in by two threads at once, before anything
+ * is stored in it: zeroing hundreds of megabytes is a good part of loading a
+ * snapshot, and it parallelises cleanly. */
+static void table_prefault(void *p, size_t size)
+{
+    if (size < ((size_t)64 << 20)) {
+        return;
+    }
+    char *half = (char *)p + (size / 2 & ~(size_t)4095);
+    char *hi[2] = {half, (char *)p + size};
+    char *lo[2] = {p, half};
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, touch_pages, hi) == 0;
+    touch_pages(lo);
+    if (threaded) {
+        pthread_join(th, NULL);
+    } else {
+        touch_pages(hi);
+    }
+}
+
 static void table_free(void *p, size_t size)
 {
     if (!p) {
@@ -344,6 +376,17 @@ static uint64_t slot_of(uint64_t h, uint64_t cap)
 {
     /* multiply-shift into [0, cap): no power-of-two rounding of memory */
     return (uint64_t)(((unsigned __int128)h * cap) >> 64);
+}
+
+/* Start fetching slot i of the table into the cache (both lines when the
+ * slot straddles two). */
+static void prefetch_slot(const diff_step *d, uint64_t i)
+{
+    const char *p = (const char *)&d->t[i];
+    __builtin_prefetch(p, 1);
+    if (((uintptr_t)p & 63) > 64 - sizeof(*d->t)) {
+        __builtin_prefetch(p + sizeof(*d->t) - 1, 1);
+    }
 }
 
 /* Slot holding h in the previous snapshot's table, or UINT64_MAX. */
@@ -442,6 +485,9 @@ static int load_prev(diff_step *d, sl_error *err)
     d->tcap = n + n / 3 + 16;
     d->t = table_alloc(d->tcap * sizeof(*d->t));
     d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
+    if (d->t) {
+        table_prefault(d->t, d->tcap * sizeof(*d->t));
+    }
     if (!d->t || !d->pfh) {
         fclose(f);
         return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
@@ -495,7 +541,7 @@ static int load_prev(diff_step *d, sl_error *err)
             memcpy(&bfp[nb], buf + at + 8, 8);
             boff[nb] = off;
             bslot[nb] = slot_of(bkh[nb], d->tcap);
-            __builtin_prefetch(&d->t[bslot[nb]], 1);
+            prefetch_slot(d, bslot[nb]);
             at += need;
             off += need;
             nb++;
@@ -979,9 +1025,7 @@ static int diff_process_batch(void *self, sl_batch *b, int stage, sl_error *err)
                 return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
             }
             if (d->tcap) {
-                const char *slot = (const char *)&d->t[slot_of(kh[m], d->tcap)];
-                __builtin_prefetch(slot, 1);
-                __builtin_prefetch(slot + sizeof(*d->t) - 1, 1);
+                prefetch_slot(d, slot_of(kh[m], d->tcap));
             }
             idx[m++] = i;
         }
