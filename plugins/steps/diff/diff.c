@@ -144,6 +144,7 @@ typedef struct diff_step {
     sl_buf key, keyorig, val;
     sl_buf keys; /* a chunk's original key texts */
     uint64_t *fh, *pfh;
+    char *wbuf; /* one entry of the new snapshot, written at once */
 } diff_step;
 
 /* ------------------------------------------------------------ helpers */
@@ -618,6 +619,7 @@ static void diff_destroy(void *self)
     table_free(d->t, d->tcap * sizeof(*d->t));
     table_free(d->nk, d->ncap * sizeof(*d->nk));
     free(d->fh);
+    free(d->wbuf);
     free(d->pfh);
     free(d->lap);
     free(d->hist);
@@ -729,7 +731,8 @@ static int decide_columns(diff_step *d, const sl_record *rec, sl_error *err)
     }
     d->prev_idx = calloc(d->ncols + 1, sizeof(*d->prev_idx));
     d->fh = calloc(d->ncols + 1, sizeof(*d->fh));
-    if (!d->prev_idx || !d->fh) {
+    d->wbuf = malloc(16 + d->ncols * 8 + 2 + KEY_MAX);
+    if (!d->prev_idx || !d->fh || !d->wbuf) {
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     d->same_cols = d->have_prev && d->prev.ncols == d->ncols;
@@ -869,9 +872,18 @@ static int write_entry(diff_step *d, uint64_t kh, uint64_t fp, const char *key, 
         return 0;
     }
     uint16_t kl = (uint16_t)klen;
-    if (w_all(d->out, &kh, 8) < 0 || w_all(d->out, &fp, 8) < 0 ||
-        (d->ncols && w_all(d->out, d->fh, d->ncols * 8) < 0) || w_all(d->out, &kl, 2) < 0 ||
-        w_all(d->out, key, kl) < 0) {
+    char *w = d->wbuf;
+    memcpy(w, &kh, 8);
+    memcpy(w + 8, &fp, 8);
+    w += 16;
+    if (d->ncols) {
+        memcpy(w, d->fh, d->ncols * 8);
+        w += d->ncols * 8;
+    }
+    memcpy(w, &kl, 2);
+    memcpy(w + 2, key, kl);
+    w += 2 + kl;
+    if (w_all(d->out, d->wbuf, (size_t)(w - d->wbuf)) < 0) {
         return sl_error_set(err, SL_ERR_IO, "%s: cannot write %s: %s", sl_ctx_name(d->ctx),
                             d->new_file, strerror(errno));
     }
