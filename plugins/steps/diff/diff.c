@@ -345,7 +345,7 @@ static void *touch_pages(void *arg)
  * snapshot, and it parallelises cleanly. */
 static void table_prefault(void *p, size_t size)
 {
-    if (size < ((size_t)64 << 20)) {
+    if (size < ((size_t)16 << 20)) {
         return;
     }
     char *half = (char *)p + (size / 2 & ~(size_t)4095);
