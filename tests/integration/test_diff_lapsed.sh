@@ -73,6 +73,20 @@ run w1 w1.csv
 expect_eq "first export: exit 0" 0 "$RC"
 expect_eq "first export: everyone new, once" "$N" "$(rows_after 0 | grep -c ',Name ')"
 
+# A dry run with batches of 1000: the diff drops nine rows in ten, and the
+# batches are topped up, so the sink still gets at least half-full batches
+# (not a hundred records out of each thousand read).
+sed 's/^    sink:/    batch: {records: 1000}\n    sink:/' diff.yml >batch.yml
+set +e
+EXPORT=w2.csv "$SLUICE_BIN" -q run --dry-run -c batch.yml >dry.out 2>&1
+RC=$?
+set -e
+expect_eq "dry run: exit 0" 0 "$RC"
+first=$(sed -n 's/^--- sample payload 1 (batch of \([0-9]*\) records)$/\1/p' dry.out)
+check "dry run: the first batch holds at least 500 records (it has ${first:-none})" test "${first:-0}" -ge 500
+expect_match "dry run: the counts" dry.out "lapsed: $((N - N / 3))"
+expect_no_match "dry run: samples show only records to send" dry.out '"name":"Name 3"'
+
 m=$(maxrow)
 run w2 w2.csv
 expect_eq "second export: exit 0" 0 "$RC"
