@@ -251,11 +251,12 @@ void *sl_reader_main(void *arg)
         int first = 1;
         int feed_dry = 0;
         int stage_end = 0;
+        int topping = 0;      /* reading on into a batch its batch steps mostly dropped */
         size_t done_upto = 0; /* records [0, done_upto) went through the batch steps */
     fill:
         while (s->b.nsend < (size_t)r->batch_records && s->b.n < (size_t)r->max_batch_n &&
                (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r) &&
-               (done_upto == 0 || s->b.n - done_upto < TOP_UP)) {
+               (!topping || s->b.n - done_upto < TOP_UP)) {
             long peek = replay_peek_from(r, &f);
             if (!first && peek >= 0 && (size_t)peek != batch_from) {
                 stage_end = 1;
@@ -315,6 +316,7 @@ void *sl_reader_main(void *arg)
         }
         if (rc == 0 && !first && !feed_dry && !stage_end && top_up(r, s, batch_from)) {
             done_upto = s->b.n;
+            topping = 1;
             goto fill;
         }
         if (r->src && r->srcp->progress && f.kind == FEED_SOURCE) {
