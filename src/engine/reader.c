@@ -82,18 +82,13 @@ static size_t approx_bytes(const sl_record *rec)
  * over the records [first, n) not through them yet, each followed by the
  * per-record steps up to the next batch step; the records they dropped
  * leave the batch (counted as skipped, as a per-record step's are); then
- * recount what is left to send. */
-static int finish_batch(runner *r, slot *s, size_t from, size_t first, sl_error *err)
+ * recount what is left to send (kept_*: what [0, first) holds). */
+static int finish_batch(runner *r, slot *s, size_t from, size_t first, size_t kept_send,
+                        size_t kept_bytes, sl_error *err)
 {
     size_t k = segment_end(r, from);
     if (k >= r->p->nsteps || s->b.n <= first) {
         return 0;
-    }
-    for (size_t i = first; i < s->b.n; i++) { /* recounted below */
-        if (s->b.recs[i].status == SL_REC_OK) {
-            s->b.nsend--;
-            s->b.bytes -= approx_bytes(&s->b.recs[i]);
-        }
     }
     sl_batch part = s->b; /* the records not through the batch steps yet */
     part.recs += first;
@@ -125,6 +120,8 @@ static int finish_batch(runner *r, slot *s, size_t from, size_t first, sl_error 
         keep++;
     }
     s->b.n = keep;
+    s->b.nsend = kept_send; /* what [0, first) holds to send */
+    s->b.bytes = kept_bytes;
     for (size_t i = first; i < s->b.n; i++) {
         if (s->b.recs[i].status == SL_REC_OK) {
             s->b.nsend++;
@@ -253,6 +250,7 @@ void *sl_reader_main(void *arg)
         int stage_end = 0;
         int topping = 0;      /* reading on into a batch its batch steps mostly dropped */
         size_t done_upto = 0; /* records [0, done_upto) went through the batch steps */
+        size_t kept_send = 0, kept_bytes = 0;
     fill:
         while (s->b.nsend < (size_t)r->batch_records && s->b.n < (size_t)r->max_batch_n &&
                (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r) &&
@@ -311,11 +309,14 @@ void *sl_reader_main(void *arg)
                 s->b.bytes += approx_bytes(rec);
             }
         }
-        if (rc == 0 && !first && finish_batch(r, s, batch_from, done_upto, &err) < 0) {
+        if (rc == 0 && !first &&
+            finish_batch(r, s, batch_from, done_upto, kept_send, kept_bytes, &err) < 0) {
             rc = SL_ERR;
         }
         if (rc == 0 && !first && !feed_dry && !stage_end && top_up(r, s, batch_from)) {
             done_upto = s->b.n;
+            kept_send = s->b.nsend;
+            kept_bytes = s->b.bytes;
             topping = 1;
             goto fill;
         }
