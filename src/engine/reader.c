@@ -81,36 +81,70 @@ static size_t approx_bytes(const sl_record *rec)
     return n;
 }
 
-/* The batch is full (or input ended): run the batch steps from `from` on,
- * each followed by the per-record steps up to the next batch step; then
- * recount what is left to send. */
-static int finish_batch(runner *r, slot *s, size_t from, sl_error *err)
+/* The batch is full (or input ended): run the batch steps from `from` on
+ * over the records [first, n) not through them yet, each followed by the
+ * per-record steps up to the next batch step; the records they dropped
+ * leave the batch (counted as skipped, as a per-record step's are); then
+ * recount what is left to send (kept_*: what [0, first) holds). */
+static int finish_batch(runner *r, slot *s, size_t from, size_t first, size_t kept_send,
+                        size_t kept_bytes, sl_error *err)
 {
     size_t k = segment_end(r, from);
-    if (k >= r->p->nsteps || s->b.n == 0) {
+    if (k >= r->p->nsteps || s->b.n <= first) {
         return 0;
     }
+    sl_batch part = s->b; /* the records not through the batch steps yet */
+    part.recs += first;
+    part.n -= first;
+    part.cap -= first;
     while (k < r->p->nsteps) {
-        if (r->p->step_plugins[k]->process_batch(r->steps[k], &s->b, (int)k, err) < 0) {
+        if (r->p->step_plugins[k]->process_batch(r->steps[k], &part, (int)k, err) < 0) {
             return step_failed(r, k, err);
         }
         size_t next = segment_end(r, k + 1);
-        for (size_t i = 0; i < s->b.n; i++) {
-            if (record_steps(r, &s->b.recs[i], k + 1, next, err) < 0) {
+        for (size_t i = 0; i < part.n; i++) {
+            if (record_steps(r, &part.recs[i], k + 1, next, err) < 0) {
                 return SL_ERR;
             }
         }
         k = next;
     }
-    s->b.nsend = 0;
-    s->b.bytes = 0;
-    for (size_t i = 0; i < s->b.n; i++) {
+    size_t keep = first;
+    for (size_t i = first; i < s->b.n; i++) {
+        if (s->b.recs[i].status == SL_REC_SKIP) {
+            s->nskipped++;
+            continue; /* its slot is reused, like a popped one */
+        }
+        if (i != keep) {
+            sl_record t = s->b.recs[keep];
+            s->b.recs[keep] = s->b.recs[i];
+            s->b.recs[i] = t;
+        }
+        keep++;
+    }
+    s->b.n = keep;
+    s->b.nsend = kept_send; /* what [0, first) holds to send */
+    s->b.bytes = kept_bytes;
+    for (size_t i = first; i < s->b.n; i++) {
         if (s->b.recs[i].status == SL_REC_OK) {
             s->b.nsend++;
             s->b.bytes += approx_bytes(&s->b.recs[i]);
         }
     }
     return 0;
+}
+
+/* After the batch steps: whether to read more into this batch. A batch
+ * they mostly dropped (the diff step keeps a few records in a hundred) is
+ * topped up, so the sink still gets full batches; TOP_UP records at a
+ * time, which are still in the cache when the batch steps see them. */
+#define TOP_UP 512
+
+static int top_up(const runner *r, const slot *s, size_t from)
+{
+    return segment_end(r, from) < r->p->nsteps && !sl_engine_stopping(r) &&
+           s->b.nsend * 2 < (size_t)r->batch_records && s->b.n * 2 < (size_t)r->max_batch_n &&
+           (int64_t)s->b.bytes * 2 < r->batch_bytes;
 }
 
 /* Where the reader is: what produces the next record. In order: the dead
@@ -216,10 +250,17 @@ void *sl_reader_main(void *arg)
         size_t batch_from = 0;
         int first = 1;
         int feed_dry = 0;
+        int stage_end = 0;
+        int topping = 0;      /* reading on into a batch its batch steps mostly dropped */
+        size_t done_upto = 0; /* records [0, done_upto) went through the batch steps */
+        size_t kept_send = 0, kept_bytes = 0;
+    fill:
         while (s->b.nsend < (size_t)r->batch_records && s->b.n < (size_t)r->max_batch_n &&
-               (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r)) {
+               (int64_t)s->b.bytes < r->batch_bytes && !sl_engine_stopping(r) &&
+               (!topping || s->b.n - done_upto < TOP_UP)) {
             long peek = replay_peek_from(r, &f);
             if (!first && peek >= 0 && (size_t)peek != batch_from) {
+                stage_end = 1;
                 break; /* one entry stage per batch */
             }
             sl_record *rec = sl_batch_push(&s->b);
@@ -276,8 +317,16 @@ void *sl_reader_main(void *arg)
                 s->b.bytes += approx_bytes(rec);
             }
         }
-        if (rc == 0 && !first && finish_batch(r, s, batch_from, &err) < 0) {
+        if (rc == 0 && !first &&
+            finish_batch(r, s, batch_from, done_upto, kept_send, kept_bytes, &err) < 0) {
             rc = SL_ERR;
+        }
+        if (rc == 0 && !first && !feed_dry && !stage_end && top_up(r, s, batch_from)) {
+            done_upto = s->b.n;
+            kept_send = s->b.nsend;
+            kept_bytes = s->b.bytes;
+            topping = 1;
+            goto fill;
         }
         if (r->src && r->srcp->progress && f.kind == FEED_SOURCE) {
             int64_t pd = 0, total = -1;

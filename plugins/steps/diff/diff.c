@@ -30,10 +30,13 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,18 +125,26 @@ typedef struct diff_step {
     uint64_t out_count;
     int write_new; /* not in a dry run */
 
-    /* drain */
-    FILE *scan;
-    uint64_t scan_left;
+    /* drain: the lapsed entries' offsets, a window of the file at a time */
+    uint64_t prev_end; /* offset just past the last entry */
     int drain_started;
-    uint64_t *scan_fh;
+    int scan_fd;
+    uint64_t *lap;
+    size_t nlap, lapi, lapcap;
+    uint32_t *hist; /* lapsed entries per bucket of the file, when many */
+    size_t hist_next, nhist;
+    uint64_t hist_bytes;
+    char *ebuf; /* one entry read back */
+    size_t ebuf_cap;
 
     /* counts */
     uint64_t n_new, n_changed, n_same, n_lapsed, n_dup;
 
     /* scratch */
     sl_buf key, keyorig, val;
+    sl_buf keys; /* a chunk's original key texts */
     uint64_t *fh, *pfh;
+    char *wbuf; /* one entry of the new snapshot, written at once */
 } diff_step;
 
 /* ------------------------------------------------------------ helpers */
@@ -301,10 +312,82 @@ static int read_entry(FILE *f, size_t ncols, uint64_t *kh, uint64_t *fp, uint64_
 
 /* ------------------------------------------------------------ tables */
 
+/* Zeroed memory for a table. Large tables are probed at random: ask for
+ * huge pages (one TLB entry per 2 MB instead of per 4 KB), which roughly
+ * halves the cost of a probe that misses the cache. */
+static void *table_alloc(size_t size)
+{
+    if (size < (2u << 20)) {
+        return calloc(1, size ? size : 1);
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+/* Fault in [p, p + n) (the kernel zeroes each page on its first write). */
+static void *touch_pages(void *arg)
+{
+    char **r = arg;
+    for (volatile char *c = r[0]; c < r[1]; c += 4096) {
+        *c = 0;
+    }
+    return NULL;
+}
+
+/* A large fresh table is faulted in by two threads at once, before anything
+ * is stored in it: zeroing hundreds of megabytes is a good part of loading a
+ * snapshot, and it parallelises cleanly. */
+static void table_prefault(void *p, size_t size)
+{
+    if (size < ((size_t)16 << 20)) {
+        return;
+    }
+    char *half = (char *)p + (size / 2 & ~(size_t)4095);
+    char *hi[2] = {half, (char *)p + size};
+    char *lo[2] = {p, half};
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, touch_pages, hi) == 0;
+    touch_pages(lo);
+    if (threaded) {
+        pthread_join(th, NULL);
+    } else {
+        touch_pages(hi);
+    }
+}
+
+static void table_free(void *p, size_t size)
+{
+    if (!p) {
+        return;
+    }
+    if (size < (2u << 20)) {
+        free(p);
+    } else {
+        munmap(p, size);
+    }
+}
+
 static uint64_t slot_of(uint64_t h, uint64_t cap)
 {
     /* multiply-shift into [0, cap): no power-of-two rounding of memory */
     return (uint64_t)(((unsigned __int128)h * cap) >> 64);
+}
+
+/* Start fetching slot i of the table into the cache (both lines when the
+ * slot straddles two). */
+static void prefetch_slot(const diff_step *d, uint64_t i)
+{
+    const char *p = (const char *)&d->t[i];
+    __builtin_prefetch(p, 1);
+    if (((uintptr_t)p & 63) > 64 - sizeof(*d->t)) {
+        __builtin_prefetch(p + sizeof(*d->t) - 1, 1);
+    }
 }
 
 /* Slot holding h in the previous snapshot's table, or UINT64_MAX. */
@@ -329,7 +412,7 @@ static int newset_add(diff_step *d, uint64_t h)
 {
     if ((d->nn + 1) * 4 > d->ncap * 3) {
         uint64_t cap = d->ncap ? d->ncap * 2 : 1024;
-        uint64_t *nk = calloc(cap, sizeof(*nk));
+        uint64_t *nk = table_alloc(cap * sizeof(*nk));
         if (!nk) {
             return -1;
         }
@@ -342,7 +425,7 @@ static int newset_add(diff_step *d, uint64_t h)
                 nk[j] = d->nk[i];
             }
         }
-        free(d->nk);
+        table_free(d->nk, d->ncap * sizeof(*d->nk));
         d->nk = nk;
         d->ncap = cap;
     }
@@ -401,39 +484,82 @@ static int load_prev(diff_step *d, sl_error *err)
     }
     uint64_t n = d->prev.count;
     d->tcap = n + n / 3 + 16;
-    d->t = calloc(d->tcap, sizeof(*d->t));
+    d->t = table_alloc(d->tcap * sizeof(*d->t));
     d->pfh = calloc(d->prev.ncols + 1, sizeof(*d->pfh));
-    char *key = malloc(KEY_MAX + 1);
-    if (!d->t || !d->pfh || !key) {
-        free(key);
+    if (d->t) {
+        table_prefault(d->t, d->tcap * sizeof(*d->t));
+    }
+    if (!d->t || !d->pfh) {
         fclose(f);
         return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
                             sl_ctx_name(d->ctx), n);
     }
-    /* offsets counted, not asked for: ftell on a read stream costs a
-     * system call per entry */
-    uint64_t off = (uint64_t)ftell(f);
-    for (uint64_t k = 0; k < n; k++) {
-        uint64_t kh, fp;
-        uint16_t kl;
-        uint64_t at = off;
-        if (read_entry(f, d->prev.ncols, &kh, &fp, d->pfh, key, &kl) < 0) {
-            free(key);
-            fclose(f);
-            return sl_error_set(err, SL_ERR_IO,
-                                "%s: %s is cut short (entry %" PRIu64 " of %" PRIu64 ")",
-                                sl_ctx_name(d->ctx), d->prev_file, k + 1, n);
-        }
-        uint64_t i = slot_of(kh, d->tcap);
-        while (d->t[i].kh && d->t[i].kh != kh) {
-            i = i + 1 == d->tcap ? 0 : i + 1;
-        }
-        d->t[i].kh = kh;
-        d->t[i].fp = fp;
-        d->t[i].off = at;
-        off += 16 + d->prev.ncols * 8 + 2 + kl;
+    /* The entries are read in big blocks and inserted a batch at a time:
+     * the slots of a batch are prefetched first, so their cache misses
+     * overlap instead of following one another. */
+    const size_t fixed = 16 + d->prev.ncols * 8 + 2;
+    const size_t cap = 1u << 20;
+    char *buf = malloc(cap);
+    if (!buf) {
+        fclose(f);
+        return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory loading %" PRIu64 " keys",
+                            sl_ctx_name(d->ctx), n);
     }
-    free(key);
+    uint64_t off = (uint64_t)ftell(f);
+    size_t have = 0, at = 0;
+    int eof = 0;
+    enum { B = 16 };
+    uint64_t bkh[B], bfp[B], boff[B], bslot[B];
+    for (uint64_t k = 0; k < n;) {
+        size_t nb = 0;
+        while (nb < B && k + nb < n) {
+            /* one whole entry in buf[at, have), reading more as needed */
+            size_t need = fixed;
+            uint16_t kl = 0;
+            for (;;) {
+                if (have - at >= fixed) {
+                    memcpy(&kl, buf + at + fixed - 2, 2);
+                    need = fixed + kl;
+                    if (have - at >= need) {
+                        break;
+                    }
+                }
+                if (eof) {
+                    free(buf);
+                    fclose(f);
+                    return sl_error_set(err, SL_ERR_IO,
+                                        "%s: %s is cut short (entry %" PRIu64 " of %" PRIu64 ")",
+                                        sl_ctx_name(d->ctx), d->prev_file, k + nb + 1, n);
+                }
+                memmove(buf, buf + at, have - at);
+                have -= at;
+                at = 0;
+                size_t got = fread(buf + have, 1, cap - have, f);
+                eof = got < cap - have;
+                have += got;
+            }
+            memcpy(&bkh[nb], buf + at, 8);
+            memcpy(&bfp[nb], buf + at + 8, 8);
+            boff[nb] = off;
+            bslot[nb] = slot_of(bkh[nb], d->tcap);
+            prefetch_slot(d, bslot[nb]);
+            at += need;
+            off += need;
+            nb++;
+        }
+        for (size_t j = 0; j < nb; j++) {
+            uint64_t i = bslot[j];
+            while (d->t[i].kh && d->t[i].kh != bkh[j]) {
+                i = i + 1 == d->tcap ? 0 : i + 1;
+            }
+            d->t[i].kh = bkh[j];
+            d->t[i].fp = bfp[j];
+            d->t[i].off = boff[j];
+        }
+        k += nb;
+    }
+    d->prev_end = off;
+    free(buf);
     fclose(f);
     d->prevf = fopen(d->prev_file, "rb");
     return d->prevf ? 0
@@ -481,8 +607,8 @@ static void diff_destroy(void *self)
     if (d->prevf) {
         fclose(d->prevf);
     }
-    if (d->scan) {
-        fclose(d->scan);
+    if (d->scan_fd >= 0) {
+        close(d->scan_fd);
     }
     free(d->action_field);
     strv_free(d->key_cols, d->nkey);
@@ -490,13 +616,17 @@ static void diff_destroy(void *self)
     strv_free(d->cols, d->ncols);
     free(d->prev_idx);
     hdr_free(&d->prev);
-    free(d->t);
-    free(d->nk);
+    table_free(d->t, d->tcap * sizeof(*d->t));
+    table_free(d->nk, d->ncap * sizeof(*d->nk));
     free(d->fh);
+    free(d->wbuf);
     free(d->pfh);
-    free(d->scan_fh);
+    free(d->lap);
+    free(d->hist);
+    free(d->ebuf);
     sl_buf_free(&d->key);
     sl_buf_free(&d->keyorig);
+    sl_buf_free(&d->keys);
     sl_buf_free(&d->val);
     free(d);
 }
@@ -508,6 +638,7 @@ static int diff_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     d->ctx = ctx;
+    d->scan_fd = -1;
     if (list_dup(o, "key", &d->key_cols, &d->nkey) < 0 ||
         (sl_opt_isset(o, "compare") && list_dup(o, "compare", &d->cmp_opt, &d->ncmp_opt) < 0)) {
         diff_destroy(d);
@@ -600,7 +731,8 @@ static int decide_columns(diff_step *d, const sl_record *rec, sl_error *err)
     }
     d->prev_idx = calloc(d->ncols + 1, sizeof(*d->prev_idx));
     d->fh = calloc(d->ncols + 1, sizeof(*d->fh));
-    if (!d->prev_idx || !d->fh) {
+    d->wbuf = malloc(16 + d->ncols * 8 + 2 + KEY_MAX);
+    if (!d->prev_idx || !d->fh || !d->wbuf) {
         return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
     }
     d->same_cols = d->have_prev && d->prev.ncols == d->ncols;
@@ -733,15 +865,25 @@ static int prev_field_hashes(diff_step *d, uint64_t slot)
     return 0;
 }
 
-static int write_entry(diff_step *d, uint64_t kh, uint64_t fp, sl_error *err)
+static int write_entry(diff_step *d, uint64_t kh, uint64_t fp, const char *key, size_t klen,
+                       sl_error *err)
 {
     if (!d->out) {
         return 0;
     }
-    uint16_t kl = (uint16_t)d->keyorig.len;
-    if (w_all(d->out, &kh, 8) < 0 || w_all(d->out, &fp, 8) < 0 ||
-        (d->ncols && w_all(d->out, d->fh, d->ncols * 8) < 0) || w_all(d->out, &kl, 2) < 0 ||
-        w_all(d->out, d->keyorig.data ? d->keyorig.data : "", kl) < 0) {
+    uint16_t kl = (uint16_t)klen;
+    char *w = d->wbuf;
+    memcpy(w, &kh, 8);
+    memcpy(w + 8, &fp, 8);
+    w += 16;
+    if (d->ncols) {
+        memcpy(w, d->fh, d->ncols * 8);
+        w += d->ncols * 8;
+    }
+    memcpy(w, &kl, 2);
+    memcpy(w + 2, key, kl);
+    w += 2 + kl;
+    if (w_all(d->out, d->wbuf, (size_t)(w - d->wbuf)) < 0) {
         return sl_error_set(err, SL_ERR_IO, "%s: cannot write %s: %s", sl_ctx_name(d->ctx),
                             d->new_file, strerror(errno));
     }
@@ -798,26 +940,20 @@ static void set_action(diff_step *d, sl_record *rec, const char *action)
     }
 }
 
-static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
+/* One record whose key (hash kh, original text key/klen) is made: 0 keep
+ * (sent, or rejected), 1 unchanged (dropped), <0 fatal. */
+static int diff_one(diff_step *d, sl_record *rec, int stage, uint64_t kh, const char *key,
+                    size_t klen, sl_error *err)
 {
-    diff_step *d = self;
-    d->stage = stage;
-    if (!d->have_cols && decide_columns(d, rec, err) < 0) {
-        return SL_ERR;
-    }
-    uint64_t kh;
-    if (make_key(d, rec, stage, &kh) != 0) {
-        return 0; /* rejected: dead-lettered with its line */
-    }
     uint64_t fp = fingerprint(d, rec);
     uint64_t slot = prev_find(d, kh);
     if (slot != UINT64_MAX) {
         if (d->t[slot].off & SEEN_BIT) {
             d->n_dup++;
             sl_record_reject(rec, stage,
-                             "duplicate key '%s' in this export (an earlier row has the same key "
+                             "duplicate key '%.*s' in this export (an earlier row has the same key "
                              "after normalisation; the first one counts)",
-                             sl_buf_cstr(&d->keyorig));
+                             (int)klen, key);
             return 0;
         }
         d->t[slot].off |= SEEN_BIT;
@@ -835,7 +971,7 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
                 same = d->prev_idx[i] < 0 || d->fh[i] == d->pfh[d->prev_idx[i]];
             }
         }
-        if (write_entry(d, kh, fp, err) < 0) {
+        if (write_entry(d, kh, fp, key, klen, err) < 0) {
             return SL_ERR;
         }
         if (same) {
@@ -856,17 +992,180 @@ static int diff_process(void *self, sl_record *rec, int stage, sl_error *err)
     if (added == 0) {
         d->n_dup++;
         sl_record_reject(rec, stage,
-                         "duplicate key '%s' in this export (an earlier row has the same key "
+                         "duplicate key '%.*s' in this export (an earlier row has the same key "
                          "after normalisation; the first one counts)",
-                         sl_buf_cstr(&d->keyorig));
+                         (int)klen, key);
         return 0;
     }
-    if (write_entry(d, kh, fp, err) < 0) {
+    if (write_entry(d, kh, fp, key, klen, err) < 0) {
         return SL_ERR;
     }
     d->n_new++;
     set_action(d, rec, "new");
     return 0;
+}
+
+/* A batch, a chunk at a time: first every record's key is made and its
+ * slot prefetched, then the records are looked up in order (the first of a
+ * duplicated key still wins). The lookups' cache misses, one per record in
+ * a table far larger than the caches, then overlap instead of adding up. */
+#define CHUNK 32
+
+static int diff_process_batch(void *self, sl_batch *b, int stage, sl_error *err)
+{
+    diff_step *d = self;
+    d->stage = stage;
+    uint64_t kh[CHUNK];
+    size_t idx[CHUNK], koff[CHUNK], klen[CHUNK];
+    for (size_t i = 0; i < b->n;) {
+        size_t m = 0;
+        sl_buf_reset(&d->keys);
+        for (; i < b->n && m < CHUNK; i++) {
+            sl_record *rec = &b->recs[i];
+            if (rec->status != SL_REC_OK) {
+                continue;
+            }
+            if (!d->have_cols && decide_columns(d, rec, err) < 0) {
+                return SL_ERR;
+            }
+            if (make_key(d, rec, stage, &kh[m]) != 0) {
+                continue; /* rejected: dead-lettered with its line */
+            }
+            koff[m] = d->keys.len;
+            klen[m] = d->keyorig.len;
+            if (sl_buf_append(&d->keys, d->keyorig.data, d->keyorig.len) < 0) {
+                return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
+            }
+            if (d->tcap) {
+                prefetch_slot(d, slot_of(kh[m], d->tcap));
+            }
+            idx[m++] = i;
+        }
+        for (size_t j = 0; j < m; j++) {
+            sl_record *rec = &b->recs[idx[j]];
+            int rc = diff_one(d, rec, stage, kh[j], d->keys.data + koff[j], klen[j], err);
+            if (rc < 0) {
+                return SL_ERR;
+            }
+            if (rc == 1) {
+                rec->status = SL_REC_SKIP;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ lapsed
+ *
+ * The lapsed are the table's slots never seen. They are found by walking
+ * the table (in memory, in order: no random probe, no second read of the
+ * snapshot file) and emitted in the order of the snapshot file, as the
+ * earlier export listed them: their offsets are sorted, then each entry's
+ * key text is read back. At most lap_window() offsets are held at once (a
+ * byte per key of the snapshot): when more lapse, a first walk counts them
+ * per stretch of the file, and each later walk (about ten at most) takes
+ * the stretches that fit. */
+
+#define LAP_BUCKETS ((size_t)1 << 16)
+
+static size_t lap_window(const diff_step *d)
+{
+    size_t w = (size_t)(d->prev.count / 8);
+    return w > 65536 ? w : 65536;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int lapsed_histogram(diff_step *d)
+{
+    d->nhist = LAP_BUCKETS;
+    d->hist_bytes = d->prev_end / LAP_BUCKETS + 1;
+    d->hist = calloc(d->nhist, sizeof(*d->hist));
+    if (!d->hist) {
+        return -1;
+    }
+    for (uint64_t i = 0; i < d->tcap; i++) {
+        if (d->t[i].kh && !(d->t[i].off & SEEN_BIT)) {
+            d->hist[d->t[i].off / d->hist_bytes]++;
+        }
+    }
+    return 0;
+}
+
+/* The next window of lapsed offsets, sorted, into d->lap. 1, or 0 when
+ * every window was taken, <0 out of memory. */
+static int lapsed_window(diff_step *d)
+{
+    uint64_t lo = 0, hi = UINT64_MAX;
+    if (d->hist) {
+        if (d->hist_next >= d->nhist) {
+            return 0;
+        }
+        size_t b = d->hist_next, sum = d->hist[b++];
+        while (b < d->nhist && sum + d->hist[b] <= lap_window(d)) {
+            sum += d->hist[b++];
+        }
+        lo = (uint64_t)d->hist_next * d->hist_bytes;
+        hi = b < d->nhist ? (uint64_t)b * d->hist_bytes : UINT64_MAX;
+        d->hist_next = b;
+    } else if (d->hist_next++ > 0) {
+        return 0;
+    }
+    d->nlap = d->lapi = 0;
+    for (uint64_t i = 0; i < d->tcap; i++) {
+        uint64_t off = d->t[i].off;
+        if (!d->t[i].kh || (off & SEEN_BIT) || off < lo || off >= hi) {
+            continue;
+        }
+        if (d->nlap == d->lapcap) {
+            size_t cap = d->lapcap ? d->lapcap * 2 : 1024;
+            uint64_t *l = realloc(d->lap, cap * sizeof(*l));
+            if (!l) {
+                return -1;
+            }
+            d->lap = l;
+            d->lapcap = cap;
+        }
+        d->lap[d->nlap++] = off;
+    }
+    if (d->nlap > 1) {
+        qsort(d->lap, d->nlap, sizeof(*d->lap), cmp_u64);
+    }
+    return 1;
+}
+
+/* The key text of the entry at off (valid until the next call). */
+static int read_key_at(diff_step *d, uint64_t off, const char **key, uint16_t *kl)
+{
+    size_t fixed = 16 + d->prev.ncols * 8 + 2;
+    size_t want = fixed + 256;
+    for (;;) {
+        if (d->ebuf_cap < want) {
+            char *b = realloc(d->ebuf, want);
+            if (!b) {
+                return -1;
+            }
+            d->ebuf = b;
+            d->ebuf_cap = want;
+        }
+        ssize_t got = pread(d->scan_fd, d->ebuf, want, (off_t)off);
+        if (got < (ssize_t)fixed) {
+            return -1;
+        }
+        memcpy(kl, d->ebuf + fixed - 2, 2);
+        if ((size_t)got >= fixed + *kl) {
+            *key = d->ebuf + fixed;
+            return 0;
+        }
+        if (want >= fixed + *kl) {
+            return -1; /* the file ends inside the entry */
+        }
+        want = fixed + *kl;
+    }
 }
 
 /* The lapse guard, then every key of the previous snapshot not seen. */
@@ -898,47 +1197,44 @@ static int diff_drain(void *self, sl_record *rec, int stage, sl_error *err)
                                 sl_ctx_name(d->ctx), lapsing, d->prev.count, 100.0 * share,
                                 100.0 * d->max_lapse);
         }
-        d->scan = fopen(d->prev_file, "rb");
-        d->scan_fh = calloc(d->prev.ncols + 1, sizeof(*d->scan_fh));
-        snap_hdr h = {0};
-        if (!d->scan || !d->scan_fh || (setvbuf(d->scan, NULL, _IOFBF, 1 << 20), 0) ||
-            read_hdr(d->scan, &h) < 0) {
-            hdr_free(&h);
-            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s", sl_ctx_name(d->ctx),
-                                d->prev_file);
+        d->scan_fd = open(d->prev_file, O_RDONLY | O_CLOEXEC);
+        if (d->scan_fd < 0) {
+            return sl_error_set(err, SL_ERR_IO, "%s: cannot read %s: %s", sl_ctx_name(d->ctx),
+                                d->prev_file, strerror(errno));
         }
-        hdr_free(&h);
-        d->scan_left = d->prev.count;
+        if (lapsing > lap_window(d) && lapsed_histogram(d) < 0) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
+        }
     }
-    char key[KEY_MAX + 1];
-    while (d->scan && d->scan_left > 0) {
-        uint64_t kh, fp;
-        uint16_t kl;
-        d->scan_left--;
-        if (read_entry(d->scan, d->prev.ncols, &kh, &fp, d->scan_fh, key, &kl) < 0) {
-            return sl_error_set(err, SL_ERR_IO, "%s: %s is cut short", sl_ctx_name(d->ctx),
-                                d->prev_file);
+    while (d->lapi == d->nlap) {
+        int rc = lapsed_window(d);
+        if (rc < 0) {
+            return sl_error_set(err, SL_ERR_NOMEM, "%s: out of memory", sl_ctx_name(d->ctx));
         }
-        uint64_t slot = prev_find(d, kh);
-        if (slot == UINT64_MAX || (d->t[slot].off & SEEN_BIT)) {
-            continue;
+        if (rc == 0) {
+            return 0;
         }
-        /* the key columns, with the text the earlier export had */
-        const char *p = key;
-        for (size_t k = 0; k < d->prev.nkeys; k++) {
-            const char *e = memchr(p, KEY_SEP, (size_t)(key + kl - p));
-            size_t n = e ? (size_t)(e - p) : (size_t)(key + kl - p);
-            const char *name = k < d->nkey && strcmp(d->key_cols[k], d->prev.keys[k]) == 0
-                                   ? d->key_cols[k]
-                                   : d->prev.keys[k];
-            sl_record_add_str(rec, name, (uint32_t)strlen(name), p, n);
-            p = e ? e + 1 : key + kl;
-        }
-        set_action(d, rec, "lapsed");
-        d->n_lapsed++;
-        return 1;
     }
-    return 0;
+    const char *key;
+    uint16_t kl;
+    if (read_key_at(d, d->lap[d->lapi++], &key, &kl) < 0) {
+        return sl_error_set(err, SL_ERR_IO, "%s: %s is cut short", sl_ctx_name(d->ctx),
+                            d->prev_file);
+    }
+    /* the key columns, with the text the earlier export had */
+    const char *p = key;
+    for (size_t k = 0; k < d->prev.nkeys; k++) {
+        const char *e = memchr(p, KEY_SEP, (size_t)(key + kl - p));
+        size_t n = e ? (size_t)(e - p) : (size_t)(key + kl - p);
+        const char *name = k < d->nkey && strcmp(d->key_cols[k], d->prev.keys[k]) == 0
+                               ? d->key_cols[k]
+                               : d->prev.keys[k];
+        sl_record_add_str(rec, name, (uint32_t)strlen(name), p, n);
+        p = e ? e + 1 : key + kl;
+    }
+    set_action(d, rec, "lapsed");
+    d->n_lapsed++;
+    return 1;
 }
 
 /* An export without a single row: the snapshot still gets its header. */
@@ -1008,7 +1304,7 @@ const sl_step_plugin sl_step_diff = {
     .validate = diff_validate,
     .init = diff_init,
     .columns = diff_columns,
-    .process = diff_process,
+    .process_batch = diff_process_batch,
     .drain = diff_drain,
     .commit = diff_commit,
     .destroy = diff_destroy,
