@@ -251,6 +251,7 @@ void *sl_reader_main(void *arg)
         int first = 1;
         int feed_dry = 0;
         int stage_end = 0;
+        int idle = 0;         /* the source waits for input: no topping up either */
         int topping = 0;      /* reading on into a batch its batch steps mostly dropped */
         size_t done_upto = 0; /* records [0, done_upto) went through the batch steps */
         size_t kept_send = 0, kept_bytes = 0;
@@ -274,6 +275,7 @@ void *sl_reader_main(void *arg)
             if (n == SL_SOURCE_IDLE && f.kind == FEED_SOURCE) {
                 /* nothing to read for now: send what this batch holds */
                 sl_batch_pop(&s->b);
+                idle = 1;
                 break;
             }
             if (n <= 0) {
@@ -321,7 +323,7 @@ void *sl_reader_main(void *arg)
             finish_batch(r, s, batch_from, done_upto, kept_send, kept_bytes, &err) < 0) {
             rc = SL_ERR;
         }
-        if (rc == 0 && !first && !feed_dry && !stage_end && top_up(r, s, batch_from)) {
+        if (rc == 0 && !first && !feed_dry && !stage_end && !idle && top_up(r, s, batch_from)) {
             done_upto = s->b.n;
             kept_send = s->b.nsend;
             kept_bytes = s->b.bytes;
