@@ -407,6 +407,13 @@ static void load_distributed(const sl_catalog *cat, const char *file, const sl_n
                 "`distributed:` only on a pipeline with a source of its own)");
         return;
     }
+    /* `brokers: ${KAFKA_BROKERS:-}` left empty: distributed mode is off, so
+     * one file serves both ways and `run` never needs a broker */
+    const sl_node *brokers =
+        block->kind == SL_NODE_MAP ? map_get(block, "brokers", NULL, NULL) : NULL;
+    if (brokers && brokers->kind == SL_NODE_SCALAR && brokers->value && !*brokers->value) {
+        return;
+    }
     cfg_where(p->distributed.where, sizeof(p->distributed.where), file, block->line, block->col);
     if (block->kind != SL_NODE_MAP) {
         cfg_err(errors, file, block->line, block->col, path,
@@ -439,8 +446,9 @@ int sl_pipeline_role(const sl_pipeline_cfg *p, sl_dist_role role, sl_pipeline_cf
 {
     if (!p->distributed.opts || !p->dist_source_plugin || !p->dist_sink_plugin) {
         return sl_error_set(err, SL_ERR_CONFIG,
-                            "%s: pipeline %s has no `distributed:` block (expected brokers, "
-                            "topic and key there to run it with fanout and worker)",
+                            "%s: pipeline %s has no `distributed:` block, or its brokers are "
+                            "empty (expected brokers, topic and key there to run it with "
+                            "fanout and worker)",
                             p->where, p->name);
     }
     *out = *p;
@@ -1192,8 +1200,17 @@ static void load_outline(const sl_catalog *cat, const char *file, const char *na
     p->source.type = outline_type(body, "source");
     p->sink.type = outline_type(body, "sink");
     p->trigger.type = outline_type(body, "trigger");
-    if (map_get(body, "distributed", NULL, NULL)) {
-        p->distributed.type = strdup("kafka"); /* status: ask the group, loading it in full */
+    const sl_node *dist = map_get(body, "distributed", NULL, NULL);
+    const sl_node *brokers =
+        dist && dist->kind == SL_NODE_MAP ? map_get(dist, "brokers", NULL, NULL) : NULL;
+    if (brokers && brokers->kind == SL_NODE_SCALAR && brokers->value) {
+        /* on when its brokers are set (status then asks the group) */
+        char msg[64];
+        char *v = sl_interpolate(brokers->value, msg, sizeof(msg));
+        if (v && *v) {
+            p->distributed.type = strdup("kafka");
+        }
+        free(v);
     }
     if (p->source.type) {
         p->source_plugin = catalog_find(cat, "source", p->source.type).plugin;

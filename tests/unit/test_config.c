@@ -974,7 +974,7 @@ static void test_config_load_errors(void **state)
     snprintf(want, sizeof(want),
              "%s:10:5: pipelines.p1.sikn: unknown key, did you mean 'sink'? "
              "(expected one of: source, steps, sink, trigger, batch, retry, notify, "
-             "concurrency, rate_limit, max_failed, workers, job_backoff, job_max_backoff, "
+             "distributed, concurrency, rate_limit, max_failed, workers, job_backoff, job_max_backoff, "
              "schedule, description)\n",
              path);
     assert_contains(s, want);
