@@ -389,6 +389,16 @@ static int ksink_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
         rc = sl_error_set(err, SL_ERR_CONFIG, "kafka: %s", es);
         goto fail;
     }
+    /* records of one pipeline repeat their field names and columns header:
+     * lz4 shrinks a batch several times over (a broker's retention and
+     * network go further), unless the user chose otherwise */
+    char cur[64];
+    size_t cur_len = sizeof(cur);
+    if (rd_kafka_conf_get(conf, "compression.type", cur, &cur_len) == RD_KAFKA_CONF_OK &&
+        strcmp(cur, "none") == 0 &&
+        rd_kafka_conf_set(conf, "compression.type", "lz4", es, sizeof(es)) != RD_KAFKA_CONF_OK) {
+        sl_plog(ctx, SL_LOG_DEBUG, "kafka: no lz4 compression: %s", es);
+    }
     rd_kafka_conf_set_opaque(conf, s);
     rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
     s->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, es, sizeof(es));

@@ -51,6 +51,7 @@ typedef struct kpart {
     int eof;
     int64_t ack_next; /* offset to commit (acknowledged up to here), -1 none */
     int64_t sent;     /* ack_next last committed, -1 none */
+    int64_t next;     /* the offset the next message should have, -1 unknown */
 } kpart;
 
 typedef struct ksrc {
@@ -78,6 +79,7 @@ typedef struct ksrc {
     char *cols_json; /* the sluice-columns header the columns came from */
 
     sl_buf text;
+    rd_kafka_message_t *held; /* read, to be produced after the gap before it */
     double last_warn;
     rd_kafka_resp_err_t last_warn_err;
 } ksrc;
@@ -209,10 +211,26 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                 if (!k->assigned) {
                     s->nassigned++;
                 }
-                *k = (kpart){.assigned = 1, .ack_next = -1, .sent = -1};
+                *k = (kpart){.assigned = 1, .ack_next = -1, .sent = -1, .next = -1};
             }
         }
         pthread_mutex_unlock(&s->mu);
+        /* where the group stands: a later message past that offset means
+         * the records between were deleted before anyone read them */
+        rd_kafka_topic_partition_list_t *cl = rd_kafka_topic_partition_list_copy(parts);
+        if (cl && rd_kafka_committed(rk, cl, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            pthread_mutex_lock(&s->mu);
+            for (int i = 0; i < cl->cnt; i++) {
+                kpart *k = part_at(s, cl->elems[i].partition);
+                if (k && cl->elems[i].err == 0 && cl->elems[i].offset >= 0) {
+                    k->next = cl->elems[i].offset;
+                }
+            }
+            pthread_mutex_unlock(&s->mu);
+        }
+        if (cl) {
+            rd_kafka_topic_partition_list_destroy(cl);
+        }
         sl_plog(s->ctx, SL_LOG_INFO, "assigned %d partition(s) of topic %s", parts->cnt, s->topic);
         rd_kafka_error_t *ce = NULL;
         rd_kafka_resp_err_t e = 0;
@@ -248,7 +266,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (k->assigned) {
                 s->nassigned--;
             }
-            *k = (kpart){.ack_next = -1, .sent = -1};
+            *k = (kpart){.ack_next = -1, .sent = -1, .next = -1};
         }
     }
     pthread_mutex_unlock(&s->mu);
@@ -445,7 +463,11 @@ static int ksrc_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *e
         if (sl_ctx_stopping(s->ctx) || until_reached(s)) {
             return 0;
         }
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(s->rk, KSRC_POLL_MS);
+        rd_kafka_message_t *m = s->held;
+        s->held = NULL;
+        if (!m) {
+            m = rd_kafka_consumer_poll(s->rk, KSRC_POLL_MS);
+        }
         if (!m) {
             return SL_SOURCE_IDLE;
         }
@@ -481,11 +503,40 @@ static int ksrc_next(void *self, sl_record *rec, uint64_t *next_pos, sl_error *e
         }
         pthread_mutex_lock(&s->mu);
         kpart *k = part_at(s, m->partition);
-        int pushed = k ? fifo_push(s, s->seq, m->partition, m->offset) : -1;
+        int64_t gap_from = k && k->next >= 0 && m->offset > k->next ? k->next : -1;
+        int pushed = !k ? -1
+                     : gap_from >= 0
+                         /* the gap's record moves no offset: it is not a message */
+                         ? fifo_push(s, s->seq, -1, -1)
+                         : fifo_push(s, s->seq, m->partition, m->offset);
         if (k) {
             k->eof = 0;
+            k->next = m->offset + 1;
         }
         pthread_mutex_unlock(&s->mu);
+        if (pushed >= 0 && gap_from >= 0) {
+            /* records deleted (the topic's retention) before this group read
+             * them: not silently skipped, a dead letter says which */
+            rec->pos = s->seq;
+            rec->line = s->seq + 1;
+            *next_pos = s->seq + 1;
+            s->seq++;
+            s->held = m;
+            sl_record_add_int(rec, "kafka_partition", 15, m->partition);
+            sl_record_add_int(rec, "kafka_offset_from", 17, gap_from);
+            sl_record_add_int(rec, "kafka_offset_to", 15, m->offset - 1);
+            sl_record_reject(rec, SL_STAGE_SOURCE,
+                             "topic %s partition %" PRId32 ": the %" PRId64 " records at offsets "
+                             "%" PRId64 " to %" PRId64 " were deleted from the topic (its "
+                             "retention) before group %s read them; they cannot be delivered "
+                             "from Kafka: produce the input again (sluice fanout --again)",
+                             s->topic, m->partition, m->offset - gap_from, gap_from, m->offset - 1,
+                             s->group);
+            pthread_mutex_lock(&s->mu);
+            k->next = m->offset; /* the held message is checked again, and passes */
+            pthread_mutex_unlock(&s->mu);
+            return 1;
+        }
         if (pushed < 0) {
             rd_kafka_message_destroy(m);
             return sl_error_set(err, SL_ERR_NOMEM, "out of memory");
@@ -518,6 +569,10 @@ static void ksrc_destroy(void *self)
     ksrc *s = self;
     if (!s) {
         return;
+    }
+    if (s->held) {
+        rd_kafka_message_destroy(s->held); /* read, not delivered: not committed either */
+        s->held = NULL;
     }
     if (s->rk) {
         pthread_mutex_lock(&s->mu);
