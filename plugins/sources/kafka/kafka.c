@@ -39,6 +39,7 @@
 #define KSRC_NAMES_MAX 100000 /* distinct field names kept (poison could bring any) */
 #define KSRC_TEXT_MAX ((size_t)64 * 1024 * 1024)
 #define KSRC_WARN_EVERY_S 10
+#define KSRC_CLOSE_S 10 /* leaving the group, at most */
 
 typedef struct kent {
     uint64_t seq;
@@ -579,12 +580,44 @@ static void ksrc_destroy(void *self)
         rd_kafka_topic_partition_list_t *l = ack_list(s, NULL, 0);
         pthread_mutex_unlock(&s->mu);
         commit_sync(s, l, "closing");
-        /* leaves the group: its partitions go to the other members at once */
-        rd_kafka_resp_err_t e = rd_kafka_consumer_close(s->rk);
-        if (e) {
-            sl_plog(s->ctx, SL_LOG_WARN, "leaving group %s: %s", s->group, rd_kafka_err2str(e));
+        /* leave the group (its partitions go to the other members at once),
+         * serving the rebalance it causes, with a deadline: librdkafka
+         * 2.0.2's blocking close was seen to hang when a rebalance was under
+         * way. Past the deadline the group notices in session.timeout.ms. */
+        int closed = 0;
+        rd_kafka_queue_t *cq = rd_kafka_queue_new(s->rk);
+        rd_kafka_error_t *ce = cq ? rd_kafka_consumer_close_queue(s->rk, cq) : NULL;
+        if (ce) {
+            sl_plog(s->ctx, SL_LOG_WARN, "leaving group %s: %s", s->group,
+                    rd_kafka_error_string(ce));
+            rd_kafka_error_destroy(ce);
+        } else if (cq) {
+            double deadline = mono_now() + KSRC_CLOSE_S;
+            while (!(closed = rd_kafka_consumer_closed(s->rk)) && mono_now() < deadline) {
+                rd_kafka_event_t *ev = rd_kafka_queue_poll(cq, 100);
+                if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+                    rebalance_cb(s->rk, rd_kafka_event_error(ev),
+                                 rd_kafka_event_topic_partition_list(ev), s);
+                }
+                if (ev) {
+                    rd_kafka_event_destroy(ev);
+                }
+            }
+            if (!closed) {
+                sl_plog(s->ctx, SL_LOG_WARN,
+                        "leaving group %s took more than %ds; the group will notice this "
+                        "worker is gone after its session timeout",
+                        s->group, KSRC_CLOSE_S);
+            }
         }
-        rd_kafka_destroy(s->rk);
+        if (cq) {
+            rd_kafka_queue_destroy(cq);
+        }
+        if (closed) {
+            rd_kafka_destroy(s->rk);
+        } else {
+            rd_kafka_destroy_flags(s->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        }
     }
     for (size_t i = 0; i < s->nnames; i++) {
         free(s->names[i]);
