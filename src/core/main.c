@@ -14,9 +14,11 @@
 #include "core/registry.h"
 #include "engine/run.h"
 #include "core/serve.h"
+#include "net/server.h"
 #include "sluice/kafka.h"
 #include "sluice/log.h"
 #include "state/state.h"
+#include "util/metrics.h"
 #include "util/schedule.h"
 
 static volatile sig_atomic_t g_stop;
@@ -79,7 +81,7 @@ static const cmd_help commands[] = {
      "confirmed, so a fanout killed mid-way resumes where it stopped. The steps\n"
      "and the sink run in the workers. Holds the pipeline's lease, like run.\n"
      "PIPELINE may be left out when one pipeline of the file is distributed."},
-    {"worker", "sluice worker [-c FILE] [PIPELINE]",
+    {"worker", "sluice worker [-c FILE] [PIPELINE] [--listen ADDR:PORT]",
      "Distributed mode, step two, on as many machines as the topic has\n"
      "partitions: join the pipeline's consumer group and run its steps and sink\n"
      "on the records of the partitions this worker is given, with the usual\n"
@@ -87,7 +89,9 @@ static const cmd_help commands[] = {
      "once every record before it was acknowledged or dead-lettered. SIGTERM\n"
      "stops reading, delivers what was read, commits, leaves the group, exit 0.\n"
      "Per-API-key rate limits are divided by `distributed.workers`. The state\n"
-     "store must be one every worker reaches (state: postgres://...)."},
+     "store must be one every worker reaches (state: postgres://...).\n"
+     "--listen serves GET /metrics (the run's counts, each partition's lag) and\n"
+     "GET /healthz while the worker runs."},
     {NULL, NULL, NULL},
 };
 
@@ -767,6 +771,38 @@ static int cmd_serve(const cli *c)
     return code;
 }
 
+/* A worker's /metrics: its group's progress on each partition of the
+ * topic, asked of the brokers at each scrape. */
+typedef struct lag_ctx {
+    const sl_pipeline_cfg *p;
+} lag_ctx;
+
+static void collect_partitions(void *ud)
+{
+    const lag_ctx *lc = ud;
+    sl_kafka_partition *parts = NULL;
+    size_t n = 0;
+    sl_error err = {0};
+    char topic[256];
+    sl_kafka_topic(lc->p->distributed.opts, lc->p->name, topic, sizeof(topic));
+    if (sl_kafka_group_progress(lc->p->distributed.opts, lc->p->name, 5000, &parts, &n, &err) < 0) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sl_buf l;
+        sl_buf_init(&l, 0);
+        sl_buf_puts(&l, "topic=\"");
+        sl_metric_label_escape(&l, topic);
+        sl_buf_printf(&l, "\",partition=\"%d\"", (int)parts[i].partition);
+        sl_metric_set("sluice_kafka_partition_lag", sl_buf_cstr(&l), (double)parts[i].lag);
+        sl_metric_set("sluice_kafka_partition_committed_offset", sl_buf_cstr(&l),
+                      (double)parts[i].committed);
+        sl_metric_set("sluice_kafka_partition_end_offset", sl_buf_cstr(&l), (double)parts[i].high);
+        sl_buf_free(&l);
+    }
+    free(parts);
+}
+
 /* sluice fanout / sluice worker: one half of a distributed pipeline, run
  * by the same engine as `run` with the kafka sink or source in place. */
 static int cmd_distributed(const cli *c, sl_dist_role role)
@@ -825,8 +861,37 @@ static int cmd_distributed(const cli *c, sl_dist_role role)
     o.samples = 3;
     o.stop = &g_stop;
     o.rate_share = share;
+    /* --listen: GET /metrics (the run's counts, each partition's lag) and
+     * GET /healthz while the worker runs */
+    sl_server *srv = NULL;
+    lag_ctx lc = {.p = p};
+    if (c->listen) {
+        sl_metric_declare("sluice_kafka_partition_lag", SL_METRIC_GAUGE,
+                          "Records of the partition the worker group has not finished.");
+        sl_metric_declare("sluice_kafka_partition_committed_offset", SL_METRIC_GAUGE,
+                          "The group's committed offset (-1: none).");
+        sl_metric_declare("sluice_kafka_partition_end_offset", SL_METRIC_GAUGE,
+                          "The partition's end (high watermark).");
+        if (role == SL_DIST_WORKER) {
+            sl_metrics_add_collector(collect_partitions, &lc);
+        }
+        srv = sl_server_new(c->listen, 2, &err);
+        if (!srv || sl_server_start(srv, &err) < 0) {
+            fprintf(stderr, "sluice: %s: --listen %s: %s\n", cmd, c->listen, err.msg);
+            sl_server_free(srv);
+            sl_state_close(st);
+            sl_config_free(cfg);
+            return SL_EXIT_USAGE;
+        }
+        sl_info(p->name, "listening on %s (port %d): GET /metrics, GET /healthz", c->listen,
+                sl_server_port(srv));
+    }
     sl_run_result res;
     int rc = sl_run_pipeline(cfg, &half, st, &o, &res);
+    if (srv) {
+        sl_server_stop(srv);
+        sl_server_free(srv);
+    }
     if ((rc == SL_EXIT_FAILED || rc == SL_EXIT_LOCKED) && res.error[0]) {
         fprintf(stderr, "sluice: %s: %s\n", p->name, res.error);
     }

@@ -424,6 +424,7 @@ void sl_deliver_loop(runner *r)
     double t0 = sl_engine_now();
     double last_progress = t0;
     double last_update = t0;
+    double last_metrics = t0;
     double progress_every = r->o->progress ? 0.25 : 10.0;
 
     for (;;) {
@@ -451,6 +452,10 @@ void sl_deliver_loop(runner *r)
         if (t - last_progress >= progress_every) {
             sl_report_progress(r, t0, 0);
             last_progress = t;
+        }
+        if (t - last_metrics >= 1.0) {
+            sl_report_metrics(r);
+            last_metrics = t;
         }
         if (!r->o->dry_run && (r->o->mode == SL_RUN_NORMAL || r->o->mode == SL_RUN_WORKER) &&
             t - last_update >= 5.0) {
@@ -480,4 +485,5 @@ void sl_deliver_loop(runner *r)
     if (r->o->progress) {
         sl_report_progress(r, t0, 1);
     }
+    sl_report_metrics(r);
 }

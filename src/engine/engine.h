@@ -190,6 +190,7 @@ int sl_lease_renew(runner *r, int force, sl_error *err);
 void sl_lease_release(runner *r);
 
 /* report.c */
+void sl_report_metrics(runner *r);
 void sl_report_progress(runner *r, double t0, int final);
 void sl_report_summary(const runner *r, const sl_run_result *res, sl_buf *out);
 

@@ -7,6 +7,7 @@
 
 #include "engine/engine.h"
 #include "sluice/json.h"
+#include "util/metrics.h"
 
 void sl_report_progress(runner *r, double t0, int final)
 {
@@ -30,6 +31,32 @@ void sl_report_progress(runner *r, double t0, int final)
         sl_info(sl_ctx_name(r->src_ctx),
                 "progress: %" PRId64 " read, %" PRIu64 " sent, %" PRIu64 " failed, %.0f rec/s%s",
                 nread, r->counts.sent, r->counts.failed, rate, eta);
+    }
+}
+
+/* The run's counts as Prometheus gauges, for a process that serves
+ * /metrics while it runs (serve, a worker with --listen). */
+void sl_report_metrics(runner *r)
+{
+    static const char *const outcome[] = {"read",    "sent",     "dead_lettered",
+                                          "skipped", "requests", "retries"};
+    uint64_t v[6] = {(uint64_t)atomic_load(&r->prog_read),
+                     r->counts.sent,
+                     r->counts.failed,
+                     r->counts.skipped,
+                     r->counts.requests,
+                     r->counts.retries};
+    sl_metric_declare("sluice_run_records", SL_METRIC_GAUGE,
+                      "Records of the run in progress (or the last one) of a pipeline, by "
+                      "outcome; requests and retries are the sink's.");
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        sl_buf labels;
+        sl_buf_init(&labels, 0);
+        sl_buf_puts(&labels, "pipeline=\"");
+        sl_metric_label_escape(&labels, r->p->name);
+        sl_buf_printf(&labels, "\",outcome=\"%s\"", outcome[i]);
+        sl_metric_set("sluice_run_records", sl_buf_cstr(&labels), (double)v[i]);
+        sl_buf_free(&labels);
     }
 }
 

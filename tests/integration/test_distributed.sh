@@ -75,13 +75,16 @@ produced2=$(awk '/ sent [0-9]+/ { for (i = 1; i <= NF; i++) if ($i == "sent") pr
 check "the rerun produced the rest, not everything again ($produced2 < $ROWS)" test "${produced2:-0}" -lt "$ROWS"
 
 # ---- 2. three workers; one killed -9; a broker down and back
-start_worker() { # N
-    (cd "$T_DIR" && exec "$SLUICE_BIN" worker -c "$CFG" >"$T_DIR/worker$1.out" 2>"$T_DIR/worker$1.err") &
-    eval "W$1=$!"
+start_worker() { # N [ARGS...]
+    local n=$1
+    shift
+    (cd "$T_DIR" && exec "$SLUICE_BIN" worker -c "$CFG" "$@" >"$T_DIR/worker$n.out" 2>"$T_DIR/worker$n.err") &
+    eval "W$n=$!"
 }
 received() { python3 -c 'import json,sys; print(len({json.loads(l)["external_id"] for l in open(sys.argv[1])}))' "$FAKE_braze_RECORD" 2>/dev/null || echo 0; }
+MPORT=$(free_port)
 start_worker 1
-start_worker 2
+start_worker 2 --listen "127.0.0.1:$MPORT"
 start_worker 3
 for _ in $(seq 1 600); do
     [ "$(received)" -ge $((EXPECTED / 4)) ] && break
@@ -92,6 +95,11 @@ expect_match "status counts three live workers" "$T_DIR/st.workers" "workers: 3 
 got=$(received)
 check "a quarter was delivered before the kill ($got)" test "$got" -ge $((EXPECTED / 4))
 check "and not everything ($got < $EXPECTED): the kill is mid-run" test "$got" -lt "$EXPECTED"
+curl -fsS "http://127.0.0.1:$MPORT/metrics" >"$T_DIR/metrics.txt" || true
+expect_match "worker 2's /metrics counts what it sent" "$T_DIR/metrics.txt" \
+    'sluice_run_records\{pipeline="braze-import",outcome="sent"\} [1-9]'
+expect_match "... and each partition's lag" "$T_DIR/metrics.txt" \
+    'sluice_kafka_partition_lag\{topic="people",partition="3"\} [0-9]'
 kill -9 "$W1"
 wait "$W1" 2>/dev/null || true
 check "a broker goes down mid-run" kmock km "down 2"
