@@ -34,6 +34,15 @@ pipelines:
     source: {type: csv, path: big.csv}
     sink: {type: kafka, brokers: "\${KAFKA_BROKERS}", topic: blobs, key: id}
     batch: {records: 200}
+  live1: &live
+    source:
+      type: kafka
+      brokers: "\${KAFKA_BROKERS}"
+      topic: blobs
+      group: live
+      properties: $KAFKA_TEST_PROPS
+    sink: {type: http, url: "http://127.0.0.1:$FAKE_hook_PORT/hook"}
+  live2: *live
   drain:
     source:
       type: kafka
@@ -75,5 +84,21 @@ check "what was still on the topic was delivered, to its end (b$first..b$last)" 
 gap_to=$(grep -oE 'offsets 100 to [0-9]+' status.out | head -1 | awk '{print $4}')
 expect_eq "the gap and the delivered records account for every big record" 2000 \
     "$((gap_to - 100 + 1 + sent))"
+
+# a topic with fewer partitions than consumers in its group: the idle one
+# says so (two pipelines, one group: each holds its own run lease)
+(exec "$SLUICE_BIN" run -c p.yml live1 >live1.out 2>&1) &
+l1=$!
+(exec "$SLUICE_BIN" run -c p.yml live2 >live2.out 2>&1) &
+l2=$!
+for _ in $(seq 1 400); do
+    grep -q "no partition of topic blobs" live1.out live2.out && break
+    sleep 0.05
+done
+kill -TERM "$l1" "$l2"
+wait "$l1" 2>/dev/null || true
+wait "$l2" 2>/dev/null || true
+expect_match "with 1 partition and 2 consumers, the idle one is reported" <(cat live1.out live2.out) \
+    "group live gave this worker no partition of topic blobs: it has more members than the topic has partitions"
 stop_kafka_mock km
 finish

@@ -204,6 +204,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     ksrc *s = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS && parts->cnt == 0 && !s->cooperative) {
+        sl_plog(s->ctx, SL_LOG_WARN,
+                "group %s gave this worker no partition of topic %s: it has more members than "
+                "the topic has partitions; this one stays idle until a rebalance gives it one",
+                s->group, s->topic);
+    }
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         pthread_mutex_lock(&s->mu);
         for (int i = 0; i < parts->cnt; i++) {
