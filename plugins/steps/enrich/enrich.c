@@ -4,8 +4,9 @@
  * record under chosen fields.
  *
  * Billing ledger: every 200 goes to a ledger in the state store
- * (sl_ctx_ledger_put, written as the answers arrive, all of them durable
- * before the batch goes on to the sink), and each batch's keys are looked
+ * (sl_ctx_ledger_put, written by a thread of its own as the answers arrive,
+ * so lookups never wait for the store; all of them durable before the batch
+ * goes on to the sink), and each batch's keys are looked
  * up there first: a key with a 200 inside `fresh_for` is never looked up
  * again: its kept profile is merged instead, so a run that crashed after
  * paying for a lookup and before the sink acknowledged delivers the profile
@@ -13,6 +14,7 @@
  * pipeline and every process using the store (`sluice worker`s on many
  * machines). See docs/steps/enrich.md. */
 #include <errno.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,9 +90,16 @@ typedef struct enrich {
     /* ledger */
     ent **buckets;
     size_t nbuckets, nents;
-    char *ledger;                  /* scope in the state store, or NULL: no ledger */
-    char **pend_keys, **pend_vals; /* paid answers not yet in the ledger */
+    char *ledger; /* scope in the state store, or NULL: no ledger */
+    /* paid answers not yet in the ledger, written by the ledger thread so
+     * the lookups never wait for the state store; guarded by lmu */
+    char **pend_keys, **pend_vals;
     size_t npend, pend_cap;
+    pthread_t lthread;
+    int lthread_on, lstop, lbusy;
+    pthread_mutex_t lmu;
+    pthread_cond_t lwork, ldone;
+    sl_error lerr;      /* lerr.code != 0: a write failed */
     const char **fetch; /* keys of the batch this run has not seen yet */
     size_t *koff;       /* each record's key in keys (SIZE_MAX: none) */
     size_t kcap;
@@ -228,22 +237,10 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* A ledger entry: {"t":unix_s,"f":{mapped fields}} under the key. */
+/* A ledger entry: {"t":unix_s,"f":{mapped fields}} under the key, queued
+ * for the ledger thread. */
 static int ledger_push(enrich *e, const char *key, double at, const char *fields)
 {
-    if (e->npend == e->pend_cap) {
-        size_t nc = e->pend_cap ? e->pend_cap * 2 : 64;
-        char **nk = realloc(e->pend_keys, nc * sizeof(*nk));
-        if (nk) {
-            e->pend_keys = nk;
-        }
-        char **nv = nk ? realloc(e->pend_vals, nc * sizeof(*nv)) : NULL;
-        if (!nv) {
-            return SL_ERR_NOMEM;
-        }
-        e->pend_vals = nv;
-        e->pend_cap = nc;
-    }
     sl_buf v;
     sl_buf_init(&v, 0);
     if (sl_buf_printf(&v, "{\"t\":%.3f,\"f\":%s}", at, fields) != 0) {
@@ -255,32 +252,90 @@ static int ledger_push(enrich *e, const char *key, double at, const char *fields
         sl_buf_free(&v);
         return SL_ERR_NOMEM;
     }
+    pthread_mutex_lock(&e->lmu);
+    if (e->npend == e->pend_cap) {
+        size_t nc = e->pend_cap ? e->pend_cap * 2 : 64;
+        char **nk = realloc(e->pend_keys, nc * sizeof(*nk));
+        if (nk) {
+            e->pend_keys = nk;
+        }
+        char **nv = nk ? realloc(e->pend_vals, nc * sizeof(*nv)) : NULL;
+        if (!nv) {
+            pthread_mutex_unlock(&e->lmu);
+            free(k);
+            sl_buf_free(&v);
+            return SL_ERR_NOMEM;
+        }
+        e->pend_vals = nv;
+        e->pend_cap = nc;
+    }
     e->pend_keys[e->npend] = k;
     e->pend_vals[e->npend] = sl_buf_steal(&v);
     e->npend++;
+    pthread_cond_signal(&e->lwork);
+    pthread_mutex_unlock(&e->lmu);
     return 0;
 }
 
-/* The paid answers so far into the ledger, in one transaction. */
-static int ledger_flush(enrich *e, sl_error *err)
+/* The ledger thread: whatever answers have queued up go in together, one
+ * transaction, as soon as the previous one committed. */
+static void *ledger_main(void *arg)
 {
-    if (e->npend == 0) {
+    enrich *e = arg;
+    pthread_mutex_lock(&e->lmu);
+    for (;;) {
+        while (e->npend == 0 && !e->lstop) {
+            pthread_cond_wait(&e->lwork, &e->lmu);
+        }
+        if (e->npend == 0) {
+            break;
+        }
+        char **keys = e->pend_keys, **vals = e->pend_vals;
+        size_t n = e->npend, cap = e->pend_cap;
+        e->pend_keys = e->pend_vals = NULL;
+        e->npend = e->pend_cap = 0;
+        e->lbusy = 1;
+        pthread_mutex_unlock(&e->lmu);
+        sl_error err = {0};
+        int rc = e->lerr.code ? 0 /* stopped writing: the run is failing */
+                              : sl_ctx_ledger_put(e->ctx, e->ledger, (const char *const *)keys,
+                                                  (const char *const *)vals, n, &err);
+        for (size_t i = 0; i < n; i++) {
+            free(keys[i]);
+            free(vals[i]);
+        }
+        (void)cap;
+        free(keys);
+        free(vals);
+        pthread_mutex_lock(&e->lmu);
+        if (rc < 0 && !e->lerr.code) {
+            e->lerr = err;
+            sl_error_prefix(&e->lerr,
+                            "cannot record paid lookups in the ledger '%s' (stopping so nothing "
+                            "is paid twice)",
+                            e->ledger);
+        }
+        e->lbusy = 0;
+        pthread_cond_broadcast(&e->ldone);
+    }
+    pthread_mutex_unlock(&e->lmu);
+    return NULL;
+}
+
+/* 0 while the ledger thread keeps up; its error otherwise. wait: block
+ * until everything queued is committed (before a batch goes on). */
+static int ledger_sync(enrich *e, int wait, sl_error *err)
+{
+    if (!e->lthread_on) {
         return 0;
     }
-    int rc = sl_ctx_ledger_put(e->ctx, e->ledger, (const char *const *)e->pend_keys,
-                               (const char *const *)e->pend_vals, e->npend, err);
-    for (size_t i = 0; i < e->npend; i++) {
-        free(e->pend_keys[i]);
-        free(e->pend_vals[i]);
+    pthread_mutex_lock(&e->lmu);
+    while (wait && (e->npend > 0 || e->lbusy) && !e->lerr.code) {
+        pthread_cond_wait(&e->ldone, &e->lmu);
     }
-    e->npend = 0;
-    if (rc < 0) {
-        return sl_error_prefix(err,
-                               "cannot record paid lookups in the ledger '%s' (stopping so "
-                               "nothing is paid twice)",
-                               e->ledger);
-    }
-    return 0;
+    int rc = e->lerr.code ? sl_error_set(err, e->lerr.code, "%s", e->lerr.msg) : 0;
+    pthread_mutex_unlock(&e->lmu);
+    return rc;
 }
 
 typedef struct fetch_ctx {
@@ -757,8 +812,9 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
             continue;
         }
         sl_http_run(e->http, 200);
-        /* the answers of this pass into the ledger, as they arrive */
-        if (e->npend && !e->fatal && ledger_flush(e, err) < 0) {
+        /* the ledger thread writes the answers as they arrive; stop asking
+         * as soon as it cannot */
+        if (!e->fatal && ledger_sync(e, 0, err) < 0) {
             set_fatal(e, err->code ? err->code : SL_ERR_IO, "%s", err->msg);
         }
         if (sl_ctx_stopping(e->ctx) && !e->fatal) {
@@ -774,7 +830,7 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
         }
     }
     /* before the records go on: a profile the sink may see is in the ledger */
-    if (e->npend && ledger_flush(e, err) < 0 && !e->fatal) {
+    if (ledger_sync(e, 1, err) < 0 && !e->fatal) {
         set_fatal(e, err->code ? err->code : SL_ERR_IO, "%s", err->msg);
     }
     if (e->fatal) {
@@ -818,6 +874,17 @@ static void enrich_destroy(void *self)
         }
     }
     free(e->buckets);
+    if (e->lthread_on) {
+        /* what is queued is written before the thread ends */
+        pthread_mutex_lock(&e->lmu);
+        e->lstop = 1;
+        pthread_cond_signal(&e->lwork);
+        pthread_mutex_unlock(&e->lmu);
+        pthread_join(e->lthread, NULL);
+    }
+    pthread_mutex_destroy(&e->lmu);
+    pthread_cond_destroy(&e->lwork);
+    pthread_cond_destroy(&e->ldone);
     for (size_t i = 0; i < e->npend; i++) {
         free(e->pend_keys[i]);
         free(e->pend_vals[i]);
@@ -929,6 +996,9 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
     }
     e->ctx = ctx;
     sl_buf_init(&e->keys, 0);
+    pthread_mutex_init(&e->lmu, NULL);
+    pthread_cond_init(&e->lwork, NULL);
+    pthread_cond_init(&e->ldone, NULL);
     e->preset = strcmp(sl_opt_str(o, "preset"), "fullcontact") == 0 ? P_FULLCONTACT : P_GENERIC;
     int fc = e->preset == P_FULLCONTACT;
     e->key_field = dup_or(o, "key", "email");
@@ -1019,6 +1089,13 @@ static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err
             sl_ctx_ledger_get(ctx, e->ledger, NULL, 0, NULL, NULL, err) < 0) {
             rc = err->code;
             goto fail_msg;
+        }
+        if (!sl_ctx_dry_run(ctx)) {
+            if (pthread_create(&e->lthread, NULL, ledger_main, e) != 0) {
+                rc = sl_error_set(err, SL_ERR, "cannot start the ledger thread");
+                goto fail_msg;
+            }
+            e->lthread_on = 1;
         }
     }
     *self = e;
