@@ -291,9 +291,15 @@ static void dry_run_show(runner *r, slot *s)
             sl_buf_printf(&body, "(cannot encode: %s)", e.msg);
         }
     } else {
-        for (size_t i = 0; i < s->b.n && i < 5; i++) {
+        /* the records that would be sent: a batch step (diff) leaves the
+         * ones it drops in the batch, marked skipped */
+        for (size_t i = 0, shown = 0; i < s->b.n && shown < 5; i++) {
+            if (s->b.recs[i].status != SL_REC_OK) {
+                continue;
+            }
             sl_record_to_json(&s->b.recs[i], &body);
             sl_buf_putc(&body, '\n');
+            shown++;
         }
     }
     if (body.len > 2000) {

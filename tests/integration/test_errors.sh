@@ -108,6 +108,19 @@ export BRAZE_API_KEY=$real
 before=$(json_get "$(fake_stats "$FAKE_braze_PORT")" requests)
 expect_eq "dry run: exit 0" 0 "$(run_rc dry run -c "$CFG" --dry-run)"
 expect_match "dry run prints a sample payload" "$T_DIR/dry.log" '"attributes":\[\{"external_id":"1"'
+# a sink without a request body (a table) shows records as samples: only
+# those that would be sent, not a row the source rejected
+printf 'id,name\n1,a,extra\n2,b\n3,c\n' >"$T_DIR/ragged.csv"
+cat >"$T_DIR/table.yml" <<YML
+state: $T_DIR/table-state.db
+pipelines:
+  t:
+    source: {type: csv, path: $T_DIR/ragged.csv}
+    sink: {type: sql_table, url: $T_DIR/table.db, table: t, mode: replace}
+YML
+(cd "$T_DIR" && "$SLUICE_BIN" run --dry-run -c "$T_DIR/table.yml") >"$T_DIR/dry-table.log" 2>&1 || true
+expect_match "a table's dry run shows a record that would be sent" "$T_DIR/dry-table.log" '"id":"2"'
+expect_no_match "... and not the ragged row the source rejected" "$T_DIR/dry-table.log" '"id":"1"'
 expect_match "dry run prints counts" "$T_DIR/dry.log" "1 would be sent"
 after=$(json_get "$(fake_stats "$FAKE_braze_PORT")" requests)
 expect_eq "dry run sends nothing" "$before" "$after"
