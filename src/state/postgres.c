@@ -265,6 +265,27 @@ static PGresult *pg_run(pg *p, const char *sql, const params *ps, int binary, PG
     return NULL;
 }
 
+/* pg_run for a caller that only reports a failure: the result, or NULL with
+ * err set (SL_ERR_IO) to "state WHERE: <what>: <why>". */
+static PGresult *pg_query(pg *p, const char *sql, const params *ps, int binary, sl_error *err,
+                          const char *fmt, ...) SL_PRINTF(6, 7);
+static PGresult *pg_query(pg *p, const char *sql, const params *ps, int binary, sl_error *err,
+                          const char *fmt, ...)
+{
+    PGresult *bad = NULL;
+    PGresult *res = pg_run(p, sql, ps, binary, &bad);
+    if (!res) {
+        char what[600];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof(what), fmt, ap);
+        va_end(ap);
+        pg_fail(p, err, bad, "%s", what);
+        PQclear(bad);
+    }
+    return res;
+}
+
 /* Run a statement whose result is not needed beyond success and the number
  * of rows it changed (*changed, may be NULL). 0 or <0 with err set. */
 static int pg_cmd(pg *p, const char *sql, const params *ps, long *changed, sl_error *err,
@@ -549,12 +570,9 @@ static int pg_commit(void *impl, sl_error *err)
                             "error",
                             p->where);
     }
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p, "COMMIT", NULL, 0, &bad);
+    PGresult *res = pg_query(p, "COMMIT", NULL, 0, err, "cannot commit");
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot commit");
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     /* a COMMIT of a failed transaction answers "ROLLBACK", not an error */
     int ok = strcmp(PQcmdStatus(res), "COMMIT") == 0;
@@ -594,17 +612,14 @@ static int pg_run_begin(void *impl, const char *pipeline, const char *input, dou
     /* A run still "running" belongs to a process that died without ending
      * it (the engine allows one live run per pipeline): keep its counts.
      * One statement: both changes or neither. */
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "WITH gone AS (UPDATE sluice.runs SET status = 'interrupted', "
-                           "finished_at = $3::float8 WHERE pipeline = $1 AND status = 'running') "
-                           "INSERT INTO sluice.runs(pipeline, input, status, started_at) "
-                           "VALUES ($1, $2, 'running', $3::float8) RETURNING id",
-                           &ps, 0, &bad);
+    PGresult *res = pg_query(p,
+                             "WITH gone AS (UPDATE sluice.runs SET status = 'interrupted', "
+                             "finished_at = $3::float8 WHERE pipeline = $1 AND status = 'running') "
+                             "INSERT INTO sluice.runs(pipeline, input, status, started_at) "
+                             "VALUES ($1, $2, 'running', $3::float8) RETURNING id",
+                             &ps, 0, err, "cannot start a run of pipeline '%s'", pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot start a run of pipeline '%s'", pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     *run_id = col_i64(res, 0, 0);
     PQclear(res);
@@ -697,15 +712,12 @@ static int pg_run_last(void *impl, const char *pipeline, sl_run_info *out, sl_er
     pg *p = impl;
     params ps = {0};
     p_text(&ps, pipeline);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT " RUN_COLS " FROM sluice.runs WHERE pipeline = $1 "
-                           "ORDER BY id DESC LIMIT 1",
-                           &ps, 0, &bad);
+    PGresult *res = pg_query(p,
+                             "SELECT " RUN_COLS " FROM sluice.runs WHERE pipeline = $1 "
+                             "ORDER BY id DESC LIMIT 1",
+                             &ps, 0, err, "cannot read the last run of pipeline '%s'", pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot read the last run of pipeline '%s'", pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int found = PQntuples(res) > 0;
     if (found) {
@@ -726,17 +738,14 @@ static int pg_runs(void *impl, const char *pipeline, int limit, sl_run_cb cb, vo
     } else {
         p_text(&ps, NULL); /* LIMIT NULL = no limit */
     }
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT " RUN_COLS " FROM sluice.runs "
-                           "WHERE ($1::text IS NULL OR pipeline = $1::text) "
-                           "ORDER BY id DESC LIMIT $2::bigint",
-                           &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p,
+                 "SELECT " RUN_COLS " FROM sluice.runs "
+                 "WHERE ($1::text IS NULL OR pipeline = $1::text) "
+                 "ORDER BY id DESC LIMIT $2::bigint",
+                 &ps, 0, err, "cannot list runs of pipeline '%s'", pipeline ? pipeline : "*");
     if (!res) {
-        int rc =
-            pg_fail(p, err, bad, "cannot list runs of pipeline '%s'", pipeline ? pipeline : "*");
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int ret = 0;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -761,15 +770,12 @@ static int pg_kv_get(void *impl, const char *pipeline, const char *key, sl_buf *
     params ps = {0};
     p_text(&ps, pipeline);
     p_text(&ps, key);
-    PGresult *bad = NULL;
     /* binary result: the bytea's bytes as stored */
-    PGresult *res =
-        pg_run(p, "SELECT value FROM sluice.kv WHERE pipeline = $1 AND key = $2", &ps, 1, &bad);
+    PGresult *res = pg_query(p, "SELECT value FROM sluice.kv WHERE pipeline = $1 AND key = $2", &ps,
+                             1, err, "cannot read %s for pipeline '%s'",
+                             sl_state_key_noun(key, noun, sizeof(noun)), pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot read %s for pipeline '%s'",
-                         sl_state_key_noun(key, noun, sizeof(noun)), pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int ret = 0;
     if (PQntuples(res) > 0) {
@@ -838,17 +844,15 @@ static int pg_kv_get_many(void *impl, const char *pipeline, const char *const *k
     params ps = {0};
     p_text(&ps, pipeline);
     p_text(&ps, sl_buf_cstr(&arr));
-    PGresult *bad = NULL;
     /* the index of each key found: ordinality of the array element */
-    PGresult *res = pg_run(p,
-                           "SELECT k.i - 1, kv.value FROM unnest($2::text[]) WITH ORDINALITY "
-                           "AS k(key, i) JOIN sluice.kv kv ON kv.pipeline = $1 AND kv.key = k.key",
-                           &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p,
+                 "SELECT k.i - 1, kv.value FROM unnest($2::text[]) WITH ORDINALITY "
+                 "AS k(key, i) JOIN sluice.kv kv ON kv.pipeline = $1 AND kv.key = k.key",
+                 &ps, 0, err, "cannot read %zu keys of '%s'", n, pipeline);
     sl_buf_free(&arr);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot read %zu keys of '%s'", n, pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int rc = 0;
     for (int r = 0; r < PQntuples(res) && rc == 0; r++) {
@@ -914,17 +918,14 @@ static int pg_kv_each(void *impl, const char *pipeline, sl_kv_cb cb, void *ud, s
     pg *p = impl;
     params ps = {0};
     p_text(&ps, pipeline);
-    PGresult *bad = NULL;
     /* binary results: text columns arrive as their bytes, the value as
      * stored; the time as text so it needs no float8 wire decoding */
-    PGresult *res = pg_run(p,
-                           "SELECT key, value, updated_at::text FROM sluice.kv "
-                           "WHERE pipeline = $1 ORDER BY key COLLATE \"C\"",
-                           &ps, 1, &bad);
+    PGresult *res = pg_query(p,
+                             "SELECT key, value, updated_at::text FROM sluice.kv "
+                             "WHERE pipeline = $1 ORDER BY key COLLATE \"C\"",
+                             &ps, 1, err, "cannot list state of pipeline '%s'", pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot list state of pipeline '%s'", pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int ret = 0;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -993,17 +994,15 @@ static int pg_dl_each(void *impl, const char *pipeline, int limit, sl_dl_cb cb, 
         p_text(&ps, pipeline);
         p_i64(&ps, after);
         p_i64(&ps, want);
-        PGresult *bad = NULL;
-        PGresult *res = pg_run(p,
-                               "SELECT id, run_id, pipeline, stage, line, record, error, "
-                               "response, attempts, created_at, action FROM sluice.dead_letters "
-                               "WHERE pipeline = $1 AND id > $2::bigint ORDER BY id "
-                               "LIMIT $3::bigint",
-                               &ps, 0, &bad);
+        PGresult *res =
+            pg_query(p,
+                     "SELECT id, run_id, pipeline, stage, line, record, error, "
+                     "response, attempts, created_at, action FROM sluice.dead_letters "
+                     "WHERE pipeline = $1 AND id > $2::bigint ORDER BY id "
+                     "LIMIT $3::bigint",
+                     &ps, 0, err, "cannot list dead letters of pipeline '%s'", pipeline);
         if (!res) {
-            int rc = pg_fail(p, err, bad, "cannot list dead letters of pipeline '%s'", pipeline);
-            PQclear(bad);
-            return rc;
+            return SL_ERR_IO;
         }
         int n = PQntuples(res);
         for (int i = 0; i < n; i++) {
@@ -1085,16 +1084,13 @@ static int64_t pg_dl_count(void *impl, const char *pipeline, sl_error *err)
     pg *p = impl;
     params ps = {0};
     p_text(&ps, pipeline);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT count(*) FROM sluice.dead_letters "
-                           "WHERE $1::text IS NULL OR pipeline = $1::text",
-                           &ps, 0, &bad);
+    PGresult *res = pg_query(p,
+                             "SELECT count(*) FROM sluice.dead_letters "
+                             "WHERE $1::text IS NULL OR pipeline = $1::text",
+                             &ps, 0, err, "cannot count dead letters of pipeline '%s'",
+                             pipeline ? pipeline : "*");
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot count dead letters of pipeline '%s'",
-                         pipeline ? pipeline : "*");
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int64_t n = col_i64(res, 0, 0);
     PQclear(res);
@@ -1155,17 +1151,15 @@ static int pg_job_add(void *impl, const char *pipeline, const char *kind, const 
                             "state %s: cannot store a job for pipeline '%s': out of memory",
                             p->where, pipeline);
     }
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "INSERT INTO sluice.jobs(pipeline, kind, idem_key, order_key, payload, "
-                           "status, attempts, not_before, created_at, expires_at) "
-                           "VALUES ($1, $2, $3, $4, $5, 'queued', 0, 0, $6::float8, $7::float8) "
-                           "ON CONFLICT (pipeline, idem_key) DO NOTHING RETURNING id",
-                           &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p,
+                 "INSERT INTO sluice.jobs(pipeline, kind, idem_key, order_key, payload, "
+                 "status, attempts, not_before, created_at, expires_at) "
+                 "VALUES ($1, $2, $3, $4, $5, 'queued', 0, 0, $6::float8, $7::float8) "
+                 "ON CONFLICT (pipeline, idem_key) DO NOTHING RETURNING id",
+                 &ps, 0, err, "cannot store a job for pipeline '%s'", pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot store a job for pipeline '%s'", pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     if (PQntuples(res) > 0) {
         *id = col_i64(res, 0, 0);
@@ -1178,14 +1172,11 @@ static int pg_job_add(void *impl, const char *pipeline, const char *kind, const 
     params q = {0};
     p_text(&q, pipeline);
     p_text(&q, ps.v[2]);
-    res =
-        pg_run(p, "SELECT id FROM sluice.jobs WHERE pipeline = $1 AND idem_key = $2", &q, 0, &bad);
+    res = pg_query(p, "SELECT id FROM sluice.jobs WHERE pipeline = $1 AND idem_key = $2", &q, 0,
+                   err, "cannot look up the job with idempotency key '%.60s' of pipeline '%s'",
+                   idem_key, pipeline);
     if (!res) {
-        int rc = pg_fail(p, err, bad,
-                         "cannot look up the job with idempotency key '%.60s' of pipeline '%s'",
-                         idem_key, pipeline);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int found = PQntuples(res) > 0;
     if (found) {
@@ -1210,12 +1201,10 @@ static int pg_job_claim(void *impl, const char *pipeline, double now, double wal
     p_text(&ps, pipeline);
     p_f64(&ps, now);
     p_f64(&ps, wall);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p, SQL_JOB_CLAIM, &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p, SQL_JOB_CLAIM, &ps, 0, err, "cannot claim a job of pipeline '%s'", what);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot claim a job of pipeline '%s'", what);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int ret = 0;
     if (PQntuples(res) > 0) {
@@ -1274,12 +1263,10 @@ static int pg_job_finish(void *impl, int64_t id, const char *status, double not_
      * was re-queued under it), and finishing it would undo someone's work. */
     params q = {0};
     p_i64(&q, id);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p, "SELECT status FROM sluice.jobs WHERE id = $1::bigint", &q, 0, &bad);
+    PGresult *res = pg_query(p, "SELECT status FROM sluice.jobs WHERE id = $1::bigint", &q, 0, err,
+                             "cannot finish job %lld as %s", (long long)id, status);
     if (!res) {
-        rc = pg_fail(p, err, bad, "cannot finish job %lld as %s", (long long)id, status);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     if (PQntuples(res) > 0) {
         rc = sl_error_set(err, SL_ERR_INPUT,
@@ -1331,17 +1318,14 @@ static int pg_jobs(void *impl, const char *pipeline, int limit, sl_job_cb cb, vo
     } else {
         p_text(&ps, NULL);
     }
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT " JOB_COLS " FROM sluice.jobs AS j "
-                           "WHERE ($1::text IS NULL OR j.pipeline = $1::text) "
-                           "ORDER BY j.id DESC LIMIT $2::bigint",
-                           &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p,
+                 "SELECT " JOB_COLS " FROM sluice.jobs AS j "
+                 "WHERE ($1::text IS NULL OR j.pipeline = $1::text) "
+                 "ORDER BY j.id DESC LIMIT $2::bigint",
+                 &ps, 0, err, "cannot list jobs of pipeline '%s'", pipeline ? pipeline : "*");
     if (!res) {
-        int rc =
-            pg_fail(p, err, bad, "cannot list jobs of pipeline '%s'", pipeline ? pipeline : "*");
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int ret = 0;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -1363,16 +1347,13 @@ static int pg_job_counts(void *impl, const char *pipeline, int64_t counts[5], sl
     pg *p = impl;
     params ps = {0};
     p_text(&ps, pipeline);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT status, count(*) FROM sluice.jobs "
-                           "WHERE $1::text IS NULL OR pipeline = $1::text GROUP BY status",
-                           &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p,
+                 "SELECT status, count(*) FROM sluice.jobs "
+                 "WHERE $1::text IS NULL OR pipeline = $1::text GROUP BY status",
+                 &ps, 0, err, "cannot count jobs of pipeline '%s'", pipeline ? pipeline : "*");
     if (!res) {
-        int rc =
-            pg_fail(p, err, bad, "cannot count jobs of pipeline '%s'", pipeline ? pipeline : "*");
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     for (int i = 0; i < PQntuples(res); i++) {
         for (int k = 0; k < 5; k++) {
@@ -1392,15 +1373,12 @@ static int pg_lease_get(void *impl, const char *name, sl_lease *out, sl_error *e
     pg *p = impl;
     params ps = {0};
     p_text(&ps, name);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
-                           "FROM sluice.leases WHERE name = $1",
-                           &ps, 0, &bad);
+    PGresult *res = pg_query(p,
+                             "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
+                             "FROM sluice.leases WHERE name = $1",
+                             &ps, 0, err, "cannot read the lease '%s'", name);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot read the lease '%s'", name);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int found = PQntuples(res) > 0;
     if (found) {
@@ -1422,15 +1400,12 @@ static int pg_lease_each(void *impl, const char *prefix, sl_lease_cb cb, void *u
     pg *p = impl;
     params ps = {0};
     p_text(&ps, prefix);
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p,
-                           "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
-                           "FROM sluice.leases WHERE left(name, length($1)) = $1 ORDER BY name",
-                           &ps, 0, &bad);
+    PGresult *res = pg_query(p,
+                             "SELECT name, owner, host, pid, acquired_at, heartbeat_at, expires_at "
+                             "FROM sluice.leases WHERE left(name, length($1)) = $1 ORDER BY name",
+                             &ps, 0, err, "cannot list the leases '%s*'", prefix);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot list the leases '%s*'", prefix);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     for (int i = 0; i < PQntuples(res); i++) {
         sl_lease l;
@@ -1469,12 +1444,10 @@ static int pg_lease_take(void *impl, const sl_lease *want, double now, const cha
                             "state %s: cannot take the lease '%s': out of memory", p->where,
                             want->name);
     }
-    PGresult *bad = NULL;
-    PGresult *res = pg_run(p, SQL_LEASE_TAKE, &ps, 0, &bad);
+    PGresult *res =
+        pg_query(p, SQL_LEASE_TAKE, &ps, 0, err, "cannot take the lease '%s'", want->name);
     if (!res) {
-        int rc = pg_fail(p, err, bad, "cannot take the lease '%s'", want->name);
-        PQclear(bad);
-        return rc;
+        return SL_ERR_IO;
     }
     int taken = PQntuples(res) == 1;
     PQclear(res);

@@ -291,7 +291,7 @@ static void *ledger_main(void *arg)
             break;
         }
         char **keys = e->pend_keys, **vals = e->pend_vals;
-        size_t n = e->npend, cap = e->pend_cap;
+        size_t n = e->npend;
         e->pend_keys = e->pend_vals = NULL;
         e->npend = e->pend_cap = 0;
         e->lbusy = 1;
@@ -304,7 +304,6 @@ static void *ledger_main(void *arg)
             free(keys[i]);
             free(vals[i]);
         }
-        (void)cap;
         free(keys);
         free(vals);
         pthread_mutex_lock(&e->lmu);
