@@ -84,6 +84,7 @@ typedef struct sl_http_resp {
     int gave_up;              /* 1 when the last answer was retryable but attempts ran out */
     double elapsed_s;         /* over all attempts */
     char error[256];          /* transport error text when status == 0 */
+    int cancelled;            /* 1: never sent, sl_http_cancel_waiting() took it */
 } sl_http_resp;
 
 typedef struct sl_http sl_http;
@@ -106,6 +107,15 @@ int sl_http_submit_after(sl_http *h, sl_http_req *req, int64_t delay_ms, sl_http
  * queue more work).
  * Returns the number of requests not yet completed (running + waiting). */
 int sl_http_run(sl_http *h, int timeout_ms);
+/* Stop what has not gone out: every request waiting to start or to retry
+ * completes with status 0, `cancelled` 1 and `why` as its error; those on
+ * the wire finish normally. Safe from a callback (the cancelled ones then
+ * complete before sl_http_run returns). Requests submitted afterwards run
+ * normally. Submitting more than `concurrency` requests keeps the next ones
+ * ready to start the moment a connection frees, before the answer that
+ * freed it is handed to its callback; this is how a caller stops them, e.g.
+ * after an answer that says no more should be sent. */
+void sl_http_cancel_waiting(sl_http *h, const char *why);
 /* Requests submitted and not yet completed. */
 size_t sl_http_pending(const sl_http *h);
 /* Peak number of simultaneously running transfers seen. */

@@ -3,10 +3,15 @@
  *
  * Shape: a submitted request becomes an `xfer` that lives until its callback
  * has run. An xfer is in exactly one place: the ready FIFO (may start now),
- * the timer heap (backing off until not_before), or a `slot` (running). There
- * are exactly `concurrency` slots; each keeps its easy handle and response
- * buffer for the client's lifetime, so steady-state traffic allocates only
- * what libcurl allocates per transfer plus the request's header list. The
+ * the timer heap (backing off until not_before), or a `slot` (running, or
+ * answered and waiting for its callback). At most `concurrency` transfers
+ * run at once, and there are twice as many slots: when answers arrive, their
+ * transfers leave the multi handle, the waiting requests start on the freed
+ * connections and go on the wire, and only then do the callbacks run (see
+ * drain_done), so a connection never idles while the caller digests the
+ * answer it just gave. Each slot keeps its easy handle and response buffer
+ * for the client's lifetime, so steady-state traffic allocates only what
+ * libcurl allocates per transfer plus the request's header list. The
  * connection cache lives in the multi handle, so keep-alive connections are
  * reused by whichever slot runs next.
  *
@@ -508,6 +513,7 @@ typedef struct slot {
     xfer *x; /* running transfer or NULL */
     struct slot *next_free;
     sl_buf body; /* max = max_response */
+    CURLcode rc; /* the finished transfer's result, until its callback ran */
     guard_conn gc;
     char errbuf[CURL_ERROR_SIZE];
 } slot;
@@ -516,7 +522,9 @@ struct sl_http {
     http_conf conf;
     CURLM *multi;
     CURLSH *share;
-    slot *slots;
+    char cancel_why[200]; /* set: sl_http_cancel_waiting() is pending */
+    slot *slots;          /* 2 x concurrency, see the top of the file */
+    int nslots;
     slot *free_slots;
     xfer *free_xfers;
     xfer *ready_head, *ready_tail;
@@ -797,8 +805,9 @@ static void complete(sl_http *h, slot *s, xfer *x, sl_http_resp *r)
     }
 }
 
-/* Complete an xfer that never got an answer because starting it failed. */
-static void fail_local(sl_http *h, xfer *x, const char *msg)
+/* Complete an xfer that never got an answer: starting it failed, or it was
+ * cancelled before it was sent. */
+static void complete_unsent(sl_http *h, xfer *x, const char *msg, int cancelled)
 {
     sl_http_resp r;
     memset(&r, 0, sizeof(r));
@@ -807,18 +816,24 @@ static void fail_local(sl_http *h, xfer *x, const char *msg)
     r.retry_after_s = -1;
     r.attempts = x->attempts;
     r.elapsed_s = mono_now() - x->t_submit;
+    r.cancelled = cancelled;
     snprintf(r.error, sizeof(r.error), "%s", msg);
-    h->stats.client_errors++;
+    if (!cancelled) {
+        h->stats.client_errors++;
+    }
     complete(h, NULL, x, &r);
+}
+
+static void fail_local(sl_http *h, xfer *x, const char *msg)
+{
+    complete_unsent(h, x, msg, 0);
 }
 
 static void attempt_done(sl_http *h, slot *s, CURLcode rc)
 {
     const sl_http_opts *o = &h->conf.o;
     xfer *x = s->x;
-    CURL *e = s->easy;
-    curl_multi_remove_handle(h->multi, e);
-    h->running--;
+    CURL *e = s->easy; /* already out of the multi handle (drain_done) */
 
     long status = 0;
     if (rc == CURLE_OK) {
@@ -949,9 +964,11 @@ static void promote_due(sl_http *h, double now)
     }
 }
 
-static void start_ready(sl_http *h)
+static int start_ready(sl_http *h)
 {
-    while (h->ready_head && h->free_slots) {
+    int started = 0;
+    while (h->ready_head && h->free_slots && h->running < h->conf.o.concurrency &&
+           !h->cancel_why[0]) {
         if (!take_token(h)) {
             break;
         }
@@ -965,11 +982,16 @@ static void start_ready(sl_http *h)
             s->next_free = h->free_slots;
             h->free_slots = s;
             fail_local(h, x, e.msg[0] ? e.msg : "cannot start the transfer (libcurl refused it)");
+        } else {
+            started++;
         }
     }
+    return started;
 }
 
-static int drain_done(sl_http *h)
+/* Take the finished transfers out of the multi handle (their connections go
+ * back to its cache) and chain their slots at *tail. Returns how many. */
+static int take_finished(sl_http *h, slot ***tail)
 {
     int n = 0;
     int left = 0;
@@ -979,12 +1001,61 @@ static int drain_done(sl_http *h)
             continue;
         }
         CURL *e = m->easy_handle;
-        CURLcode rc = m->data.result;
         slot *s = NULL;
         curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&s);
         if (s && s->x) {
-            attempt_done(h, s, rc);
+            curl_multi_remove_handle(h->multi, e);
+            h->running--;
+            s->rc = m->data.result;
+            s->next_free = NULL; /* answered: chained until its callback ran */
+            **tail = s;
+            *tail = &s->next_free;
             n++;
+        }
+    }
+    return n;
+}
+
+/* Start what waits on the freed connections and put it on the wire. */
+static void send_ready(sl_http *h)
+{
+    if (start_ready(h) > 0) {
+        int still = 0;
+        curl_multi_perform(h->multi, &still);
+    }
+}
+
+/* Finished transfers: out of the multi handle, the waiting requests started
+ * on the freed connections and sent, and only then the callbacks. Between
+ * two callbacks, answers that arrived meanwhile are taken the same way (one
+ * poll without waiting), so a burst of answers does not hold the connections
+ * that answered last idle while the first ones are digested. The answered
+ * slots stay ours until their callback returned, which is why there are
+ * twice `concurrency` slots. */
+static int drain_done(sl_http *h)
+{
+    slot *head = NULL, **tail = &head;
+    int n = take_finished(h, &tail);
+    if (n > 0) {
+        send_ready(h);
+    }
+    while (head) {
+        slot *s = head;
+        head = s->next_free;
+        if (!head) {
+            tail = &head;
+        }
+        attempt_done(h, s, s->rc);
+        int fds = 0;
+        if (head && h->running > 0 && curl_multi_wait(h->multi, NULL, 0, 0, &fds) == CURLM_OK &&
+            fds > 0) {
+            int still = 0;
+            curl_multi_perform(h->multi, &still);
+            int k = take_finished(h, &tail);
+            if (k > 0) {
+                n += k;
+                send_ready(h);
+            }
         }
     }
     return n;
@@ -1017,12 +1088,13 @@ sl_http *sl_http_new(const sl_http_opts *opts, sl_error *err)
     if (h->share) {
         curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     }
-    h->slots = calloc((size_t)o->concurrency, sizeof(*h->slots));
+    h->nslots = 2 * o->concurrency;
+    h->slots = calloc((size_t)h->nslots, sizeof(*h->slots));
     if (!h->slots) {
         sl_error_set(err, SL_ERR_NOMEM, "http: out of memory");
         goto fail;
     }
-    for (int i = o->concurrency - 1; i >= 0; i--) {
+    for (int i = h->nslots - 1; i >= 0; i--) {
         slot *s = &h->slots[i];
         sl_buf_init(&s->body, o->max_response);
         s->next_free = h->free_slots;
@@ -1055,7 +1127,7 @@ void sl_http_free(sl_http *h)
     }
     /* requests still pending are abandoned: their callbacks never run */
     if (h->slots) {
-        for (int i = 0; i < h->conf.o.concurrency; i++) {
+        for (int i = 0; i < h->nslots; i++) {
             slot *s = &h->slots[i];
             if (s->x) {
                 curl_multi_remove_handle(h->multi, s->easy);
@@ -1160,6 +1232,51 @@ int sl_http_submit_after(sl_http *h, sl_http_req *req, int64_t delay_ms, sl_http
     return 0;
 }
 
+/* Complete every request not on the wire (waiting to start or to retry) as
+ * cancelled; the ones running finish normally. */
+static void deliver_cancelled(sl_http *h)
+{
+    if (!h->cancel_why[0]) {
+        return;
+    }
+    char why[sizeof(h->cancel_why)];
+    memcpy(why, h->cancel_why, sizeof(why));
+    xfer *list = NULL, **tail = &list;
+    while (h->ready_head) {
+        xfer *x = ready_pop(h);
+        x->next = NULL;
+        *tail = x;
+        tail = &x->next;
+    }
+    while (h->heap_len) {
+        xfer *x = heap_pop(h);
+        x->next = NULL;
+        *tail = x;
+        tail = &x->next;
+    }
+    /* what the callbacks submit from here on runs normally */
+    h->cancel_why[0] = '\0';
+    while (list) {
+        xfer *x = list;
+        list = x->next;
+        complete_unsent(h, x, why, 1);
+    }
+}
+
+void sl_http_cancel_waiting(sl_http *h, const char *why)
+{
+    if (!h) {
+        return;
+    }
+    snprintf(h->cancel_why, sizeof(h->cancel_why), "%s",
+             why && why[0] ? why : "cancelled before it was sent");
+    if (!h->in_run) {
+        h->in_run = 1;
+        deliver_cancelled(h);
+        h->in_run = 0;
+    }
+}
+
 int sl_http_run(sl_http *h, int timeout_ms)
 {
     if (!h) {
@@ -1178,6 +1295,12 @@ int sl_http_run(sl_http *h, int timeout_ms)
         int still = 0;
         curl_multi_perform(h->multi, &still);
         int finished = drain_done(h);
+        if (h->cancel_why[0]) {
+            /* a callback cancelled what waits: those complete now */
+            finished += (int)h->pending;
+            deliver_cancelled(h);
+            finished -= (int)h->pending;
+        }
         now = mono_now();
         if (h->pending == 0 || now >= deadline) {
             break;

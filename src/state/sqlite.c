@@ -151,6 +151,7 @@ static const char *const migrations[] = {
 
 enum {
     ST_BEGIN,
+    ST_READ_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
     ST_SP_BEGIN,
@@ -199,6 +200,8 @@ enum {
 
 static const char *const sql_text[ST_N] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
+    /* a read transaction: one snapshot and one lock for many reads */
+    [ST_READ_BEGIN] = "BEGIN DEFERRED",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     /* A savepoint works both inside a caller's transaction and outside one. */
@@ -956,6 +959,51 @@ static int sq_kv_get(void *impl, const char *pipeline, const char *key, sl_buf *
     return ret;
 }
 
+/* Many keys in one read transaction: outside one, every SELECT would take
+ * and drop the database's locks on its own (a ledger asks for thousands). */
+static int sq_kv_get_many(void *impl, const char *pipeline, const char *const *keys, size_t n,
+                          sl_kv_found_cb found, void *ud, sl_error *err)
+{
+    sq *q = impl;
+    char noun[256];
+    int rc = SQLITE_OK;
+    int own = sqlite3_get_autocommit(q->db);
+    if (own && (rc = sq_exec(q, ST_READ_BEGIN)) != SQLITE_OK) {
+        return sq_fail(q, err, rc, "cannot begin reading state for pipeline '%s'", pipeline);
+    }
+    int ret = 0;
+    sqlite3_stmt *st = sq_get(q, ST_KV_GET, &rc);
+    if (!st) {
+        ret = sq_fail(q, err, rc, "cannot read state for pipeline '%s'", pipeline);
+    }
+    for (size_t i = 0; st && ret == 0 && i < n; i++) {
+        sqlite3_bind_text(st, 1, pipeline, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, keys[i], -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            const char *v = (const char *)sqlite3_column_text(st, 0);
+            int len = sqlite3_column_bytes(st, 0);
+            if (found(ud, i, v ? v : "", v ? (size_t)len : 0)) {
+                break;
+            }
+        } else if (rc != SQLITE_DONE) {
+            ret = sq_fail(q, err, rc, "cannot read %s for pipeline '%s'",
+                          sl_state_key_noun(keys[i], noun, sizeof(noun)), pipeline);
+        }
+        sqlite3_reset(st);
+    }
+    if (st) {
+        sq_put(q, ST_KV_GET, st);
+    }
+    if (own && !sqlite3_get_autocommit(q->db)) {
+        rc = sq_exec(q, ST_COMMIT);
+        if (rc != SQLITE_OK && ret == 0) {
+            ret = sq_fail(q, err, rc, "cannot end reading state for pipeline '%s'", pipeline);
+        }
+    }
+    return ret;
+}
+
 static int sq_kv_set(void *impl, const char *pipeline, const char *key, const char *value,
                      size_t len, double now, sl_error *err)
 {
@@ -1645,6 +1693,7 @@ const struct sl_state_ops sl_state_sqlite_ops = {
     .run_last = sq_run_last,
     .runs = sq_runs,
     .kv_get = sq_kv_get,
+    .kv_get_many = sq_kv_get_many,
     .kv_set = sq_kv_set,
     .kv_del = sq_kv_del,
     .kv_each = sq_kv_each,

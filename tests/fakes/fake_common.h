@@ -32,11 +32,12 @@
 /* Per-request state kept in MHD's con_cls from the first callback of a request
  * to its completion callback. */
 struct fk_req {
-    int route;   /* fake-specific route id, decided on the first callback */
-    int counted; /* 1 when the request counts in the in-flight gauge */
-    int too_big; /* body exceeded FK_BODY_MAX; the rest was discarded */
-    size_t seen; /* bytes received (including discarded ones) */
-    sl_buf body; /* received body, max FK_BODY_MAX */
+    int route;      /* fake-specific route id, decided on the first callback */
+    int counted;    /* 1 when the request counts in the in-flight gauge */
+    int too_big;    /* body exceeded FK_BODY_MAX; the rest was discarded */
+    size_t seen;    /* bytes received (including discarded ones) */
+    sl_buf body;    /* received body, max FK_BODY_MAX */
+    double started; /* CLOCK_MONOTONIC seconds at the first callback, if timed */
 };
 
 static inline struct fk_req *fk_req_new(int route)

@@ -45,7 +45,32 @@ static struct {
     size_t cap, n;
     long window_start; /* second of the current rate window */
     long window_count;
+    /* Timing of lookups, for benchmarks: service = first byte of a request
+     * to its response handed back (includes --latency-ms); turnaround = a
+     * connection's last response done to its next request's arrival (the
+     * client's own delay between lookups on one keep-alive connection). */
+    double service_s, turnaround_s;
+    unsigned long serviced, turnarounds;
+    unsigned long turn_hist[8];     /* turnarounds < 0.1, 0.3, 1, 3, 10, 30, 100 ms, more */
+    double first_epoch, last_epoch; /* first lookup arrived, last answer done (wall clock) */
 } g_st = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* Thread per connection: the connection's last response completion. */
+static _Thread_local double t_last_done;
+
+static double epoch_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 static uint64_t fnv1a(const char *s)
 {
@@ -159,9 +184,16 @@ static void stats_json(sl_buf *b)
     sl_buf_printf(b,
                   "{\"requests\":%lu,\"billed\":%lu,\"emails\":%zu,\"billed_emails\":%lu,"
                   "\"billed_twice\":%lu,\"max_calls_per_email\":%lu,\"peak_concurrency\":%ld,"
-                  "\"in_flight\":%ld,\"status\":",
+                  "\"in_flight\":%ld,\"service_ms_mean\":%.3f,\"turnaround_ms_mean\":%.3f,"
+                  "\"turnaround_hist\":[%lu,%lu,%lu,%lu,%lu,%lu,%lu,%lu],"
+                  "\"first_lookup_epoch\":%.6f,\"last_answer_epoch\":%.6f,\"status\":",
                   g_st.requests, g_st.billed, g_st.n, billed_emails, billed_twice, max_calls,
-                  g_st.peak, g_st.inflight);
+                  g_st.peak, g_st.inflight,
+                  g_st.serviced ? 1e3 * g_st.service_s / (double)g_st.serviced : 0.0,
+                  g_st.turnarounds ? 1e3 * g_st.turnaround_s / (double)g_st.turnarounds : 0.0,
+                  g_st.turn_hist[0], g_st.turn_hist[1], g_st.turn_hist[2], g_st.turn_hist[3],
+                  g_st.turn_hist[4], g_st.turn_hist[5], g_st.turn_hist[6], g_st.turn_hist[7],
+                  g_st.first_epoch, g_st.last_epoch);
     fk_status_json(b, g_st.status, 600, always, sizeof(always) / sizeof(always[0]));
     sl_buf_putc(b, '}');
     pthread_mutex_unlock(&g_st.mu);
@@ -381,9 +413,24 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = r;
         if (r->route == R_ENRICH || r->route == R_NOTFOUND) {
             r->counted = 1;
+            r->started = now_s();
             pthread_mutex_lock(&g_st.mu);
             if (++g_st.inflight > g_st.peak) {
                 g_st.peak = g_st.inflight;
+            }
+            if (g_st.first_epoch == 0) {
+                g_st.first_epoch = epoch_s();
+            }
+            if (t_last_done > 0) {
+                double ms = 1e3 * (r->started - t_last_done);
+                static const double edge[] = {0.1, 0.3, 1, 3, 10, 30, 100};
+                size_t k = 0;
+                while (k < 7 && ms >= edge[k]) {
+                    k++;
+                }
+                g_st.turn_hist[k]++;
+                g_st.turnaround_s += r->started - t_last_done;
+                g_st.turnarounds++;
             }
             pthread_mutex_unlock(&g_st.mu);
         }
@@ -401,6 +448,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r->route == R_RESET) {
             pthread_mutex_lock(&g_st.mu);
             g_st.requests = g_st.billed = 0;
+            g_st.service_s = g_st.turnaround_s = 0;
+            g_st.serviced = g_st.turnarounds = 0;
+            memset(g_st.turn_hist, 0, sizeof(g_st.turn_hist));
+            g_st.first_epoch = g_st.last_epoch = 0;
             g_st.peak = g_st.inflight;
             memset(g_st.status, 0, sizeof(g_st.status));
             for (size_t i = 0; i < g_st.cap; i++) {
@@ -444,8 +495,12 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         return;
     }
     if (r->counted) {
+        t_last_done = now_s();
         pthread_mutex_lock(&g_st.mu);
         g_st.inflight--;
+        g_st.service_s += t_last_done - r->started;
+        g_st.serviced++;
+        g_st.last_epoch = epoch_s();
         pthread_mutex_unlock(&g_st.mu);
     }
     fk_req_free(r);

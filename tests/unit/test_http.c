@@ -373,6 +373,7 @@ typedef struct got {
     int body_nul;
     char ct[128];
     char error[256];
+    int cancelled;
 } got;
 
 static int order_counter;
@@ -395,6 +396,7 @@ static void on_done(void *ud, sl_http_req *req, const sl_http_resp *r)
     g->body[n] = '\0';
     snprintf(g->ct, sizeof(g->ct), "%s", r->content_type);
     snprintf(g->error, sizeof(g->error), "%s", r->error);
+    g->cancelled = r->cancelled;
 }
 
 static sl_http_opts fast_opts(void)
@@ -1102,6 +1104,135 @@ static void test_submit_from_callback(void **state)
     sl_http_req_free(&c.req);
 }
 
+/* The request waiting for a connection is on the wire before the callback
+ * of the answer that freed it runs: in A's callback the server sees B
+ * arrive. Before the client worked this way, B was only started after
+ * A's callback returned, and this waited out its 2 s in vain. */
+typedef struct wait_ctx {
+    got g;
+    int saw_next; /* hits("/ok") reached 2 during the callback */
+} wait_ctx;
+
+static void on_done_wait_next(void *ud, sl_http_req *req, const sl_http_resp *r)
+{
+    wait_ctx *w = ud;
+    on_done(&w->g, req, r);
+    for (int i = 0; i < 2000 && !w->saw_next; i++) {
+        w->saw_next = hits("/ok") >= 2;
+        if (!w->saw_next) {
+            usleep(1000);
+        }
+    }
+}
+
+static void test_next_sent_before_callback(void **state)
+{
+    (void)state;
+    sl_http_opts o = fast_opts();
+    o.concurrency = 1;
+    sl_error err;
+    sl_http *h = sl_http_new(&o, &err);
+    assert_non_null(h);
+    sl_http_req a, b;
+    sl_http_req_init(&a);
+    sl_http_req_init(&b);
+    set_url(&a, "/ok");
+    set_url(&b, "/ok");
+    wait_ctx w;
+    memset(&w, 0, sizeof(w));
+    got gb;
+    memset(&gb, 0, sizeof(gb));
+    assert_int_equal(sl_http_submit(h, &a, on_done_wait_next, &w, &err), 0);
+    assert_int_equal(sl_http_submit(h, &b, on_done, &gb, &err), 0);
+    while (sl_http_run(h, 1000) > 0) {
+    }
+    assert_int_equal(w.g.status, 200);
+    assert_int_equal(gb.status, 200);
+    assert_true(w.saw_next);
+    /* still one connection at a time */
+    assert_int_equal(sl_http_peak(h), 1);
+    sl_http_req_free(&a);
+    sl_http_req_free(&b);
+    sl_http_free(h);
+}
+
+/* sl_http_cancel_waiting from a callback: what is on the wire finishes,
+ * what waits to start or to retry completes as cancelled and is never
+ * sent; later submissions run normally. */
+typedef struct cancel_ctx {
+    got g;
+    sl_http *h;
+} cancel_ctx;
+
+static void on_done_cancel(void *ud, sl_http_req *req, const sl_http_resp *r)
+{
+    cancel_ctx *c = ud;
+    on_done(&c->g, req, r);
+    sl_http_cancel_waiting(c->h, "stopped by the test");
+}
+
+static void test_cancel_waiting(void **state)
+{
+    (void)state;
+    sl_http_opts o = fast_opts();
+    o.concurrency = 1;
+    sl_error err;
+    sl_http *h = sl_http_new(&o, &err);
+    assert_non_null(h);
+    enum { N = 5 };
+    sl_http_req reqs[N + 1];
+    got g[N + 1];
+    memset(g, 0, sizeof(g));
+    cancel_ctx c = {.h = h};
+    for (int i = 0; i <= N; i++) {
+        sl_http_req_init(&reqs[i]);
+        set_url(&reqs[i], i == 0 ? "/slow" : "/ok");
+    }
+    assert_int_equal(sl_http_submit(h, &reqs[0], on_done_cancel, &c, &err), 0);
+    for (int i = 1; i < N; i++) {
+        assert_int_equal(sl_http_submit(h, &reqs[i], on_done, &g[i], &err), 0);
+    }
+    /* one waiting out a delay: cancelled at once, not after 30 s */
+    assert_int_equal(sl_http_submit_after(h, &reqs[N], 30000, on_done, &g[N], &err), 0);
+    double t0 = mono_s();
+    while (sl_http_run(h, 1000) > 0) {
+    }
+    assert_true(mono_s() - t0 < 10);
+    assert_int_equal(c.g.status, 200);
+    /* the first waiting request was started when /slow answered, before
+     * its callback cancelled: it finished normally */
+    assert_int_equal(g[1].status, 200);
+    assert_int_equal(g[1].cancelled, 0);
+    for (int i = 2; i <= N; i++) {
+        assert_int_equal(g[i].called, 1);
+        assert_int_equal(g[i].status, 0);
+        assert_int_equal(g[i].cancelled, 1);
+        assert_int_equal(g[i].attempts, 0);
+        assert_string_equal(g[i].error, "stopped by the test");
+    }
+    assert_int_equal(hits("/ok"), 1);
+    sl_http_stats st;
+    sl_http_get_stats(h, &st);
+    assert_int_equal(st.client_errors, 0);
+    /* submitted after the cancel: runs */
+    memset(&g[2], 0, sizeof(g[2]));
+    assert_int_equal(sl_http_submit(h, &reqs[2], on_done, &g[2], &err), 0);
+    while (sl_http_run(h, 1000) > 0) {
+    }
+    assert_int_equal(g[2].status, 200);
+    assert_int_equal(hits("/ok"), 2);
+    /* outside sl_http_run the callbacks run at once */
+    memset(&g[3], 0, sizeof(g[3]));
+    assert_int_equal(sl_http_submit(h, &reqs[3], on_done, &g[3], &err), 0);
+    sl_http_cancel_waiting(h, NULL);
+    assert_int_equal(g[3].cancelled, 1);
+    assert_int_equal(sl_http_pending(h), 0);
+    for (int i = 0; i <= N; i++) {
+        sl_http_req_free(&reqs[i]);
+    }
+    sl_http_free(h);
+}
+
 static void test_max_response(void **state)
 {
     (void)state;
@@ -1674,6 +1805,8 @@ int main(void)
         cmocka_unit_test_setup(test_timeout, test_setup),
         cmocka_unit_test_setup(test_concurrency_cap, test_setup),
         cmocka_unit_test_setup(test_fifo_order, test_setup),
+        cmocka_unit_test_setup(test_next_sent_before_callback, test_setup),
+        cmocka_unit_test_setup(test_cancel_waiting, test_setup),
         cmocka_unit_test_setup(test_submit_after, test_setup),
         cmocka_unit_test_setup(test_rate_limit, test_setup),
         cmocka_unit_test_setup(test_rate_limit_window, test_setup),

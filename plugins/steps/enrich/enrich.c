@@ -112,6 +112,7 @@ typedef struct enrich {
     sl_batch *b;
     int stage;
     size_t active, delayed;
+    int accepted; /* the API took the key: it answered 200, 202 or 404 */
     int fatal;
     sl_error ferr;
     /* counters */
@@ -444,6 +445,8 @@ static void set_fatal(enrich *e, int code, const char *fmt, ...)
     vsnprintf(e->ferr.msg, sizeof(e->ferr.msg), fmt, ap);
     va_end(ap);
     e->ferr.code = code;
+    /* lookups queued behind the running ones are not sent (nor paid) */
+    sl_http_cancel_waiting(e->http, "not sent: the lookups stopped");
 }
 
 /* The API's own explanation, for messages: "message" of a JSON answer, else
@@ -516,9 +519,16 @@ static void job_done(void *ud, sl_http_req *req, const sl_http_resp *resp)
         j->delayed = 0;
         e->delayed--;
     }
+    if (resp->cancelled) {
+        e->active--; /* never sent: its key stays pending and is forgotten */
+        return;
+    }
     e->lookups++;
     long st = resp->status;
     char why[256];
+    if (st == 200 || st == 201 || st == 202 || st == 203 || st == 404) {
+        e->accepted = 1;
+    }
     if (st == 200 || st == 201 || st == 203) {
         on_ok(e, j, resp);
     } else if (st == 202) {
@@ -785,12 +795,17 @@ static int enrich_batch(void *self, sl_batch *b, int stage, sl_error *err)
         j->delayed = 0;
     }
 
-    /* at most `concurrency` lookups queued in the client (plus those waiting
-     * for a re-poll), so a fatal answer stops the rest from being sent */
+    /* `concurrency` lookups on the wire and as many again ready in the
+     * client, which starts one the moment a connection frees (before the
+     * answer that freed it is parsed); those waiting for a re-poll come on
+     * top. A fatal answer cancels the ones not sent (set_fatal). Until the
+     * API has accepted the key once, only one window goes out: a refused
+     * key is asked no more than `concurrency` times. */
     size_t next = 0;
     e->active = e->delayed = 0;
     while ((next < e->njobs && !e->fatal) || e->active > 0) {
-        while (!e->fatal && next < e->njobs && e->active - e->delayed < (size_t)e->concurrency) {
+        size_t window = (e->accepted ? 2 : 1) * (size_t)e->concurrency;
+        while (!e->fatal && next < e->njobs && e->active - e->delayed < window) {
             job *j = &e->jobs[next++];
             if (build_request(e, j, err) != 0) {
                 for (size_t r = j->first; r != SIZE_MAX; r = e->chain[r]) {
