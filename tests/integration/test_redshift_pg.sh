@@ -115,6 +115,13 @@ expect_match "too long a value is dead-lettered naming the byte limit" "$T_DIR/s
     "line 5: column 'email': 31 bytes, longer than the column's 20"
 expect_match "invalid UTF-8 is dead-lettered" "$T_DIR/s1.status" "line 6: column 'email': invalid UTF-8"
 
+# 4b. a view named as the target is refused, and nothing is loaded into it
+run v1 "$EX/signers.csv" recent_signers append
+expect_eq "a view as the target: the run fails (exit 1)" 1 "$RC"
+expect_match "the error says it is not a table" "$T_DIR/v1.out" \
+    "is not a table \\(pg_class.relkind 'v'\\)"
+expect_eq "the view's table is unchanged" "1,2,3" "$(q "SELECT string_agg(id::text, ',' ORDER BY id) FROM signers")"
+
 # 5. a row the server refuses fails the load; the table is unchanged
 printf 'id,email\n7,x@example.org\nnot-a-number,y@example.org\n' >"$EX/bad.csv"
 run b1 "$EX/bad.csv" signers append

@@ -339,6 +339,27 @@ static void test_create_false_missing_table(void **state)
     assert_false(table_exists(e, "nothere"));
 }
 
+/* Postgres: a view named as the target is refused, not loaded into (the
+ * catalog lookup both Postgres dialects share, sqlt_pg_table). */
+static void test_target_is_a_view(void **state)
+{
+    env *e = *state;
+    if (!e->pg) {
+        skip();
+    }
+    sql(e, "CREATE TABLE base (id text, name text, email text)");
+    sql(e, "CREATE VIEW v AS SELECT * FROM base");
+    sink s;
+    const char *const pairs[] = {"table=v"};
+    sink_open(e, &s, pairs, 1);
+    sl_error err = {0};
+    assert_int_not_equal(sl_sink_sql_table.columns(s.self, C3, 3, &err), 0);
+    assert_non_null(strstr(err.msg, "is not a table (pg_class.relkind 'v')"));
+    assert_int_equal(sl_sink_sql_table.finish(s.self, 0, &err), 0);
+    sink_close(&s);
+    assert_string_equal(q1(e, "SELECT count(*) FROM base"), "0");
+}
+
 static void old_table(env *e, int n)
 {
     sql(e, "CREATE TABLE t (id text, name text, email text)");
@@ -1148,6 +1169,7 @@ static void test_connection_errors_hide_password(void **state)
             T(test_schema_file_and_refused_rows, kind), T(test_bad_rows_any_language, kind),       \
             T(test_schema_file_without_the_table, kind), T(test_without_header, kind),             \
             T(test_big_load, kind), T(test_connection_errors_hide_password, kind),                 \
+            T(test_target_is_a_view, kind),                                                        \
     }
 
 int main(void)

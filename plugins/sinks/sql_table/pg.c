@@ -253,11 +253,51 @@ static int resolve_names(pgb *p, const char *schema, sl_error *err)
     return rc == 0 ? qident(p, &p->qstage, p->stage, err) : rc;
 }
 
+int sqlt_pg_table(PGconn *conn, const PGresult *res, const sqlt_cfg *cfg, sqlt_names *names,
+                  sqlt_names *types, char **schema, sl_error *err)
+{
+    *schema = NULL;
+    if (PQntuples(res) == 0) {
+        /* missing: it will be created in the configured or current schema */
+        if (cfg->schema) {
+            return (*schema = strdup(cfg->schema)) ? 0 : nomem(err);
+        }
+        PGresult *cs = PQexec(conn, "SELECT current_schema()");
+        if (PQresultStatus(cs) != PGRES_TUPLES_OK || PQntuples(cs) != 1 || PQgetisnull(cs, 0, 0)) {
+            PQclear(cs);
+            return sl_error_set(err, SL_ERR_INPUT,
+                                "%s does not exist and there is no current schema to create it "
+                                "in (set the schema option)",
+                                cfg->label);
+        }
+        *schema = strdup(PQgetvalue(cs, 0, 0));
+        PQclear(cs);
+        return *schema ? 0 : nomem(err);
+    }
+    const char *kind = PQgetvalue(res, 0, 1);
+    if (kind[0] != 'r' && kind[0] != 'p') {
+        return sl_error_set(err, SL_ERR_INPUT, "%s is not a table (pg_class.relkind '%s')",
+                            cfg->label, kind);
+    }
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (PQgetisnull(res, i, 2)) {
+            continue;
+        }
+        if (sqlt_names_add(names, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2)) != 0 ||
+            (types &&
+             sqlt_names_add(types, PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3)) != 0)) {
+            return nomem(err);
+        }
+    }
+    return (*schema = strdup(PQgetvalue(res, 0, 0))) ? 1 : nomem(err);
+}
+
 static int pg_columns(void *be, sqlt_names *out, sl_error *err)
 {
     pgb *p = be;
     int rc = 0;
     PGresult *res = NULL;
+    char *schema = NULL;
     sl_buf name;
     sl_buf_init(&name, 1024);
     if (p->cfg->schema) {
@@ -284,45 +324,13 @@ static int pg_columns(void *be, sqlt_names *out, sl_error *err)
                           p->cfg->label, p->where, m);
         goto done;
     }
-    if (PQntuples(res) == 0) {
-        /* missing: it will be created in the configured or current schema */
-        const char *schema = p->cfg->schema;
-        PGresult *cs = NULL;
-        if (!schema) {
-            cs = PQexec(p->conn, "SELECT current_schema()");
-            if (PQresultStatus(cs) != PGRES_TUPLES_OK || PQntuples(cs) != 1 ||
-                PQgetisnull(cs, 0, 0)) {
-                PQclear(cs);
-                rc = sl_error_set(err, SL_ERR_INPUT,
-                                  "%s does not exist and there is no current schema to create "
-                                  "it in (set the schema option)",
-                                  p->cfg->label);
-                goto done;
-            }
-            schema = PQgetvalue(cs, 0, 0);
-        }
-        rc = resolve_names(p, schema, err);
-        PQclear(cs);
-        goto done;
+    rc = sqlt_pg_table(p->conn, res, p->cfg, out, NULL, &schema, err);
+    if (rc >= 0) {
+        int r = resolve_names(p, schema, err);
+        rc = r ? r : rc;
     }
-    const char *kind = PQgetvalue(res, 0, 1);
-    if (kind[0] != 'r' && kind[0] != 'p') {
-        rc = sl_error_set(err, SL_ERR_INPUT, "%s is not a table (pg_class.relkind '%s')",
-                          p->cfg->label, kind);
-        goto done;
-    }
-    if ((rc = resolve_names(p, PQgetvalue(res, 0, 0), err)) != 0) {
-        goto done;
-    }
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (!PQgetisnull(res, i, 2) &&
-            sqlt_names_add(out, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2)) != 0) {
-            rc = nomem(err);
-            goto done;
-        }
-    }
-    rc = 1;
 done:
+    free(schema);
     PQclear(res);
     sl_buf_free(&name);
     return rc;

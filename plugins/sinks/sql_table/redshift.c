@@ -279,6 +279,7 @@ static int rs_columns(void *be, sqlt_names *out, sl_error *err)
 {
     rsb *p = be;
     int rc = 0;
+    char *schema = NULL;
     const char *params[2] = {p->cfg->table, p->cfg->schema};
     PGresult *res = rs_query(
         p,
@@ -299,49 +300,18 @@ static int rs_columns(void *be, sqlt_names *out, sl_error *err)
         rc = rs_fail(p, res, "cannot read its columns", err);
         goto done;
     }
-    if (PQntuples(res) == 0) {
-        const char *schema = p->cfg->schema;
-        PGresult *cs = NULL;
-        if (!schema) {
-            cs = rs_query(p, "SELECT current_schema()", 0, NULL);
-            if (PQresultStatus(cs) != PGRES_TUPLES_OK || PQntuples(cs) != 1 ||
-                PQgetisnull(cs, 0, 0)) {
-                PQclear(cs);
-                rc = sl_error_set(err, SL_ERR_INPUT,
-                                  "%s does not exist and there is no current schema to create "
-                                  "it in (set the schema option)",
-                                  p->cfg->label);
-                goto done;
-            }
-            schema = PQgetvalue(cs, 0, 0);
-        }
-        rc = set_target(p, schema, err);
-        PQclear(cs);
-        goto done;
+    rc = sqlt_pg_table(p->conn, res, p->cfg, &p->tcols, &p->ttypes, &schema, err);
+    if (rc >= 0) {
+        int r = set_target(p, schema, err);
+        rc = r ? r : rc;
     }
-    const char *kind = PQgetvalue(res, 0, 1);
-    if (kind[0] != 'r' && kind[0] != 'p') {
-        rc = sl_error_set(err, SL_ERR_INPUT, "%s is not a table (pg_class.relkind '%s')",
-                          p->cfg->label, kind);
-        goto done;
-    }
-    if ((rc = set_target(p, PQgetvalue(res, 0, 0), err)) != 0) {
-        goto done;
-    }
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (PQgetisnull(res, i, 2)) {
-            continue;
-        }
-        if (sqlt_names_add(out, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2)) != 0 ||
-            sqlt_names_add(&p->tcols, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2)) != 0 ||
-            sqlt_names_add(&p->ttypes, PQgetvalue(res, i, 3), (size_t)PQgetlength(res, i, 3)) !=
-                0) {
+    for (size_t i = 0; rc == 1 && i < p->tcols.n; i++) {
+        if (sqlt_names_add(out, p->tcols.v[i], strlen(p->tcols.v[i])) != 0) {
             rc = nomem(err);
-            goto done;
         }
     }
-    rc = 1;
 done:
+    free(schema);
     PQclear(res);
     return rc;
 }

@@ -70,6 +70,17 @@ void sqlt_names_free(sqlt_names *l);
 /* 1 if s is in l; nocase: ignoring ASCII case. */
 int sqlt_names_has(const sqlt_names *l, const char *s, int nocase);
 
+/* Both Postgres dialects (pg.c, redshift.c) read a table from the catalog
+ * the same way, one row per column: nspname, relkind, attname (NULL for a
+ * table without columns) and, when types is not NULL, the column's type.
+ * Returns 1 when the table exists: *schema is its schema, its columns are
+ * added to names (their types to types). 0 when it does not: *schema is
+ * where it will be created, the configured schema or else the session's
+ * current one. *schema is malloc'd. < 0: an error (not a table, no schema
+ * to create it in, out of memory). */
+int sqlt_pg_table(PGconn *conn, const PGresult *res, const sqlt_cfg *cfg, sqlt_names *names,
+                  sqlt_names *types, char **schema, sl_error *err);
+
 typedef struct sqlt_backend {
     const char *name; /* "postgres" / "sqlite" / "redshift" */
     int nocase;       /* column names match ignoring ASCII case (SQLite) */
