@@ -1026,12 +1026,12 @@ static void send_ready(sl_http *h)
 }
 
 /* Finished transfers: out of the multi handle, the waiting requests started
- * on the freed connections and sent, and only then the callbacks. Between
- * two callbacks, answers that arrived meanwhile are taken the same way (one
- * poll without waiting), so a burst of answers does not hold the connections
- * that answered last idle while the first ones are digested. The answered
- * slots stay ours until their callback returned, which is why there are
- * twice `concurrency` slots. */
+ * on the freed connections and sent, and only then the callbacks, so no
+ * connection waits while the caller digests the answers. The answered slots
+ * stay ours until their callback returned, which is why there are twice
+ * `concurrency` slots. (Looking for more answers between two callbacks was
+ * tried: no measurable gain with 20 connections, and a poll of every
+ * connection per callback.) */
 static int drain_done(sl_http *h)
 {
     slot *head = NULL, **tail = &head;
@@ -1042,21 +1042,7 @@ static int drain_done(sl_http *h)
     while (head) {
         slot *s = head;
         head = s->next_free;
-        if (!head) {
-            tail = &head;
-        }
         attempt_done(h, s, s->rc);
-        int fds = 0;
-        if (head && h->running > 0 && curl_multi_wait(h->multi, NULL, 0, 0, &fds) == CURLM_OK &&
-            fds > 0) {
-            int still = 0;
-            curl_multi_perform(h->multi, &still);
-            int k = take_finished(h, &tail);
-            if (k > 0) {
-                n += k;
-                send_ready(h);
-            }
-        }
     }
     return n;
 }
