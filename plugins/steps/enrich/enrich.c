@@ -977,30 +977,9 @@ static int enrich_validate(const sl_opts *o, sl_report_fn report, void *ud)
     return n;
 }
 
-struct cfg_err {
-    sl_error *err;
-    const sl_opts *o;
-    int n;
-};
-
-static void cfg_report(void *ud, const char *option, const char *fmt, ...)
-{
-    struct cfg_err *c = ud;
-    if (c->n++) {
-        return;
-    }
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    sl_error_set(c->err, SL_ERR_CONFIG, "%s: %s: %s", sl_opt_where(c->o, option), option, msg);
-}
-
 static int enrich_init(void **self, const sl_opts *o, sl_ctx *ctx, sl_error *err)
 {
-    struct cfg_err ce = {.err = err, .o = o};
-    if (enrich_validate(o, cfg_report, &ce) != 0) {
+    if (sl_opts_validate(o, enrich_validate, err) > 0) {
         return SL_ERR_CONFIG;
     }
     int rc = SL_ERR_NOMEM;
