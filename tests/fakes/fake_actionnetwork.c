@@ -44,7 +44,7 @@ static struct {
     long retry_after;
     long latency_ms;
     double fault_rate;
-    enum fault faults[8];
+    int faults[8]; /* enum fault */
     size_t n_faults;
     long fail_first; /* the first N people requests get fail_status */
     long fail_status;
@@ -885,34 +885,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- main ----------------------------------------------------------------------- */
 
-static void parse_faults(const char *list)
-{
-    char buf[256];
-    if (strlen(list) >= sizeof(buf)) {
-        fk_die_usage(PROG, USAGE, "--faults list too long: %s", list);
-    }
-    strcpy(buf, list);
-    g_opt.n_faults = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        size_t k = 0;
-        while (k < 4 && strcmp(t, fault_names[k]) != 0) {
-            k++;
-        }
-        if (k == 4) {
-            fk_die_usage(PROG, USAGE,
-                         "--faults: unknown kind '%s' (expected 500, 429, html502 or drop)", t);
-        }
-        if (g_opt.n_faults == sizeof(g_opt.faults) / sizeof(g_opt.faults[0])) {
-            fk_die_usage(PROG, USAGE, "--faults: at most 8 kinds");
-        }
-        g_opt.faults[g_opt.n_faults++] = (enum fault)k;
-    }
-    if (g_opt.n_faults == 0) {
-        fk_die_usage(PROG, USAGE, "--faults: empty list");
-    }
-}
-
 static void stop_nothing(void)
 {
 }
@@ -923,7 +895,7 @@ int main(int argc, char **argv)
     const char *port_file = NULL, *record = NULL;
     int rc = 1;
     for (size_t k = 0; k < 4; k++) {
-        g_opt.faults[k] = (enum fault)k;
+        g_opt.faults[k] = (int)k;
     }
     g_opt.n_faults = 4;
     for (int i = 1; i < argc; i++) {
@@ -966,7 +938,7 @@ int main(int argc, char **argv)
                 fk_die_usage(PROG, USAGE, "--fault-rate: expected a number in [0, 1], got '%s'", v);
             }
         } else if (strcmp(a, "--faults") == 0) {
-            parse_faults(v);
+            g_opt.n_faults = fk_parse_faults(PROG, USAGE, v, fault_names, 4, g_opt.faults, 8);
         } else if (strcmp(a, "--fail-first") == 0) {
             char buf[64];
             snprintf(buf, sizeof(buf), "%s", v);

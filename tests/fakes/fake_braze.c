@@ -46,7 +46,7 @@ static struct {
     const char *api_key;
     long latency_ms;
     double fault_rate;
-    enum fault faults[8];
+    int faults[8]; /* enum fault */
     size_t n_faults;
     long retry_after;
     const char *reject_id;
@@ -1311,36 +1311,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- main ----------------------------------------------------------------------- */
 
-static void parse_faults(const char *list)
-{
-    char buf[256];
-    if (strlen(list) >= sizeof(buf)) {
-        fk_die_usage(PROG, USAGE, "--faults list too long: %s", list);
-    }
-    strcpy(buf, list);
-    g_opt.n_faults = 0;
-    char *save = NULL;
-    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        size_t k = 0;
-        while (k < 4 && strcmp(t, fault_names[k]) != 0) {
-            k++;
-        }
-        if (k == 4) {
-            fk_die_usage(PROG, USAGE,
-                         "--faults: unknown kind '%s' (expected 500, 429, html502 "
-                         "or drop)",
-                         t);
-        }
-        if (g_opt.n_faults == sizeof(g_opt.faults) / sizeof(g_opt.faults[0])) {
-            fk_die_usage(PROG, USAGE, "--faults: at most 8 kinds");
-        }
-        g_opt.faults[g_opt.n_faults++] = (enum fault)k;
-    }
-    if (g_opt.n_faults == 0) {
-        fk_die_usage(PROG, USAGE, "--faults: empty list");
-    }
-}
-
 int main(int argc, char **argv)
 {
     long port = 0, seed = 1;
@@ -1348,7 +1318,7 @@ int main(int argc, char **argv)
     int rc = 1;
 
     for (size_t k = 0; k < 4; k++) {
-        g_opt.faults[k] = (enum fault)k;
+        g_opt.faults[k] = (int)k;
     }
     g_opt.n_faults = 4;
     for (int i = 1; i < argc; i++) {
@@ -1394,7 +1364,7 @@ int main(int argc, char **argv)
                 fk_die_usage(PROG, USAGE, "--fault-rate: expected a number in [0, 1], got '%s'", v);
             }
         } else if (strcmp(a, "--faults") == 0) {
-            parse_faults(v);
+            g_opt.n_faults = fk_parse_faults(PROG, USAGE, v, fault_names, 4, g_opt.faults, 8);
         } else if (strcmp(a, "--retry-after") == 0) {
             if (fk_parse_long(v, 0, 86400, &g_opt.retry_after) != 0) {
                 fk_die_usage(PROG, USAGE, "--retry-after: expected 0..86400 seconds, got '%s'", v);

@@ -106,6 +106,43 @@ static inline void fk_sleep_ms(long ms)
     }
 }
 
+/* --faults a,b,c: each name's index in names[] into out (at most max),
+ * in order; exits with a usage error on an unknown name, too many or none.
+ * Returns how many. */
+static inline size_t fk_parse_faults(const char *prog, const char *usage, const char *list,
+                                     const char *const *names, size_t nnames, int *out, size_t max)
+{
+    char buf[256];
+    if (strlen(list) >= sizeof(buf)) {
+        fk_die_usage(prog, usage, "--faults list too long: %s", list);
+    }
+    strcpy(buf, list);
+    size_t n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        size_t k = 0;
+        while (k < nnames && strcmp(t, names[k]) != 0) {
+            k++;
+        }
+        if (k == nnames) {
+            char known[200] = "";
+            for (size_t i = 0; i < nnames; i++) {
+                snprintf(known + strlen(known), sizeof(known) - strlen(known), "%s%s",
+                         i ? (i + 1 == nnames ? " or " : ", ") : "", names[i]);
+            }
+            fk_die_usage(prog, usage, "--faults: unknown kind '%s' (expected %s)", t, known);
+        }
+        if (n == max) {
+            fk_die_usage(prog, usage, "--faults: at most %zu kinds", max);
+        }
+        out[n++] = (int)k;
+    }
+    if (n == 0) {
+        fk_die_usage(prog, usage, "--faults: empty list");
+    }
+    return n;
+}
+
 /* Write "PORT\n" to path via path.tmp.PID + rename, so a reader polling for
  * the file never sees it half written. 0 or -1 (message on stderr). */
 static inline int fk_write_port_file(const char *prog, const char *path, unsigned port)
