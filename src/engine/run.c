@@ -523,6 +523,9 @@ out:
     } else if (o->mode != SL_RUN_RETRY) {
         sl_buf sj = {0};
         sl_report_summary(r, res, &sj);
+        /* out before the plugins shut down: a client that hangs there and
+         * is killed must not take the run's summary with it */
+        fflush(stdout);
         sl_notify_run(p, res, sl_buf_cstr(&sj));
         sl_buf_free(&sj);
     }

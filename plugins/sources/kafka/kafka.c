@@ -571,6 +571,79 @@ static const char *ksrc_input_name(void *self)
     return s->input_name;
 }
 
+/* rd_kafka_destroy on its own thread, so that leaving has a deadline: once
+ * (1 in about 20 runs of bench/distributed) librdkafka 2.0.2's destroy did
+ * not return after the consumer had closed, and the worker never exited.
+ * Whoever of the two finishes last frees this. */
+typedef struct kdestroy {
+    rd_kafka_t *rk;
+    int flags;
+    int done, abandoned;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} kdestroy;
+
+static void kdestroy_free(kdestroy *d)
+{
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    free(d);
+}
+
+static void *kdestroy_main(void *arg)
+{
+    kdestroy *d = arg;
+    rd_kafka_destroy_flags(d->rk, d->flags);
+    pthread_mutex_lock(&d->mu);
+    d->done = 1;
+    int abandoned = d->abandoned;
+    pthread_cond_signal(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    if (abandoned) {
+        kdestroy_free(d);
+    }
+    return NULL;
+}
+
+/* 1 when the handle is gone; 0 when it did not go within the deadline (it
+ * may still be using the callbacks' opaque: the caller must not free it). */
+static int destroy_within(rd_kafka_t *rk, int flags, double seconds)
+{
+    kdestroy *d = calloc(1, sizeof(*d));
+    pthread_t t;
+    pthread_attr_t a;
+    if (!d || pthread_attr_init(&a) != 0) {
+        free(d);
+        rd_kafka_destroy_flags(rk, flags);
+        return 1;
+    }
+    d->rk = rk;
+    d->flags = flags;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    int started = pthread_create(&t, &a, kdestroy_main, d) == 0;
+    pthread_attr_destroy(&a);
+    if (!started) {
+        kdestroy_free(d);
+        rd_kafka_destroy_flags(rk, flags);
+        return 1;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)seconds;
+    pthread_mutex_lock(&d->mu);
+    while (!d->done && pthread_cond_timedwait(&d->cv, &d->mu, &until) == 0) {
+    }
+    int done = d->done;
+    d->abandoned = !done;
+    pthread_mutex_unlock(&d->mu);
+    if (done) {
+        kdestroy_free(d);
+    }
+    return done;
+}
+
 static void ksrc_destroy(void *self)
 {
     ksrc *s = self;
@@ -619,10 +692,15 @@ static void ksrc_destroy(void *self)
         if (cq) {
             rd_kafka_queue_destroy(cq);
         }
-        if (closed) {
-            rd_kafka_destroy(s->rk);
-        } else {
-            rd_kafka_destroy_flags(s->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        if (!destroy_within(s->rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
+                            KSRC_CLOSE_S)) {
+            /* its threads may still call back with s: s is left to them */
+            sl_plog(s->ctx, SL_LOG_WARN,
+                    "the Kafka client of group %s did not shut down within %ds; going on "
+                    "without it (the group hands its partitions on after the session "
+                    "timeout at the latest)",
+                    s->group, KSRC_CLOSE_S);
+            return;
         }
     }
     for (size_t i = 0; i < s->nnames; i++) {
