@@ -62,6 +62,8 @@ typedef struct ksrc {
     char input_name[600];
     int until_end;
     int cooperative;
+    int closing; /* ksrc_destroy is leaving the group: librdkafka calls get deadlines */
+    int stuck;   /* a librdkafka call of the close did not return in time */
 
     pthread_mutex_t mu; /* guards the FIFO and parts: acked runs on the sink thread */
     kent *q;
@@ -200,6 +202,113 @@ static void commit_sync(ksrc *s, rd_kafka_topic_partition_list_t *l, const char 
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* The librdkafka calls of leaving the group, on a thread of their own so
+ * that leaving has a deadline. librdkafka 2.0.2 was seen (about 1 run in
+ * 20 of bench/distributed) to block for good in rd_kafka_assign(NULL) while
+ * serving the revoke of a close mid-rebalance, and the worker never exited.
+ * The job owns what the call needs; whoever of the two threads finishes last
+ * frees it. */
+enum kop_kind { KOP_UNASSIGN, KOP_INCR_UNASSIGN, KOP_DESTROY, KOP_DESTROY_NO_CLOSE };
+
+typedef struct kop {
+    enum kop_kind kind;
+    rd_kafka_t *rk;
+    rd_kafka_topic_partition_list_t *parts; /* a copy, KOP_INCR_UNASSIGN */
+    int done, abandoned;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} kop;
+
+static void kop_free(kop *o)
+{
+    if (o->parts) {
+        rd_kafka_topic_partition_list_destroy(o->parts);
+    }
+    pthread_mutex_destroy(&o->mu);
+    pthread_cond_destroy(&o->cv);
+    free(o);
+}
+
+static void kop_call(kop *o)
+{
+    switch (o->kind) {
+    case KOP_UNASSIGN:
+        rd_kafka_assign(o->rk, NULL);
+        break;
+    case KOP_INCR_UNASSIGN: {
+        rd_kafka_error_t *ce = rd_kafka_incremental_unassign(o->rk, o->parts);
+        if (ce) {
+            rd_kafka_error_destroy(ce);
+        }
+        break;
+    }
+    case KOP_DESTROY:
+        rd_kafka_destroy(o->rk);
+        break;
+    case KOP_DESTROY_NO_CLOSE:
+        rd_kafka_destroy_flags(o->rk, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+        break;
+    }
+}
+
+static void *kop_main(void *arg)
+{
+    kop *o = arg;
+    kop_call(o);
+    pthread_mutex_lock(&o->mu);
+    o->done = 1;
+    int abandoned = o->abandoned;
+    pthread_cond_signal(&o->cv);
+    pthread_mutex_unlock(&o->mu);
+    if (abandoned) {
+        kop_free(o);
+    }
+    return NULL;
+}
+
+/* 1 when the call returned within `seconds`; 0 when it did not (it may
+ * still be running: the handle must then be left alone, and everything its
+ * callbacks use kept). */
+static int kop_within(enum kop_kind kind, rd_kafka_t *rk,
+                      const rd_kafka_topic_partition_list_t *parts, int seconds)
+{
+    kop *o = calloc(1, sizeof(*o));
+    if (!o) {
+        return 0; /* not even started: treated as stuck, the handle is left */
+    }
+    o->kind = kind;
+    o->rk = rk;
+    pthread_mutex_init(&o->mu, NULL);
+    pthread_cond_init(&o->cv, NULL);
+    pthread_attr_t a;
+    pthread_t t;
+    int started = 0;
+    if ((!parts || (o->parts = rd_kafka_topic_partition_list_copy(parts)) != NULL) &&
+        pthread_attr_init(&a) == 0) {
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        started = pthread_create(&t, &a, kop_main, o) == 0;
+        pthread_attr_destroy(&a);
+    }
+    if (!started) {
+        kop_call(o); /* no thread to spare: call it here, without a deadline */
+        kop_free(o);
+        return 1;
+    }
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += seconds;
+    pthread_mutex_lock(&o->mu);
+    while (!o->done && pthread_cond_timedwait(&o->cv, &o->mu, &until) == 0) {
+    }
+    int done = o->done;
+    o->abandoned = !done;
+    pthread_mutex_unlock(&o->mu);
+    if (done) {
+        kop_free(o);
+    }
+    return done;
+}
+
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -282,7 +391,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             "%s %d partition(s) of topic %s; %zu record(s) of them in flight here may be read "
             "again by their next owner",
             lost ? "lost" : "revoked", parts->cnt, s->topic, forgotten);
-    if (s->cooperative) {
+    if (s->closing) {
+        if (!kop_within(s->cooperative ? KOP_INCR_UNASSIGN : KOP_UNASSIGN, rk, parts,
+                        KSRC_CLOSE_S)) {
+            s->stuck = 1;
+        }
+    } else if (s->cooperative) {
         rd_kafka_error_t *ce = rd_kafka_incremental_unassign(rk, parts);
         if (ce) {
             rd_kafka_error_destroy(ce);
@@ -571,79 +685,6 @@ static const char *ksrc_input_name(void *self)
     return s->input_name;
 }
 
-/* rd_kafka_destroy on its own thread, so that leaving has a deadline: once
- * (1 in about 20 runs of bench/distributed) librdkafka 2.0.2's destroy did
- * not return after the consumer had closed, and the worker never exited.
- * Whoever of the two finishes last frees this. */
-typedef struct kdestroy {
-    rd_kafka_t *rk;
-    int flags;
-    int done, abandoned;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-} kdestroy;
-
-static void kdestroy_free(kdestroy *d)
-{
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cv);
-    free(d);
-}
-
-static void *kdestroy_main(void *arg)
-{
-    kdestroy *d = arg;
-    rd_kafka_destroy_flags(d->rk, d->flags);
-    pthread_mutex_lock(&d->mu);
-    d->done = 1;
-    int abandoned = d->abandoned;
-    pthread_cond_signal(&d->cv);
-    pthread_mutex_unlock(&d->mu);
-    if (abandoned) {
-        kdestroy_free(d);
-    }
-    return NULL;
-}
-
-/* 1 when the handle is gone; 0 when it did not go within the deadline (it
- * may still be using the callbacks' opaque: the caller must not free it). */
-static int destroy_within(rd_kafka_t *rk, int flags, double seconds)
-{
-    kdestroy *d = calloc(1, sizeof(*d));
-    pthread_t t;
-    pthread_attr_t a;
-    if (!d || pthread_attr_init(&a) != 0) {
-        free(d);
-        rd_kafka_destroy_flags(rk, flags);
-        return 1;
-    }
-    d->rk = rk;
-    d->flags = flags;
-    pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
-    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-    int started = pthread_create(&t, &a, kdestroy_main, d) == 0;
-    pthread_attr_destroy(&a);
-    if (!started) {
-        kdestroy_free(d);
-        rd_kafka_destroy_flags(rk, flags);
-        return 1;
-    }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)seconds;
-    pthread_mutex_lock(&d->mu);
-    while (!d->done && pthread_cond_timedwait(&d->cv, &d->mu, &until) == 0) {
-    }
-    int done = d->done;
-    d->abandoned = !done;
-    pthread_mutex_unlock(&d->mu);
-    if (done) {
-        kdestroy_free(d);
-    }
-    return done;
-}
-
 static void ksrc_destroy(void *self)
 {
     ksrc *s = self;
@@ -664,6 +705,7 @@ static void ksrc_destroy(void *self)
          * 2.0.2's blocking close was seen to hang when a rebalance was under
          * way. Past the deadline the group notices in session.timeout.ms. */
         int closed = 0;
+        s->closing = 1;
         rd_kafka_queue_t *cq = rd_kafka_queue_new(s->rk);
         rd_kafka_error_t *ce = cq ? rd_kafka_consumer_close_queue(s->rk, cq) : NULL;
         if (ce) {
@@ -672,7 +714,8 @@ static void ksrc_destroy(void *self)
             rd_kafka_error_destroy(ce);
         } else if (cq) {
             double deadline = mono_now() + KSRC_CLOSE_S;
-            while (!(closed = rd_kafka_consumer_closed(s->rk)) && mono_now() < deadline) {
+            while (!s->stuck && !(closed = rd_kafka_consumer_closed(s->rk)) &&
+                   mono_now() < deadline) {
                 rd_kafka_event_t *ev = rd_kafka_queue_poll(cq, 100);
                 if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
                     rebalance_cb(s->rk, rd_kafka_event_error(ev),
@@ -682,19 +725,20 @@ static void ksrc_destroy(void *self)
                     rd_kafka_event_destroy(ev);
                 }
             }
-            if (!closed) {
+            if (!closed && !s->stuck) {
                 sl_plog(s->ctx, SL_LOG_WARN,
                         "leaving group %s took more than %ds; the group will notice this "
                         "worker is gone after its session timeout",
                         s->group, KSRC_CLOSE_S);
             }
         }
-        if (cq) {
+        if (cq && !s->stuck) {
             rd_kafka_queue_destroy(cq);
         }
-        if (!destroy_within(s->rk, closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
-                            KSRC_CLOSE_S)) {
-            /* its threads may still call back with s: s is left to them */
+        if (s->stuck ||
+            !kop_within(closed ? KOP_DESTROY : KOP_DESTROY_NO_CLOSE, s->rk, NULL, KSRC_CLOSE_S)) {
+            /* a librdkafka call did not return: the handle, its queue and
+             * s (its callbacks' opaque) are left to it; the process goes on */
             sl_plog(s->ctx, SL_LOG_WARN,
                     "the Kafka client of group %s did not shut down within %ds; going on "
                     "without it (the group hands its partitions on after the session "
