@@ -68,18 +68,34 @@ static int nomem(sl_error *err)
     return sl_error_set(err, SL_ERR_NOMEM, "sql_table: out of memory");
 }
 
-/* Append name as a quoted identifier. */
-static int qident(pgb *p, sl_buf *out, const char *name, sl_error *err)
+int sqlt_pg_qident(PGconn *conn, const sqlt_cfg *cfg, sl_buf *out, const char *name, sl_error *err)
 {
-    char *q = PQescapeIdentifier(p->conn, name, strlen(name));
+    char *q = PQescapeIdentifier(conn, name, strlen(name));
     if (!q) {
         char m[256];
-        return sl_error_set(err, SL_ERR_INPUT, "%s: bad name '%s': %s", p->cfg->label, name,
-                            sqlt_first_line(m, sizeof(m), PQerrorMessage(p->conn)));
+        return sl_error_set(err, SL_ERR_INPUT, "%s: bad name '%s': %s", cfg->label, name,
+                            sqlt_first_line(m, sizeof(m), PQerrorMessage(conn)));
     }
     int rc = sl_buf_puts(out, q);
     PQfreemem(q);
     return rc < 0 ? nomem(err) : 0;
+}
+
+int sqlt_pg_fail(PGconn *conn, const PGresult *res, const sqlt_cfg *cfg, const char *where,
+                 const char *what, sl_error *err)
+{
+    char m[1024];
+    sl_pg_describe(m, sizeof(m), res, conn);
+    if (PQstatus(conn) == CONNECTION_BAD) {
+        return sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", cfg->label, what,
+                            where, m);
+    }
+    return sl_error_set(err, sl_pg_code(res, conn), "%s: %s: %s", cfg->label, what, m);
+}
+
+static int qident(pgb *p, sl_buf *out, const char *name, sl_error *err)
+{
+    return sqlt_pg_qident(p->conn, p->cfg, out, name, err);
 }
 
 /* Run one statement that returns no rows (or rows to ignore). */
@@ -89,14 +105,7 @@ static int exec_sql(pgb *p, const char *sql, const char *what, sl_error *err)
     ExecStatusType st = PQresultStatus(res);
     int rc = 0;
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY) {
-        char m[1024];
-        sl_pg_describe(m, sizeof(m), res, p->conn);
-        if (PQstatus(p->conn) == CONNECTION_BAD) {
-            rc = sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", p->cfg->label,
-                              what, p->where, m);
-        } else {
-            rc = sl_error_set(err, sl_pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
-        }
+        rc = sqlt_pg_fail(p->conn, res, p->cfg, p->where, what, err);
     }
     PQclear(res);
     return rc;

@@ -94,13 +94,7 @@ PGresult *rs_query(rsb *p, const char *sql, int nparams, const char *const *para
 
 int rs_fail(rsb *p, PGresult *res, const char *what, sl_error *err)
 {
-    char m[1024];
-    sl_pg_describe(m, sizeof(m), res, p->conn);
-    if (PQstatus(p->conn) == CONNECTION_BAD) {
-        return sl_error_set(err, SL_ERR_IO, "%s: %s: connection lost (%s): %s", p->cfg->label, what,
-                            p->where, m);
-    }
-    return sl_error_set(err, sl_pg_code(res, p->conn), "%s: %s: %s", p->cfg->label, what, m);
+    return sqlt_pg_fail(p->conn, res, p->cfg, p->where, what, err);
 }
 
 int rs_exec(rsb *p, const char *sql, const char *what, long long *rows, sl_error *err)
@@ -119,15 +113,7 @@ int rs_exec(rsb *p, const char *sql, const char *what, long long *rows, sl_error
 
 int rs_qident(rsb *p, sl_buf *out, const char *name, sl_error *err)
 {
-    char *q = PQescapeIdentifier(p->conn, name, strlen(name));
-    if (!q) {
-        char m[256];
-        return sl_error_set(err, SL_ERR_INPUT, "%s: bad name '%s': %s", p->cfg->label, name,
-                            sqlt_first_line(m, sizeof(m), PQerrorMessage(p->conn)));
-    }
-    int rc = sl_buf_puts(out, q);
-    PQfreemem(q);
-    return rc < 0 ? nomem(err) : 0;
+    return sqlt_pg_qident(p->conn, p->cfg, out, name, err);
 }
 
 size_t rs_type_bytes(const char *type)

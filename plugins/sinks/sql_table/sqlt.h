@@ -80,6 +80,13 @@ int sqlt_names_has(const sqlt_names *l, const char *s, int nocase);
  * to create it in, out of memory). */
 int sqlt_pg_table(PGconn *conn, const PGresult *res, const sqlt_cfg *cfg, sqlt_names *names,
                   sqlt_names *types, char **schema, sl_error *err);
+/* Both Postgres dialects: name appended to out as a quoted identifier. */
+int sqlt_pg_qident(PGconn *conn, const sqlt_cfg *cfg, sl_buf *out, const char *name, sl_error *err);
+/* Both Postgres dialects: err from a failed statement, "<label>: <what>:
+ * <server message> [SQLSTATE]"; SL_ERR_IO naming `where` when the
+ * connection is gone. Returns the error code. */
+int sqlt_pg_fail(PGconn *conn, const PGresult *res, const sqlt_cfg *cfg, const char *where,
+                 const char *what, sl_error *err);
 
 typedef struct sqlt_backend {
     const char *name; /* "postgres" / "sqlite" / "redshift" */
