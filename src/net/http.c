@@ -1220,10 +1220,11 @@ int sl_http_submit_after(sl_http *h, sl_http_req *req, int64_t delay_ms, sl_http
 
 /* Complete every request not on the wire (waiting to start or to retry) as
  * cancelled; the ones running finish normally. */
-static void deliver_cancelled(sl_http *h)
+/* Returns how many it completed. */
+static int deliver_cancelled(sl_http *h)
 {
     if (!h->cancel_why[0]) {
-        return;
+        return 0;
     }
     char why[sizeof(h->cancel_why)];
     memcpy(why, h->cancel_why, sizeof(why));
@@ -1242,11 +1243,14 @@ static void deliver_cancelled(sl_http *h)
     }
     /* what the callbacks submit from here on runs normally */
     h->cancel_why[0] = '\0';
+    int n = 0;
     while (list) {
         xfer *x = list;
         list = x->next;
         complete_unsent(h, x, why, 1);
+        n++;
     }
+    return n;
 }
 
 void sl_http_cancel_waiting(sl_http *h, const char *why)
@@ -1280,13 +1284,8 @@ int sl_http_run(sl_http *h, int timeout_ms)
         start_ready(h);
         int still = 0;
         curl_multi_perform(h->multi, &still);
-        int finished = drain_done(h);
-        if (h->cancel_why[0]) {
-            /* a callback cancelled what waits: those complete now */
-            finished += (int)h->pending;
-            deliver_cancelled(h);
-            finished -= (int)h->pending;
-        }
+        /* a callback may have cancelled what waits: those complete now */
+        int finished = drain_done(h) + deliver_cancelled(h);
         now = mono_now();
         if (h->pending == 0 || now >= deadline) {
             break;

@@ -392,8 +392,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             "again by their next owner",
             lost ? "lost" : "revoked", parts->cnt, s->topic, forgotten);
     if (s->closing) {
-        if (!kop_within(s->cooperative ? KOP_INCR_UNASSIGN : KOP_UNASSIGN, rk, parts,
-                        KSRC_CLOSE_S)) {
+        if (!kop_within(s->cooperative ? KOP_INCR_UNASSIGN : KOP_UNASSIGN, rk,
+                        s->cooperative ? parts : NULL, KSRC_CLOSE_S)) {
             s->stuck = 1;
         }
     } else if (s->cooperative) {
