@@ -34,6 +34,9 @@ int sl_buf_puts(sl_buf *b, const char *s);
 int sl_buf_putc(sl_buf *b, char c);
 int sl_buf_printf(sl_buf *b, const char *fmt, ...) SL_PRINTF(2, 3);
 int sl_buf_vprintf(sl_buf *b, const char *fmt, va_list ap);
+/* Append s as XML character data: & < > " become entities (enough for text
+ * and double-quoted attributes). 0 or the append's error. */
+int sl_buf_put_xml(sl_buf *b, const char *s);
 /* Returns data, never NULL ("" for an empty buffer). */
 const char *sl_buf_cstr(const sl_buf *b);
 /* Hand the storage to the caller (free() it); the buffer is left empty. */

@@ -230,33 +230,6 @@ static char *xml_text(const char *p, const char *end, const char *tag)
     return xml_decode(vs, (size_t)(ve - vs));
 }
 
-static int xml_escape(sl_buf *b, const char *s)
-{
-    for (; *s; s++) {
-        int rc;
-        switch (*s) {
-        case '&':
-            rc = sl_buf_puts(b, "&amp;");
-            break;
-        case '<':
-            rc = sl_buf_puts(b, "&lt;");
-            break;
-        case '>':
-            rc = sl_buf_puts(b, "&gt;");
-            break;
-        case '"':
-            rc = sl_buf_puts(b, "&quot;");
-            break;
-        default:
-            rc = sl_buf_putc(b, *s);
-        }
-        if (rc != 0) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------------ */
 /* URL parsing                                                               */
 
@@ -1270,7 +1243,7 @@ int sl_s3_upload_complete(sl_s3_upload *u, sl_error *err)
                               "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
     for (int i = 0; i < u->nparts; i++) {
         brc |= sl_buf_printf(&b, "<Part><PartNumber>%d</PartNumber><ETag>", i + 1);
-        brc |= xml_escape(&b, u->etags[i]);
+        brc |= sl_buf_put_xml(&b, u->etags[i]);
         brc |= sl_buf_puts(&b, "</ETag></Part>");
     }
     brc |= sl_buf_puts(&b, "</CompleteMultipartUpload>");

@@ -75,6 +75,22 @@ int sl_buf_putc(sl_buf *b, char c)
     return sl_buf_append(b, &c, 1);
 }
 
+int sl_buf_put_xml(sl_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        const char *ent = *s == '&'   ? "&amp;"
+                          : *s == '<' ? "&lt;"
+                          : *s == '>' ? "&gt;"
+                          : *s == '"' ? "&quot;"
+                                      : NULL;
+        int rc = ent ? sl_buf_puts(b, ent) : sl_buf_putc(b, *s);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
 int sl_buf_vprintf(sl_buf *b, const char *fmt, va_list ap)
 {
     va_list ap2;

@@ -223,28 +223,6 @@ static void record_request(struct MHD_Connection *c, const char *method, const c
     sl_buf_free(&b);
 }
 
-static void xml_escape(sl_buf *b, const char *s)
-{
-    for (; *s; s++) {
-        switch (*s) {
-        case '<':
-            sl_buf_puts(b, "&lt;");
-            break;
-        case '>':
-            sl_buf_puts(b, "&gt;");
-            break;
-        case '&':
-            sl_buf_puts(b, "&amp;");
-            break;
-        case '"':
-            sl_buf_puts(b, "&quot;");
-            break;
-        default:
-            sl_buf_putc(b, *s);
-        }
-    }
-}
-
 static void iso8601(char *out, size_t n, time_t t)
 {
     struct tm tm;
@@ -265,7 +243,7 @@ static enum MHD_Result s3_error(struct MHD_Connection *c, const char *method, co
     sl_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
     sl_buf_puts(&b, code);
     sl_buf_puts(&b, "</Code><Message>");
-    xml_escape(&b, message);
+    sl_buf_put_xml(&b, message);
     sl_buf_puts(&b, "</Message>");
     sl_buf_puts(&b, extra ? extra : "");
     sl_buf_printf(&b, "<RequestId>FAKE%012lX</RequestId><HostId>fake-controlshift</HostId></Error>",
@@ -467,7 +445,7 @@ static enum MHD_Result answer_export(struct MHD_Connection *c, const char *metho
         sl_buf k;
         sl_buf_init(&k, 4096);
         sl_buf_puts(&k, "<Key>exports/");
-        xml_escape(&k, name);
+        sl_buf_put_xml(&k, name);
         sl_buf_puts(&k, "</Key>");
         rc = s3_error(c, method, url, 404, "NoSuchKey", "The specified key does not exist.",
                       sl_buf_cstr(&k), NULL);
@@ -482,7 +460,7 @@ static enum MHD_Result answer_export(struct MHD_Connection *c, const char *metho
         sl_buf x;
         sl_buf_init(&x, 64 * 1024);
         sl_buf_puts(&x, "<RangeRequested>");
-        xml_escape(&x, range);
+        sl_buf_put_xml(&x, range);
         sl_buf_printf(&x, "</RangeRequested><ActualObjectSize>%llu</ActualObjectSize>",
                       (unsigned long long)size);
         snprintf(hdr, sizeof(hdr), "bytes */%llu", (unsigned long long)size);

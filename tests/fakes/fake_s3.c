@@ -159,31 +159,6 @@ static char *pct_decode(const char *s, size_t n)
     return o;
 }
 
-static void xml_esc(sl_buf *b, const char *s)
-{
-    for (; *s; s++) {
-        switch (*s) {
-        case '&':
-            sl_buf_puts(b, "&amp;");
-            break;
-        case '<':
-            sl_buf_puts(b, "&lt;");
-            break;
-        case '>':
-            sl_buf_puts(b, "&gt;");
-            break;
-        case '"':
-            sl_buf_puts(b, "&quot;");
-            break;
-        case '\'':
-            sl_buf_puts(b, "&apos;");
-            break;
-        default:
-            sl_buf_putc(b, *s);
-        }
-    }
-}
-
 static void hexs(const unsigned char *d, size_t n, char *out)
 {
     static const char hex[] = "0123456789abcdef";
@@ -258,15 +233,15 @@ static enum MHD_Result answer_error(struct MHD_Connection *c, struct s3r *r, uns
     sl_buf b;
     sl_buf_init(&b, 1 << 20);
     sl_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>");
-    xml_esc(&b, code);
+    sl_buf_put_xml(&b, code);
     sl_buf_puts(&b, "</Code><Message>");
-    xml_esc(&b, msg);
+    sl_buf_put_xml(&b, msg);
     sl_buf_puts(&b, "</Message>");
     if (r && r->extra_xml) {
         sl_buf_puts(&b, r->extra_xml);
     }
     sl_buf_puts(&b, "<Resource>");
-    xml_esc(&b, r && r->raw ? r->raw : "/");
+    sl_buf_put_xml(&b, r && r->raw ? r->raw : "/");
     sl_buf_puts(&b, "</Resource></Error>");
     if (status >= 400) {
         pthread_mutex_lock(&mu);
@@ -642,11 +617,11 @@ static void verify_sigv4(struct MHD_Connection *c, struct s3r *r, const char *m)
         sl_buf x;
         sl_buf_init(&x, 1 << 20);
         sl_buf_puts(&x, "<AWSAccessKeyId>");
-        xml_esc(&x, parts[0]);
+        sl_buf_put_xml(&x, parts[0]);
         sl_buf_puts(&x, "</AWSAccessKeyId><StringToSign>");
-        xml_esc(&x, sts);
+        sl_buf_put_xml(&x, sts);
         sl_buf_puts(&x, "</StringToSign><CanonicalRequest>");
-        xml_esc(&x, sl_buf_cstr(&cr));
+        sl_buf_put_xml(&x, sl_buf_cstr(&cr));
         sl_buf_puts(&x, "</CanonicalRequest>");
         r->extra_xml = sl_buf_steal(&x);
         sl_buf_free(&x);
@@ -905,11 +880,11 @@ static enum MHD_Result op_create(struct MHD_Connection *c, struct s3r *r)
     sl_buf_init(&b, 1 << 20);
     sl_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult "
                     "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>");
-    xml_esc(&b, r->bucket);
+    sl_buf_put_xml(&b, r->bucket);
     sl_buf_puts(&b, "</Bucket><Key>");
-    xml_esc(&b, r->key);
+    sl_buf_put_xml(&b, r->key);
     sl_buf_puts(&b, "</Key><UploadId>");
-    xml_esc(&b, u->id);
+    sl_buf_put_xml(&b, u->id);
     sl_buf_puts(&b, "</UploadId></InitiateMultipartUploadResult>");
     enum MHD_Result rc = answer(c, r, 200, b.data, b.len, NULL);
     sl_buf_free(&b);
@@ -1170,11 +1145,11 @@ static enum MHD_Result op_complete(struct MHD_Connection *c, struct s3r *r)
     sl_buf_init(&b, 1 << 20);
     sl_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CompleteMultipartUploadResult "
                     "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>");
-    xml_esc(&b, r->bucket);
+    sl_buf_put_xml(&b, r->bucket);
     sl_buf_puts(&b, "</Bucket><Key>");
-    xml_esc(&b, r->key);
+    sl_buf_put_xml(&b, r->key);
     sl_buf_puts(&b, "</Key><ETag>");
-    xml_esc(&b, etag);
+    sl_buf_put_xml(&b, etag);
     sl_buf_puts(&b, "</ETag></CompleteMultipartUploadResult>");
     enum MHD_Result rc = answer(c, r, 200, b.data, b.len, NULL);
     sl_buf_free(&b);
@@ -1318,9 +1293,9 @@ static enum MHD_Result op_list(struct MHD_Connection *c, struct s3r *r)
     sl_buf_init(&b, 64 << 20);
     sl_buf_puts(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListBucketResult "
                     "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>");
-    xml_esc(&b, r->bucket);
+    sl_buf_put_xml(&b, r->bucket);
     sl_buf_puts(&b, "</Name><Prefix>");
-    xml_esc(&b, prefix);
+    sl_buf_put_xml(&b, prefix);
     sl_buf_printf(&b, "</Prefix><KeyCount>%zu</KeyCount><MaxKeys>%ld</MaxKeys>", shown, max_keys);
     for (size_t i = 0; i < shown; i++) {
         char obj[PATH_MAX];
@@ -1330,7 +1305,7 @@ static enum MHD_Result op_list(struct MHD_Connection *c, struct s3r *r)
             size = (long long)st.st_size;
         }
         sl_buf_puts(&b, "<Contents><Key>");
-        xml_esc(&b, keys[i]);
+        sl_buf_put_xml(&b, keys[i]);
         sl_buf_printf(&b,
                       "</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>"
                       "<ETag>&quot;fake&quot;</ETag><Size>%lld</Size>"
@@ -1340,7 +1315,7 @@ static enum MHD_Result op_list(struct MHD_Connection *c, struct s3r *r)
     sl_buf_printf(&b, "<IsTruncated>%s</IsTruncated>", truncated ? "true" : "false");
     if (r->q_token) {
         sl_buf_puts(&b, "<ContinuationToken>");
-        xml_esc(&b, r->q_token);
+        sl_buf_put_xml(&b, r->q_token);
         sl_buf_puts(&b, "</ContinuationToken>");
     }
     if (truncated && shown > 0) {

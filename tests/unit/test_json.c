@@ -418,6 +418,22 @@ static void test_max_depth(void **state)
     sl_buf_free(&b);
 }
 
+/* XML character data: the four characters that matter in text and in a
+ * double-quoted attribute become entities, the rest (UTF-8 too) stays. */
+static void test_buf_put_xml(void **state)
+{
+    (void)state;
+    sl_buf b;
+    sl_buf_init(&b, 0);
+    assert_int_equal(sl_buf_put_xml(&b, "a&b <c> \"d\" 'e' \xc3\xa9"), 0);
+    assert_string_equal(sl_buf_cstr(&b), "a&amp;b &lt;c&gt; &quot;d&quot; 'e' \xc3\xa9");
+    sl_buf_free(&b);
+    sl_buf_init(&b, 8); /* the limit is reported, not overrun */
+    assert_int_not_equal(sl_buf_put_xml(&b, "&&&&&&"), 0);
+    assert_true(b.len <= 8);
+    sl_buf_free(&b);
+}
+
 static void test_buffer_limit_is_sticky(void **state)
 {
     (void)state;
@@ -573,6 +589,7 @@ int main(void)
         cmocka_unit_test(test_random_trees),
         cmocka_unit_test(test_max_depth),
         cmocka_unit_test(test_buffer_limit_is_sticky),
+        cmocka_unit_test(test_buf_put_xml),
         cmocka_unit_test(test_doubles_roundtrip),
         cmocka_unit_test(test_non_finite_is_null),
         cmocka_unit_test(test_ints),
