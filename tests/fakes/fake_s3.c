@@ -11,6 +11,7 @@
 #include <openssl/hmac.h>
 
 #include "fake_common.h"
+#include "sluice/url.h"
 
 #define PROG "fake_s3"
 #define USAGE                                                                                      \
@@ -134,28 +135,11 @@ static int hexval(char c)
 static char *pct_decode(const char *s, size_t n)
 {
     char *o = malloc(n + 1);
-    size_t k = 0;
-    if (!o) {
+    long k = o ? sl_url_decode(s, n, o, n + 1) : -1;
+    if (k < 0 || strlen(o) != (size_t)k) {
+        free(o);
         return NULL;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%') {
-            if (i + 2 >= n) {
-                free(o);
-                return NULL;
-            }
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
-            if (h < 0 || l < 0 || (h == 0 && l == 0)) {
-                free(o);
-                return NULL;
-            }
-            o[k++] = (char)(h * 16 + l);
-            i += 2;
-        } else {
-            o[k++] = s[i];
-        }
-    }
-    o[k] = '\0';
     return o;
 }
 
